@@ -1,0 +1,57 @@
+"""Job types: the kinds of work ``benchmarks.yaml`` can list under ``jobs:``.
+
+Adding a job type is one module here and one line in :data:`JOB_TYPES`. The module defines a subclass of
+:class:`~bsight.harness.jobs.base.JobType` with:
+
+``type``
+    The string configs write as ``type:``; also the key in :data:`JOB_TYPES`.
+``Spec``
+    A :class:`~bsight.harness.jobs.base.JobSpec` subclass with ``type: Literal["<type>"]`` and the job's
+    parameters (``extra="forbid"`` is inherited). ``name`` is inherited and defaults to the type; two jobs
+    of one type need distinct names. The config loader validates every entry with it, then calls
+    ``check(spec, config)``, which returns :class:`ConfigIssue` s (path relative to the job entry, message
+    naming what is allowed) for names that do not exist in ``models:``/``methods:``/``tasks:`` and the like.
+``expand(spec, config) -> list[Unit]``
+    The resumable units of work, in order. A :class:`Unit` names at most one model, method and task (by
+    config name; a kernel timing sweep names none) and carries a ``fingerprint`` of everything that
+    determines its rows (use
+    :func:`~bsight.harness.jobs.base.fingerprint` over the plugin refs and the parameters that change
+    rows; leave out ones that only select how many, like ``limit``, so raising them resumes).
+``Row``
+    A :class:`~bsight.harness.jobs.base.ResultRow` subclass (pydantic, ``extra="forbid"``): what one line
+    of the unit's JSONL file holds. ``key`` identifies it within the unit.
+``run_unit(spec, unit, ctx, rows)``
+    Does the work. ``ctx`` (:class:`bsight.harness.runner.RunContext`) hands out the run's plugin
+    instances: ``ctx.model(name)`` (loaded once per run and shared by every unit and method),
+    ``ctx.method(name)``, ``ctx.task(name)``, ``ctx.samples(task_name, limit)``, plus ``ctx.seed`` and
+    ``ctx.progress(description, total, completed)`` (a rich progress bar; call ``advance()``). ``rows`` is
+    the unit's :class:`~bsight.harness.store.UnitRows`: skip keys in ``rows.done``; ``rows.append(Row(...))``
+    writes one durable line. Call ``ctx.expect(n)`` once the unit knows how many rows complete it.
+    Raising marks the unit failed (traceback in ``errors.log``); the run goes on with the other units.
+``section``, ``title``, ``report(run, records) -> SectionData | None``
+    The report section this job fills. ``records`` are the run's
+    :class:`~bsight.harness.store.UnitRecord` s of this type (unit, status, row counts, and the stored spec:
+    ``self.spec_of(record)``); ``run.rows(record.unit, Row)`` reads a unit's rows. It returns a
+    :class:`~bsight.harness.jobs.base.SectionData`: a template context plus :class:`~bsight.harness.plots.Plot`
+    figures (``make_plot(name, title, fig)`` turns any matplotlib Figure into one; ``line_plot``,
+    ``cdf_plot`` and ``interval_plot`` in :mod:`bsight.harness.plots` build the generic ones). Templates
+    are ``reports/templates/sections/<section>.html.j2`` and ``<section>.md.j2``; they receive ``section``
+    (the context), ``plots`` (name -> Plot; HTML writes ``{{ plot.svg|safe }}``, Markdown links
+    ``plot.file``) and ``title``, with filters ``num``, ``pct`` and ``mdcell``. The frame's sections
+    (:data:`bsight.harness.report.SECTIONS`: ``accuracy``, ``flops``, ``characterization``, ``timing``) say
+    "no data in this run" until a job fills them; a new section key is appended after them.
+``metrics(run, records) -> list[Metric]``
+    Named numbers for ``bsight compare`` with their direction (``higher_is_better``) and whether a change is
+    judged absolute (rates) or relative (timings).
+"""
+
+from __future__ import annotations
+
+from .accuracy import AccuracyJob
+from .base import JobSpec, JobType, Metric, ResultRow, SectionData, Unit
+
+JOB_TYPES: dict[str, JobType] = {
+    AccuracyJob.type: AccuracyJob(),
+}
+
+__all__ = ["JOB_TYPES", "JobSpec", "JobType", "Metric", "ResultRow", "SectionData", "Unit"]

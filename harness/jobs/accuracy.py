@@ -1,0 +1,213 @@
+"""Job ``accuracy``: every model x method x task, greedy answers scored per sample, methods vs a baseline.
+
+One unit per (model, method, task). For each sample: ``adapter.prepare``, ``adapter.generate`` (greedy) under
+the method, ``task.extract``, ``task.score``; one :class:`AccuracyRow` per sample. The report pairs each
+method with the baseline (``dense``) on the samples both answered.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from pydantic import Field
+
+from .. import stats
+from ..plots import Plot, interval_plot, make_plot
+from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
+
+if TYPE_CHECKING:
+    from ..config import BenchmarkConfig
+    from ..runner import RunContext
+    from ..store import RunFolder, UnitRecord, UnitRows
+
+
+class AccuracySpec(JobSpec):
+    type: Literal["accuracy"]
+    models: list[str] | None = Field(None, description="names from `models:`; default all")
+    methods: list[str] | None = Field(None, description="names from `methods:`; default all")
+    tasks: list[str] | None = Field(None, description="names from `tasks:`; default all")
+    baseline: str | None = Field("dense", description="method name the others are compared with; null for none")
+    limit: int | None = Field(None, ge=1, description="first N samples of each task")
+    max_new_tokens: int = Field(16, ge=1)
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for the paired CI")
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
+class AccuracyRow(ResultRow):
+    """One generated answer. ``key`` is the sample id."""
+
+    sample_id: str
+    task: str
+    subtask: str
+    model: str
+    method: str
+    weights: Literal["trained", "random"]
+    prompt_tokens: int
+    generation: str
+    extracted: str | None
+    rule: str
+    gold: str
+    correct: bool
+    prefill_s: float
+    total_s: float
+    overhead_ms: dict[str, float]
+
+
+def run_seed(run: RunFolder) -> int:
+    """The run's seed, which also seeds the bootstrap so a re-rendered report shows the same CIs."""
+    return int(run.config_data().get("run", {}).get("seed", 0))
+
+
+def _selected(spec: AccuracySpec, config: BenchmarkConfig, section: str) -> list[str]:
+    chosen = getattr(spec, section)
+    return list(getattr(config, section)) if chosen is None else chosen
+
+
+class AccuracyJob(JobType):
+    type = "accuracy"
+    Spec = AccuracySpec
+    Row = AccuracyRow
+    section = "accuracy"
+    title = "Accuracy"
+
+    def check(self, spec: AccuracySpec, config: BenchmarkConfig) -> list[ConfigIssue]:
+        issues = []
+        for section in ("models", "methods", "tasks"):
+            defined = list(getattr(config, section))
+            chosen = _selected(spec, config, section)
+            if not chosen:
+                issues.append(ConfigIssue((section,), f"no {section} to run; define some under `{section}:` (defined: {', '.join(defined) or 'none'})"))
+            for i, name in enumerate(chosen):
+                if name not in defined:
+                    issues.append(ConfigIssue((section, i), f"{name!r} is not defined under `{section}:`; defined: {', '.join(defined) or 'none'}"))
+        methods = _selected(spec, config, "methods")
+        if spec.baseline is not None and spec.baseline not in methods:
+            issues.append(ConfigIssue(("baseline",), f"{spec.baseline!r} is not among this job's methods ({', '.join(methods) or 'none'}); add it or set baseline: null"))
+        return issues
+
+    def expand(self, spec: AccuracySpec, config: BenchmarkConfig) -> list[Unit]:
+        units = []
+        methods = _selected(spec, config, "methods")
+        if spec.baseline is not None:  # the baseline first, so partial runs have something to compare with
+            methods = [spec.baseline] + [m for m in methods if m != spec.baseline]
+        for model in _selected(spec, config, "models"):
+            for task in _selected(spec, config, "tasks"):
+                for method in methods:
+                    fp = fingerprint(
+                        self.type, config.models[model].model_dump(), config.methods[method].model_dump(),
+                        config.tasks[task].model_dump(), spec.max_new_tokens,
+                    )
+                    units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}/{method}/{task}", model=model, method=method, task=task, fingerprint=fp))
+        return units
+
+    def run_unit(self, spec: AccuracySpec, unit: Unit, ctx: RunContext, rows: UnitRows[AccuracyRow]) -> None:
+        adapter, method, task = ctx.model(unit.model), ctx.method(unit.method), ctx.task(unit.task)
+        method.setup(adapter.info)
+        samples = ctx.samples(unit.task, spec.limit)
+        ctx.expect(len(samples))
+        todo = [s for s in samples if s.id not in rows.done]
+        with ctx.progress(unit.id, total=len(samples), completed=len(samples) - len(todo)) as bar:
+            for sample in todo:
+                prepared = adapter.prepare(sample)
+                method.overhead.take()  # count only this sample's overhead
+                gen = adapter.generate(prepared, method, spec.max_new_tokens)
+                extraction = task.extract(gen.text, sample)
+                rows.append(
+                    AccuracyRow(
+                        key=sample.id, sample_id=sample.id, task=unit.task, subtask=sample.subtask, model=unit.model,
+                        method=unit.method, weights=adapter.info.weights, prompt_tokens=gen.prompt_tokens,
+                        generation=gen.text, extracted=extraction.answer, rule=extraction.rule, gold=sample.answer,
+                        correct=bool(task.score(extraction, sample)), prefill_s=gen.prefill_s, total_s=gen.total_s,
+                        overhead_ms=method.overhead.take(),
+                    )
+                )
+                bar.advance()
+
+    # ------------------------------------------------------------------------------------- reporting
+
+    def _groups(self, run: RunFolder, records: list[UnitRecord]) -> list[dict]:
+        """Per (job, model, task): each method's rows keyed by sample id, baseline first."""
+        groups: dict[tuple[str, str, str], dict] = {}
+        for rec in records:
+            u = rec.unit
+            spec: AccuracySpec = self.spec_of(rec)
+            g = groups.setdefault((u.job, u.model, u.task), {"job": u.job, "model": u.model, "task": u.task, "spec": spec, "methods": {}})
+            g["methods"][u.method] = {"record": rec, "rows": {r.key: r for r in run.rows(u, AccuracyRow)}}
+        return list(groups.values())
+
+    def _method_stats(self, group: dict, seed: int) -> list[dict]:
+        spec: AccuracySpec = group["spec"]
+        base = group["methods"].get(spec.baseline) if spec.baseline else None
+        out = []
+        for name, entry in group["methods"].items():
+            rows = entry["rows"]
+            correct = [r.correct for r in rows.values()]
+            extracted = [r.extracted for r in rows.values()]
+            item = {
+                "method": name, "n": len(rows), "expected": entry["record"].expected, "status": entry["record"].status,
+                "accuracy": stats.accuracy(correct), "unparsed": stats.unparsed(extracted), "is_baseline": name == spec.baseline,
+                "delta": None, "agreement": None, "paired_n": 0,
+                "prefill_ms": float(np.median([r.prefill_s for r in rows.values()]) * 1e3) if rows else float("nan"),
+                "overhead_ms": float(np.mean([sum(r.overhead_ms.values()) for r in rows.values()])) if rows else float("nan"),
+            }
+            if base is not None and name != spec.baseline:
+                keys = stats.paired(rows, base["rows"])
+                d = stats.paired_bootstrap(
+                    [rows[k].correct for k in keys], [base["rows"][k].correct for k in keys],
+                    resamples=spec.bootstrap, confidence=spec.confidence, seed=seed,
+                )
+                item.update(
+                    delta=d, paired_n=d.n,
+                    agreement=stats.agreement([rows[k].extracted for k in keys], [base["rows"][k].extracted for k in keys]) if keys else float("nan"),
+                )
+            out.append(item)
+        return out
+
+    def report(self, run: RunFolder, records: list[UnitRecord]) -> SectionData | None:
+        groups = [g for g in self._groups(run, records) if any(m["rows"] for m in g["methods"].values())]
+        if not groups:
+            return None
+        tables, plots = [], []
+        seed = run_seed(run)
+        for gi, g in enumerate(groups):
+            methods = self._method_stats(g, seed)
+            weights = sorted({r.weights for m in g["methods"].values() for r in m["rows"].values()})
+            subtasks = sorted({r.subtask for m in g["methods"].values() for r in m["rows"].values()})
+            breakdown = []
+            if len(subtasks) > 1:
+                per_method = {
+                    name: stats.by_group([r.subtask for r in m["rows"].values()], [r.correct for r in m["rows"].values()])
+                    for name, m in g["methods"].items()
+                }
+                breakdown = [{"subtask": st, "cells": [per_method[name].get(st, (float("nan"), 0)) for name in g["methods"]]} for st in subtasks]
+            compared = [m for m in methods if m["delta"] is not None and m["paired_n"]]
+            plot: Plot | None = None
+            if compared:
+                spec: AccuracySpec = g["spec"]
+                fig = interval_plot(
+                    [m["method"] for m in compared], [100 * m["delta"].delta for m in compared], [100 * m["delta"].lo for m in compared],
+                    [100 * m["delta"].hi for m in compared], f"accuracy change vs {spec.baseline}, percentage points ({spec.confidence:.0%} paired bootstrap CI)",
+                )
+                plot = make_plot(f"accuracy-{gi}-{g['model']}-{g['task']}", f"{g['model']} on {g['task']}: change vs {spec.baseline}", fig)
+                plots.append(plot)
+            tables.append({
+                "job": g["job"], "model": g["model"], "task": g["task"], "baseline": g["spec"].baseline, "confidence": g["spec"].confidence,
+                "random_weights": "random" in weights,
+                "methods": methods, "method_names": list(g["methods"]), "breakdown": breakdown, "plot": plot,
+            })
+        return SectionData(context={"tables": tables}, plots=plots)
+
+    def metrics(self, run: RunFolder, records: list[UnitRecord]) -> list[Metric]:
+        out = []
+        seed = run_seed(run)
+        for g in self._groups(run, records):
+            for m in self._method_stats(g, seed):
+                if not m["n"]:
+                    continue
+                stem = f"{g['job']}/{g['model']}/{g['task']}/{m['method']}"
+                out.append(Metric(name=f"{stem}/accuracy", value=m["accuracy"], higher_is_better=True))
+                out.append(Metric(name=f"{stem}/unparsed_rate", value=m["unparsed"] / m["n"], higher_is_better=False))
+                if m["agreement"] is not None and m["paired_n"]:
+                    out.append(Metric(name=f"{stem}/agreement", value=m["agreement"], higher_is_better=True))
+        return out

@@ -1,0 +1,142 @@
+"""Renders a run folder into ``index.html`` (self-contained: inline CSS and SVG, no scripts, no network) and
+``report.md`` (plots as SVG files under ``plots/``), from the jinja2 templates in ``bsight.reports``.
+
+The report frame has a fixed order of sections (:data:`SECTIONS`); each is filled by the job type whose
+``section`` matches, from the run's stored rows. A section no job filled says "no data in this run"; a job
+type with a section key not listed here gets its section appended. A section whose builder fails shows the
+error instead of taking the whole report down.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+from markupsafe import Markup
+
+from .jobs import JOB_TYPES
+from .jobs.base import SectionData
+from .store import RunFolder, UnitRecord
+
+SECTIONS: dict[str, str] = {
+    "accuracy": "Accuracy",
+    "flops": "FLOPs",
+    "characterization": "Characterization",
+    "timing": "Kernel timing",
+}
+
+
+@dataclass
+class RenderedSection:
+    key: str
+    title: str
+    html: Markup
+    md: str
+    has_data: bool
+
+
+def fmt_num(value: Any, digits: int = 3) -> str:
+    """A number for a table cell; missing values (None, NaN) show as an en dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, int) or value == 0:
+        return str(value)
+    return f"{value:.{digits}g}" if abs(value) >= 1e4 or abs(value) < 1e-3 else f"{value:.{digits}f}"
+
+
+def fmt_pct(value: Any, digits: int = 1, signed: bool = False) -> str:
+    """A rate as a percentage (``signed``: a change, in percentage points)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{100 * value:+.{digits}f}" if signed else f"{100 * value:.{digits}f}"
+    return text + (" pp" if signed else "%")
+
+
+def environment(kind: Literal["html", "md"]) -> jinja2.Environment:
+    """Template environment: HTML autoescapes; Markdown does not (its templates escape table pipes)."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("bsight.reports", "templates"),
+        autoescape=kind == "html",
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(num=fmt_num, pct=fmt_pct, mdcell=lambda s: str(s).replace("|", "\\|").replace("\n", " "))
+    return env
+
+
+def _records_by_type(run: RunFolder) -> dict[str, list[UnitRecord]]:
+    out: dict[str, list[UnitRecord]] = {}
+    for rec in run.manifest().units:
+        out.setdefault(rec.unit.type, []).append(rec)
+    return out
+
+
+def build_sections(run: RunFolder, html_env: jinja2.Environment, md_env: jinja2.Environment) -> list[RenderedSection]:
+    """Every section of the frame, filled from the run where a job produced data; plots written to plots/."""
+    by_type = _records_by_type(run)
+    keys = list(SECTIONS) + [j.section for j in JOB_TYPES.values() if j.section not in SECTIONS]
+    out = []
+    for key in dict.fromkeys(keys):
+        jobs = [j for j in JOB_TYPES.values() if j.section == key and by_type.get(j.type)]
+        title = next((j.title for j in JOB_TYPES.values() if j.section == key), SECTIONS.get(key, key))
+        data: SectionData | None = None
+        error = None
+        for job in jobs:  # one job type per section; the first with data wins
+            try:
+                data = job.report(run, by_type[job.type])
+            except Exception as e:
+                error = f"{type(e).__name__}: {e}"
+            if data is not None:
+                break
+        if data is None:
+            ctx = {"title": title, "error": error}
+            out.append(RenderedSection(key, title, Markup(html_env.get_template("sections/_empty.html.j2").render(ctx)), md_env.get_template("sections/_empty.md.j2").render(ctx), False))
+            continue
+        plots = {p.name: p for p in data.plots}
+        _write_plots(run.root, plots.values())
+        ctx = {"title": title, "section": data.context, "plots": plots}
+        html = Markup(html_env.get_template(f"sections/{key}.html.j2").render(ctx))
+        md = md_env.get_template(f"sections/{key}.md.j2").render(ctx)
+        out.append(RenderedSection(key, title, html, md, True))
+    return out
+
+
+def _write_plots(root: Path, plots) -> None:
+    folder = root / "plots"
+    for plot in plots:
+        folder.mkdir(exist_ok=True)
+        (folder / f"{plot.name}.svg").write_text(plot.svg, encoding="utf-8")
+
+
+def _provenance_context(run: RunFolder) -> dict[str, Any]:
+    try:
+        p = run.provenance()
+    except Exception as e:
+        return {"provenance": None, "error": f"{type(e).__name__}: {e}"}
+    return {"provenance": p, "error": None}
+
+
+def render_report(run: RunFolder | Path | str) -> tuple[Path, Path]:
+    """Write ``index.html`` and ``report.md`` into the run folder; returns their paths."""
+    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
+    html_env, md_env = environment("html"), environment("md")
+    manifest = run.manifest()
+    sections = build_sections(run, html_env, md_env)
+    counts: dict[str, int] = {}
+    for rec in manifest.units:
+        counts[rec.status] = counts.get(rec.status, 0) + 1
+    ctx = {
+        "manifest": manifest,
+        "counts": counts,
+        "sections": sections,
+        **_provenance_context(run),
+    }
+    html_path, md_path = run.root / "index.html", run.root / "report.md"
+    html_path.write_text(html_env.get_template("report.html.j2").render(ctx), encoding="utf-8")
+    md_path.write_text(md_env.get_template("report.md.j2").render(ctx), encoding="utf-8")
+    return html_path, md_path

@@ -1,0 +1,96 @@
+"""Accuracy statistics for comparing a method with the dense baseline on the same samples.
+
+Methods are judged by paired differences: each sample is answered by both, so the spread of
+``correct_method - correct_dense`` over resampled sample sets (paired bootstrap) gives the confidence interval
+of the accuracy change, much tighter than comparing two independent accuracies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    """Accuracy change method - baseline over ``n`` shared samples, with a bootstrap CI."""
+
+    delta: float
+    lo: float
+    hi: float
+    n: int
+    confidence: float
+
+
+def accuracy(correct: Sequence[bool]) -> float:
+    """Share of correct answers; NaN for no samples (a report shows it as missing, never as 0)."""
+    return float(np.mean(np.asarray(correct, dtype=float))) if len(correct) else float("nan")
+
+
+def paired_bootstrap(
+    method: Sequence[bool],
+    baseline: Sequence[bool],
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedDelta:
+    """Percentile bootstrap CI of mean(method - baseline), resampling samples (pairs) with replacement.
+
+    ``method[i]`` and ``baseline[i]`` must belong to the same sample. Seeded, so a report renders the same CI
+    every time.
+    """
+    m = np.asarray(method, dtype=float)
+    b = np.asarray(baseline, dtype=float)
+    if m.shape != b.shape or m.ndim != 1:
+        raise ValueError(f"paired samples must be two equal-length 1-D sequences, got {m.shape} and {b.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    n = m.size
+    if n == 0:
+        nan = float("nan")
+        return PairedDelta(nan, nan, nan, 0, confidence)
+    diff = m - b
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 4_000_000 // n)  # bound memory: chunk x n indices at a time
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        means[start:stop] = diff[idx].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return PairedDelta(float(diff.mean()), float(lo), float(hi), n, confidence)
+
+
+def agreement(answers: Sequence[str | None], baseline: Sequence[str | None]) -> float:
+    """Share of samples where the method's extracted answer equals the baseline's (both unparsed counts as
+    agreeing: the method reproduced the baseline's behaviour)."""
+    if len(answers) != len(baseline):
+        raise ValueError(f"{len(answers)} answers vs {len(baseline)} baseline answers")
+    if not answers:
+        return float("nan")
+    return float(np.mean([_norm(a) == _norm(b) for a, b in zip(answers, baseline)]))
+
+
+def _norm(answer: str | None) -> str | None:
+    return None if answer is None else answer.strip().lower()
+
+
+def unparsed(answers: Sequence[str | None]) -> int:
+    """How many generations the extractor could not turn into an answer."""
+    return sum(a is None for a in answers)
+
+
+def by_group(groups: Sequence[str], correct: Sequence[bool]) -> dict[str, tuple[float, int]]:
+    """Accuracy and count per group label (per-subtask breakdown), groups in sorted order."""
+    acc: dict[str, list[bool]] = {}
+    for g, c in zip(groups, correct, strict=True):
+        acc.setdefault(g, []).append(bool(c))
+    return {g: (accuracy(v), len(v)) for g, v in sorted(acc.items())}
+
+
+def paired(rows: Mapping[str, object], baseline: Mapping[str, object]) -> list[str]:
+    """Keys present in both result sets, in the method's order: the samples a paired statistic may use."""
+    return [k for k in rows if k in baseline]
