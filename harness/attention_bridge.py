@@ -4,19 +4,25 @@ We register one attention implementation, ``"bsight"``, in both of transformers'
 
 * ``AttentionInterface`` - :func:`attention_forward`. During a prefill run under :func:`active_method`, it
   slices each batch row to its non-padding range and hands ``q, k, v`` with the row's :class:`LayoutMeta` to
-  the active :class:`AttentionMethod`. Everything else (decode steps, calls outside a prefill context) goes
-  to transformers' own SDPA path with the mask transformers built, i.e. dense over the full KV cache.
+  the active :class:`AttentionMethod`. Everything else (decode steps, calls outside a prefill context, and
+  non-causal callers such as vision towers) goes to transformers' own SDPA path with the mask transformers
+  built, i.e. dense over the full KV cache.
 * ``AttentionMaskInterface`` - :func:`mask_function`. Registering only the attention function would make
   transformers drop the model's masks (sliding window, Gemma 3's bidirectional images). Outside a prefill
   context it builds exactly what transformers builds for ``sdpa``; inside one it returns None, because the
-  method applies the model's own mask itself from the layout (never materializing S x S).
+  method applies the model's own mask itself from the layout (causality included; never materializing S x S).
 
 Load a model with ``attn_implementation="bsight"`` for the language tower only (vision towers keep
 ``"sdpa"``). Methods are swapped per call, without reloading weights.
+
+A method may carry a ``sink_policy`` attribute (a :class:`SinkPolicy`, e.g. the one its head map was
+characterized with); when it is not None, the layouts' sinks are recomputed with it before the metadata is
+built, so the sinks the method sees are the ones its head map assumes.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,24 +34,65 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .interfaces import AttentionMethod, LayerCall
-from .sparsity.layout import PromptLayout
+from .sparsity.layout import PromptLayout, SinkPolicy
 from .sparsity.metadata import LayoutMeta
 
 ATTN_IMPLEMENTATION = "bsight"
 
 
 @dataclass
+class AttentionTimer:
+    """Time spent inside the bridge's prefill attention calls (all layers, all rows), for "attention share
+    of TTFT". On CUDA it records events around each call and sums them after one synchronization, so timing
+    does not serialize the prefill."""
+
+    calls: int = 0
+    _cpu_s: float = 0.0
+    _events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = field(default_factory=list)
+
+    @contextmanager
+    def time(self, device: torch.device) -> Iterator[None]:
+        self.calls += 1
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._events.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._cpu_s += time.perf_counter() - t0
+
+    def total_ms(self) -> float:
+        if self._events:
+            self._events[-1][1].synchronize()
+        return 1e3 * self._cpu_s + sum(s.elapsed_time(e) for s, e in self._events)
+
+
+@dataclass
 class PrefillContext:
     method: AttentionMethod
     layouts: Sequence[PromptLayout]
+    timer: AttentionTimer | None = None
     _metas: dict[tuple[int, str], LayoutMeta] = field(default_factory=dict)
+
+    def layout(self, row: int) -> PromptLayout:
+        """The row's unpadded layout, with sinks under the method's own policy if it has one."""
+        policy: SinkPolicy | None = getattr(self.method, "sink_policy", None)
+        layout = self.layouts[row].unpadded()
+        return layout.with_sinks(policy) if policy is not None else layout
 
     def meta(self, row: int, device: torch.device) -> LayoutMeta:
         """Metadata of one row, built once per prompt and device and reused by every layer."""
         key = (row, str(device))
         if key not in self._metas:
             with self.method.overhead.measure("layout_metadata", device):
-                self._metas[key] = LayoutMeta.build(self.layouts[row].unpadded(), device)
+                self._metas[key] = LayoutMeta.build(self.layout(row), device)
         return self._metas[key]
 
 
@@ -53,9 +100,19 @@ _ACTIVE: ContextVar[PrefillContext | None] = ContextVar("bsight_prefill", defaul
 
 
 @contextmanager
-def active_method(method: AttentionMethod, layouts: Sequence[PromptLayout]) -> Iterator[PrefillContext]:
-    """Route the prefill of prompts with these layouts (one per batch row) through ``method``."""
-    ctx = PrefillContext(method, list(layouts))
+def active_method(
+    method: AttentionMethod, layouts: Sequence[PromptLayout], timer: AttentionTimer | None = None
+) -> Iterator[PrefillContext]:
+    """Route the prefill of prompts with these layouts (one per batch row) through ``method``.
+
+    Pass an :class:`AttentionTimer` to measure the time spent in prefill attention.
+    """
+    layouts = list(layouts)
+    if not layouts:
+        raise ValueError("active_method needs one layout per batch row, got none")
+    if len({lay.length for lay in layouts}) != 1:
+        raise ValueError(f"layouts of one batch must have one (padded) length, got {sorted({lay.length for lay in layouts})}")
+    ctx = PrefillContext(method, layouts, timer)
     token = _ACTIVE.set(ctx)
     try:
         yield ctx
@@ -81,23 +138,46 @@ def attention_forward(
     sliding_window: int | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """transformers attention function: ``query [B, Hq, S, D]`` -> ``([B, S, Hq, D], None)``."""
-    ctx = _prefill_context(query.shape[2], key.shape[2])
+    """transformers attention function: ``query [B, Hq, S, D]``, ``key, value [B, Hkv, S, D]`` (not expanded
+    for GQA) -> ``([B, S, Hq, D], None)``."""
+    causal = kwargs.get("is_causal")
+    causal = getattr(module, "is_causal", True) if causal is None else causal
+    ctx = _prefill_context(query.shape[2], key.shape[2]) if causal else None
     if ctx is None:
         return ALL_ATTENTION_FUNCTIONS["sdpa"](
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, sliding_window=sliding_window, **kwargs
         )
+    if attention_mask is not None:  # our mask function returned None: this mask was built elsewhere and would be lost
+        raise ValueError(
+            "a precomputed attention mask reached a bsight prefill; methods apply the model's mask from the layout, "
+            "so pass only a 2-D padding mask (attention_mask [B, S]) to the model"
+        )
+    if kwargs.get("softcap") is not None:
+        raise NotImplementedError(f"attention logit soft-capping (softcap={kwargs['softcap']}) is not supported by bsight methods")
+    if dropout:
+        raise NotImplementedError("bsight methods run inference only; attention dropout must be 0 (call model.eval())")
     B, Hq, S, D = query.shape
-    scale = scaling if scaling is not None else D**-0.5
-    call = LayerCall(layer_idx=int(getattr(module, "layer_idx", -1)), scale=float(scale), window=sliding_window)
     if len(ctx.layouts) != B:
         raise ValueError(f"{len(ctx.layouts)} layouts for a batch of {B}")
-    out = query.new_zeros(B, S, Hq, D)
-    for row, layout in enumerate(ctx.layouts):
-        lo, hi = layout.valid_start, layout.valid_end
-        o = ctx.method.prefill(query[row, :, lo:hi], key[row, :, lo:hi], value[row, :, lo:hi], ctx.meta(row, query.device), call)
-        out[row, lo:hi] = o.transpose(0, 1).to(out.dtype)
+    scale = scaling if scaling is not None else D**-0.5
+    call = LayerCall(layer_idx=int(getattr(module, "layer_idx", -1)), scale=float(scale), window=sliding_window)
+    timing = ctx.timer.time(query.device) if ctx.timer is not None else _no_timer()
+    with timing:
+        out = query.new_zeros(B, S, Hq, D)
+        for row, layout in enumerate(ctx.layouts):
+            lo, hi = layout.valid_start, layout.valid_end
+            if hi == lo:
+                continue
+            o = ctx.method.prefill(query[row, :, lo:hi], key[row, :, lo:hi], value[row, :, lo:hi], ctx.meta(row, query.device), call)
+            if o.shape != (Hq, hi - lo, D):
+                raise ValueError(f"method {ctx.method.name!r} returned {tuple(o.shape)} for layer {call.layer_idx}, expected {(Hq, hi - lo, D)}")
+            out[row, lo:hi] = o.transpose(0, 1).to(out.dtype)
     return out, None
+
+
+@contextmanager
+def _no_timer() -> Iterator[None]:
+    yield
 
 
 def mask_function(*args, **kwargs):

@@ -1,0 +1,362 @@
+"""Shared base of the adapters for transformers' own VLM classes (Qwen2-VL, Qwen2.5-VL, Gemma 3, ...).
+
+A concrete adapter names its model class and model types and supplies three small things: how to load its
+processor, its :class:`LayoutSpec` (special-token ids from the config, sink policy, bidirectional images),
+and how to read one :class:`PromptLayout` per batch row from the processor's outputs. Everything else -
+resolving a checkpoint (local directory or hub id, offline-aware), loading with the language tower on
+attention implementation ``"bsight"`` and the vision tower on ``"sdpa"``, building prompts from interleaved
+parts through the checkpoint's chat template, prefill logits and greedy generation under a chosen method -
+lives here. ``trust_remote_code`` is never enabled: only transformers' own classes are used.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import AutoConfig, LogitsProcessor, LogitsProcessorList, PretrainedConfig, PreTrainedModel
+
+from bsight.harness import attention_bridge
+from bsight.harness.interfaces import AttentionMethod, Generation, ImagePart, ModelAdapter, ModelInfo, PassagePart, Prepared, Sample, TextPart
+from bsight.harness.sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_KEY = "bsight_random_weights"  # config.json flag set on checkpoints with random weights
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
+
+
+class HFVLMOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(description="local checkpoint directory, or a hub id such as Qwen/Qwen2-VL-7B-Instruct")
+    revision: str | None = None  # hub revision (branch, tag or commit)
+    model_id: str | None = None  # id recorded in results and matched with head maps; default: the hub id or directory name
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # "auto": the checkpoint's own dtype
+    device: str = "auto"  # "auto": cuda if available, else cpu
+    sinks: SinkPolicy | None = None  # overrides the adapter's default sink policy
+    vision_attn: Literal["sdpa", "eager"] = "sdpa"  # attention implementation of the vision tower
+    offline: bool | None = None  # None: follow HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE
+    cache_dir: str | None = None  # hub cache; default: huggingface_hub's
+    weights: Literal["auto", "trained", "random"] = "auto"  # "auto": random iff config.json sets bsight_random_weights
+    image_processor: dict[str, Any] = {}  # overrides for the image processor (e.g. max_pixels for Qwen)
+
+
+def is_offline(explicit: bool | None = None) -> bool:
+    """HF_HUB_OFFLINE semantics, read at call time (huggingface_hub reads its constant at import)."""
+    if explicit is not None:
+        return explicit
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").strip().upper()
+    if env:
+        return env in {"1", "ON", "YES", "TRUE"}
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _looks_like_path(checkpoint: str) -> bool:
+    return checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1 or "\\" in checkpoint
+
+
+def resolve_checkpoint(
+    checkpoint: str, revision: str | None = None, offline: bool | None = None, cache_dir: str | None = None
+) -> tuple[Path, str]:
+    """The local directory of a checkpoint given as a directory or a hub id, and its revision (the snapshot's
+    commit for hub ids). A missing checkpoint is a FileNotFoundError naming everything that was looked for."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"checkpoint directory {path} has no config.json")
+        return path, revision or ""
+    if _looks_like_path(checkpoint):
+        raise FileNotFoundError(f"checkpoint {checkpoint!r}: no such directory ({path.resolve()})")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    offline = is_offline(offline)
+    cache = cache_dir or constants.HF_HUB_CACHE
+    try:
+        snap = Path(snapshot_download(checkpoint, revision=revision, cache_dir=cache, local_files_only=offline, allow_patterns=_HUB_FILES))
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError, HFValidationError) as e:
+        where = f"the hub cache {cache}" + (" (offline: HF_HUB_OFFLINE is set, nothing is downloaded)" if offline else " and the hub")
+        at = f" at revision {revision!r}" if revision else ""
+        raise FileNotFoundError(
+            f"checkpoint {checkpoint!r}{at} not found: no local directory {path.resolve()}, and no snapshot in {where} "
+            f"({type(e).__name__})"
+        ) from None
+    if not (snap / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint!r}: the snapshot {snap} has no config.json")
+    return snap, snap.name
+
+
+def read_chat_template(path: Path, *holders: Any) -> str | None:
+    """The checkpoint's chat template: from the loaded processor/tokenizer, else its template files."""
+    for obj in holders:
+        template = getattr(obj, "chat_template", None)
+        if isinstance(template, str) and template:
+            return template
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text()
+    if (path / "chat_template.json").is_file():
+        return json.loads((path / "chat_template.json").read_text()).get("chat_template")
+    return None
+
+
+def sample_content(sample: Sample) -> tuple[list[dict[str, str]], list[Any]]:
+    """A sample as chat content items (``{"type": "text"|"image"}``) and its images, in prompt order.
+
+    Passages become text; multiple-choice options are appended as lettered lines. Adjacent text merges
+    into one item so that chat templates add no separators inside the user's text.
+    """
+    content: list[dict[str, str]] = []
+    images: list[Any] = []
+
+    def text(t: str) -> None:
+        if content and content[-1]["type"] == "text":
+            content[-1]["text"] += t
+        else:
+            content.append({"type": "text", "text": t})
+
+    for i, part in enumerate(sample.parts):
+        if isinstance(part, ImagePart):
+            if part.image is None:
+                raise ValueError(f"sample {sample.id!r}: image part {i} ({part.ref!r}) has no decoded image")
+            images.append(part.image.convert("RGB") if hasattr(part.image, "convert") else part.image)
+            content.append({"type": "image"})
+        elif isinstance(part, PassagePart):
+            text(f"{part.title}\n{part.text}" if part.title else part.text)
+        elif isinstance(part, TextPart):
+            text(part.text)
+        else:
+            raise TypeError(f"sample {sample.id!r}: part {i} has unsupported kind {getattr(part, 'kind', type(part).__name__)!r}")
+    if sample.options:
+        text("\n" + "\n".join(f"{chr(ord('A') + j)}. {opt}" for j, opt in enumerate(sample.options)))
+    return content, images
+
+
+class _FirstCall(LogitsProcessor):
+    """Records when generation first asks for next-token scores, i.e. when prefill (TTFT) is done."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.at = device, None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.at is None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.at = time.perf_counter()
+        return scores
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class HFVLMAdapter(ModelAdapter):
+    """Base of transformers VLM adapters; see the module docstring for what a subclass supplies."""
+
+    Options = HFVLMOptions
+    model_class: ClassVar[type[PreTrainedModel]]
+    model_types: ClassVar[tuple[str, ...]]  # config.model_type values this adapter loads
+    image_placeholder: ClassVar[str]  # what stands for one image in a prompt without chat template
+    default_sinks: ClassVar[SinkPolicy] = SinkPolicy()
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self.model: PreTrainedModel | None = None
+        self.processor: Any = None
+        self.tokenizer: Any = None
+        self.chat_template: str | None = None
+        self._info: ModelInfo | None = None
+
+    # ------------------------------------------------------------------ what a subclass supplies
+
+    @abstractmethod
+    def load_processor(self, path: Path) -> Any:
+        """The checkpoint's processor (must expose ``tokenizer``)."""
+
+    @abstractmethod
+    def spec_from_config(self, config: PretrainedConfig, sinks: SinkPolicy) -> LayoutSpec:
+        """The layout spec: special-token ids from the model config, with this sink policy."""
+
+    @abstractmethod
+    def encode(self, text: str, images: list[Any], add_special_tokens: bool) -> dict[str, torch.Tensor]:
+        """Processor outputs (input ids, pixels, grids, token types) for one prompt text with its images."""
+
+    @abstractmethod
+    def read_layouts(self, inputs: dict[str, torch.Tensor]) -> list[PromptLayout]:
+        """One layout per batch row of processor outputs, checked against the vision grid's token counts."""
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self) -> None:
+        """Load weights and processor from a local directory or the hub cache (offline-aware)."""
+        opts = self.options
+        path, revision = resolve_checkpoint(opts.checkpoint, opts.revision, opts.offline, opts.cache_dir)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        self.check_config(config, where=str(path))
+        dtype = "auto" if opts.dtype == "auto" else _DTYPES[opts.dtype]
+        attention_bridge.register()
+        model = self.model_class.from_pretrained(
+            path, config=config, dtype=dtype, attn_implementation=self.attn_implementation(), trust_remote_code=False, local_files_only=True
+        )
+        random = opts.weights == "random" or (opts.weights == "auto" and bool(getattr(config, RANDOM_WEIGHTS_KEY, False)))
+        model_id = opts.model_id or (opts.checkpoint if path.name == revision and revision else path.name)
+        self.attach(model, self.load_processor(path), model_id=model_id, revision=revision, weights="random" if random else "trained")
+        self.chat_template = read_chat_template(path, self.processor, self.tokenizer)
+
+    def check_config(self, config: PretrainedConfig, where: str) -> None:
+        if config.model_type not in self.model_types:
+            raise ValueError(f"{where} holds a {config.model_type!r} model; adapter {self.name!r} loads {', '.join(self.model_types)}")
+
+    def attn_implementation(self) -> dict[str, str]:
+        """Language tower through the bsight bridge; vision tower on transformers' own implementation."""
+        return {"": "sdpa", "text_config": attention_bridge.ATTN_IMPLEMENTATION, "vision_config": self.options.vision_attn}
+
+    def attach(self, model: PreTrainedModel, processor: Any, *, model_id: str, revision: str = "", weights: Literal["trained", "random"]) -> None:
+        """Adopt an already built model (e.g. random weights for timing) and its processor (may be None when
+        inputs are built by hand). Sets the attention implementations and moves the model to the device."""
+        self.check_config(model.config, where=f"model {model_id!r}")
+        attention_bridge.register()
+        if model.config.get_text_config()._attn_implementation != attention_bridge.ATTN_IMPLEMENTATION:
+            model.set_attn_implementation(self.attn_implementation())
+        device = self.device
+        if model.device != device:
+            model = model.to(device)
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", None)
+        self._info = self._model_info(model.config, model_id, revision, weights)
+
+    @property
+    def device(self) -> torch.device:
+        if self.options.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.options.device)
+
+    def _require(self) -> PreTrainedModel:
+        if self.model is None:
+            raise RuntimeError(f"adapter {self.name!r}: call load() first")
+        return self.model
+
+    # ------------------------------------------------------------------ what the core asks for
+
+    @staticmethod
+    def _model_info(config: PretrainedConfig, model_id: str, revision: str, weights: Literal["trained", "random"]) -> ModelInfo:
+        text = config.get_text_config()
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        layer_types = getattr(text, "layer_types", None) or ["full_attention"] * text.num_hidden_layers
+        window = getattr(text, "sliding_window", None)
+        return ModelInfo(
+            model_id=model_id,
+            revision=revision,
+            num_layers=text.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+            head_dim=head_dim,
+            sliding_windows=[window if t == "sliding_attention" else None for t in layer_types],
+            weights=weights,
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise RuntimeError(f"adapter {self.name!r}: call load() first")
+        return self._info
+
+    def layout_spec(self) -> LayoutSpec:
+        return self.spec_from_config(self._require().config, self.options.sinks or self.default_sinks)
+
+    def prompt_text(self, content: list[dict[str, str]]) -> str:
+        """The prompt through the checkpoint's chat template (generation prompt added), or plain text with the
+        model's image placeholder when the checkpoint has no template."""
+        if self.chat_template is None:
+            return "".join(item["text"] if item["type"] == "text" else self.image_placeholder for item in content)
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+        )
+
+    def prepare(self, sample: Sample) -> Prepared:
+        if self.processor is None:
+            raise RuntimeError(f"adapter {self.name!r} has no processor (attached without one); build inputs by hand")
+        content, images = sample_content(sample)
+        inputs = self.encode(self.prompt_text(content), images, add_special_tokens=self.chat_template is None)
+        return self.prepared(inputs)
+
+    def prepared(self, inputs: dict[str, torch.Tensor]) -> Prepared:
+        """Processor outputs on the model's device (pixels in its dtype) with their layouts."""
+        model = self._require()
+        layouts = self.read_layouts(inputs)
+        moved = {}
+        for key, value in inputs.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            value = value.to(model.device)
+            moved[key] = value.to(model.dtype) if value.is_floating_point() else value
+        return Prepared(moved, layouts)
+
+    def bind(self, method: AttentionMethod) -> AttentionMethod:
+        """Set the method up for this model (once; methods swap without reloading weights)."""
+        if method.model != self.info:
+            method.setup(self.info)
+        return method
+
+    def forward(
+        self,
+        prepared: Prepared,
+        method: AttentionMethod,
+        *,
+        logits_to_keep: int = 0,
+        timer: attention_bridge.AttentionTimer | None = None,
+        **kwargs: Any,
+    ):
+        """One prefill forward pass with ``method`` computing prefill attention (model outputs)."""
+        model = self._require()
+        self.bind(method)
+        with torch.inference_mode(), attention_bridge.active_method(method, prepared.layouts, timer):
+            return model(**prepared.inputs, logits_to_keep=logits_to_keep, **kwargs)
+
+    def logits(self, prepared: Prepared, method: AttentionMethod) -> torch.Tensor:
+        return self.forward(prepared, method, use_cache=False).logits.float()
+
+    def generate(self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int) -> Generation:
+        """Greedy generation: prefill under ``method``, decode dense over the full KV cache."""
+        ids, prefill_s, total_s = self._greedy(prepared, method, max_new_tokens)
+        text = self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
+        return Generation(text=text, prompt_tokens=prepared.layouts[0].num_valid, prefill_s=prefill_s, total_s=total_s)
+
+    def generate_ids(self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int) -> torch.Tensor:
+        """New token ids of a greedy generation (batch of one)."""
+        return self._greedy(prepared, method, max_new_tokens)[0]
+
+    def _greedy(self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int) -> tuple[torch.Tensor, float, float]:
+        model = self._require()
+        if len(prepared.layouts) != 1:
+            raise ValueError(f"generate takes one prompt at a time, got a batch of {len(prepared.layouts)}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.bind(method)
+        config = copy.deepcopy(model.generation_config)
+        config.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, max_new_tokens=max_new_tokens)
+        if config.pad_token_id is None:
+            config.pad_token_id = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+        first = _FirstCall(model.device)
+        _sync(model.device)
+        t0 = time.perf_counter()
+        with torch.inference_mode(), attention_bridge.active_method(method, prepared.layouts):
+            out = model.generate(**prepared.inputs, generation_config=config, logits_processor=LogitsProcessorList([first]))
+        _sync(model.device)
+        total = time.perf_counter() - t0
+        prefill = (first.at if first.at is not None else t0 + total) - t0
+        return out[0, prepared.inputs["input_ids"].shape[1] :].cpu(), prefill, total
