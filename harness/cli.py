@@ -2,12 +2,16 @@
 
 Exit status: 0 success; 1 a unit failed (``run``) or a regression was flagged (``compare``); 2 bad input
 (config, arguments, not a run folder), reported as one line per problem without a traceback; 130 interrupted.
+
+``torchrun --nproc-per-node N -m bsight.harness.cli run CONFIG`` runs the config data-parallel over N
+processes (see :mod:`bsight.harness.distributed`); rank 0 prints, the other ranks exit with its status.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,6 +77,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .distributed import launched, session
     from .runner import default_run_dir, execute, plan
 
     err = _console(stderr=True)
@@ -81,6 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(path, registry)
     run_dir = Path(args.out) if args.out else default_run_dir(config)
     if args.dry_run:
+        if launched() and os.environ.get("RANK", "0") != "0":
+            return 0  # one listing per launch
         units = plan(config)
         out = _console()
         out.print(f"config {escape(str(path))} is valid (hash {config.config_hash()}); run folder {escape(str(run_dir))}")
@@ -88,13 +95,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             out.print(f"  {escape(unit.id)}  [dim]{unit.fingerprint}[/]")
         out.print(f"{len(units)} units")
         return 0
-    err.print(f"config {escape(str(path))} -> run folder {escape(str(run_dir))}{' (fresh)' if args.fresh else ''}")
-    outcome = execute(config, registry, run_dir, fresh=args.fresh, config_file=path, console=err)
+    with session() as dist:
+        console = err if dist.is_main else Console(stderr=True, quiet=True)
+        processes = f" over {dist.world_size} processes ({dist.backend})" if dist.world_size > 1 else ""
+        console.print(f"config {escape(str(path))} -> run folder {escape(str(run_dir))}{' (fresh)' if args.fresh else ''}{processes}")
+        outcome = execute(config, registry, run_dir, fresh=args.fresh, config_file=path, console=console, dist=dist)
     if outcome.report is None:
         return 1
-    print(f"report: {outcome.report.resolve()}")
+    if dist.is_main:
+        print(f"report: {outcome.report.resolve()}")
     if outcome.failed:
-        err.print(f"[red]{len(outcome.failed)} of {outcome.units} units failed:[/] {escape(', '.join(outcome.failed))}")
+        console.print(f"[red]{len(outcome.failed)} of {outcome.units} units failed:[/] {escape(', '.join(outcome.failed))}")
         return 1
     return 0
 
@@ -161,13 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
+    from .distributed import LaunchError
     from .runner import PlanError
     from .store import StoreError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, StoreError, PlanError, UsageError) as e:
+    except (ConfigError, StoreError, PlanError, UsageError, LaunchError) as e:
         for line in str(e).splitlines():
             print(f"bsight: error: {line}", file=sys.stderr)
         return 2

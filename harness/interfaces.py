@@ -82,13 +82,15 @@ class Extraction:
     """What an answer extractor made of a generation: ``answer`` is None when it could not parse it."""
 
     answer: str | None
-    rule: str  # which layer of the extractor matched ("letter", "option_text", "the_answer_is", "none")
+    rule: str  # which layer of the extractor matched ("letter", "option_text", "the_answer_is", "raw", "none")
 
 
 class Task(Plugin, ABC):
     """A benchmark. ``samples()`` is deterministic: same order and content on every call."""
 
     version: ClassVar[str] = "1"
+    headline: ClassVar[Literal["micro", "macro"]] = "micro"  # overall score upstream: over samples, or mean of per-subtask accuracies
+    default_max_new_tokens: ClassVar[int | None] = None  # generation budget upstream gives it; None: the accuracy job's default
 
     @abstractmethod
     def samples(self) -> Iterator[Sample]: ...

@@ -34,6 +34,8 @@ class Session(BaseModel):
     git_commit: str | None
     git_dirty: bool | None
     rows_written: int = 0
+    world_size: int = 1  # processes of a data-parallel session (torchrun)
+    devices: list[str] = []  # each rank's device, in rank order ("cuda:1 (NVIDIA H200) on host")
 
 
 class Provenance(BaseModel):
@@ -87,8 +89,11 @@ def package_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def collect(run_name: str, config_hash: str, config_file: str, plugin_packages: dict[str, str] | None = None) -> Provenance:
-    """Provenance of a run starting now in this process."""
+def collect(
+    run_name: str, config_hash: str, config_file: str, plugin_packages: dict[str, str] | None = None, devices: list[str] | None = None
+) -> Provenance:
+    """Provenance of a run starting now in this process; ``devices``: every rank's device when the session
+    is data-parallel (one entry per process)."""
     commit, dirty = git_state()
     started = now()
     host = socket.gethostname()
@@ -111,7 +116,12 @@ def collect(run_name: str, config_hash: str, config_file: str, plugin_packages: 
         gpus=gpus,
         command=command,
         started=started,
-        sessions=[Session(started=started, host=host, command=command, config_hash=config_hash, git_commit=commit, git_dirty=dirty)],
+        sessions=[
+            Session(
+                started=started, host=host, command=command, config_hash=config_hash, git_commit=commit, git_dirty=dirty,
+                world_size=len(devices or ()) or 1, devices=devices or [],
+            )
+        ],
     )
 
 

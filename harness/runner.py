@@ -4,17 +4,25 @@ Plugins are instantiated once per run: each model is loaded once and released af
 needs it (units are planned model by model, so every method runs on a loaded model without a reload).
 A unit that raises is marked failed, its traceback goes to ``errors.log`` and the run goes on; the exit
 status then says so.
+
+Under a data-parallel launcher (:mod:`bsight.harness.distributed`) every rank runs this same loop over the
+same plan: rank 0 holds the run folder, decides which units are left and tells the others; each unit of a
+shardable job type is split over the ranks (sample i to rank i mod world size), each rank appending to its
+own shard file; after a unit every rank reports to rank 0, which merges the shards in canonical order,
+records the unit's status and, at the end, renders the report. Other units run on rank 0 alone. Only rank 0
+shows progress bars (of its own share) and prints.
 """
 
 from __future__ import annotations
 
 import random
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -24,12 +32,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import provenance as prov
 from .config import BenchmarkConfig
+from .distributed import Dist, describe_device, shard_indices
 from .interfaces import AttentionMethod, ModelAdapter, ModelInfo, Sample, Task
 from .jobs import JOB_TYPES
 from .jobs.base import JobSpec, Unit
 from .plugins import Registry
 from .report import render_report
-from .store import Manifest, RunStore, StoreError, UnitRecord
+from .store import Manifest, RunStore, Shard, ShardWriter, StoreError, UnitRecord, UnitRowSet
+
+T = TypeVar("T")
 
 
 class PlanError(ValueError):
@@ -52,6 +63,7 @@ class RunContext:
     registry: Registry
     progress_display: Progress
     seed: int = 0
+    dist: Dist = field(default_factory=Dist)
     models_loaded: dict[str, ModelAdapter] = field(default_factory=dict)
     model_infos: dict[str, ModelInfo] = field(default_factory=dict)
     _model_errors: dict[str, str] = field(default_factory=dict)
@@ -59,6 +71,8 @@ class RunContext:
     _tasks: dict[str, Task] = field(default_factory=dict)
     _samples: dict[tuple[str, int | None], list[Sample]] = field(default_factory=dict)
     _record: UnitRecord | None = None
+    _split: bool = False  # the current unit is split over the ranks of a data-parallel session
+    _order: list[str] | None = None  # canonical order of the current unit's row keys, from shard()
 
     def model(self, name: str) -> ModelAdapter:
         """The loaded adapter for a config model name (loaded on first use; a failed load is not retried)."""
@@ -112,8 +126,24 @@ class RunContext:
         if self._record is not None:
             self._record.expected = n
 
+    def note(self, **info: Any) -> None:
+        """Record facts about the current unit that its report needs (JSON values), e.g. a task's headline."""
+        if self._record is not None:
+            self._record.info = {**self._record.info, **info}
+
+    def shard(self, items: Sequence[T], key: Callable[[T], str]) -> list[T]:
+        """This process's share of the current unit's items, in order: item i when i mod world size is this
+        rank if the unit is split over a data-parallel session, else every item. ``key`` gives each item's
+        row key; the unit's merged rows follow the items' order."""
+        self._order = [key(item) for item in items]
+        if not self._split:
+            return list(items)
+        return [items[i] for i in shard_indices(len(items), self.dist.rank, self.dist.world_size)]
+
     @contextmanager
     def progress(self, description: str, total: int, completed: int = 0) -> Iterator[_Bar]:
+        if self._split:
+            description += f" [rank {self.dist.rank} of {self.dist.world_size}]"
         task_id = self.progress_display.add_task(escape(description), total=total, completed=completed)
         try:
             yield _Bar(self.progress_display, task_id)
@@ -149,14 +179,30 @@ def plan(config: BenchmarkConfig) -> list[tuple[JobSpec, Unit]]:
     return out
 
 
+SPREADING_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's maps over every visible GPU
+
+
+def check_launch(config: BenchmarkConfig, dist: Dist) -> None:
+    """Refuse a data-parallel launch of a model that an adapter spreads over all GPUs (``device_map: auto``):
+    every rank would place its own copy on every GPU. Such a model runs in one process."""
+    if dist.world_size == 1:
+        return
+    for name, ref in config.models.items():
+        if ref.options.get("device_map") in SPREADING_DEVICE_MAPS:
+            raise PlanError(
+                f"models.{name}.options.device_map is {ref.options['device_map']!r}: a model spread over several GPUs runs in one "
+                f"process; start `bsight run` without torchrun (this launch has {dist.world_size} processes)"
+            )
+
+
 def default_run_dir(config: BenchmarkConfig) -> Path:
     return config.run.output_dir / config.run.name
 
 
-def _progress(console: Console) -> Progress:
+def _progress(console: Console, shown: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=False,
+        console=console, transient=False, disable=not shown,
     )
 
 
@@ -186,25 +232,49 @@ def execute(
     fresh: bool = False,
     config_file: Path | None = None,
     console: Console | None = None,
+    dist: Dist | None = None,
 ) -> RunOutcome:
-    """Run (or resume) the config in ``run_dir`` and render its report."""
+    """Run (or resume) the config in ``run_dir`` and render its report. ``dist``: this process's place in a
+    data-parallel session (every rank calls this; rank 0's outcome is returned on every rank)."""
     console = console or Console(stderr=True)
+    dist = dist or Dist()
     planned = plan(config)
-    store = RunStore(run_dir, fresh=fresh)
+    check_launch(config, dist)
+    store = _on_main(dist, lambda: RunStore(run_dir, fresh=fresh))
     try:
-        return _execute(config, registry, store, planned, config_file, console)
+        return _execute(config, registry, store, Path(run_dir), planned, config_file, console, dist)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
 
 
-def _execute(config: BenchmarkConfig, registry: Registry, store: RunStore, planned: list[tuple[JobSpec, Unit]], config_file: Path | None, console: Console) -> RunOutcome:
+def _on_main(dist: Dist, fn: Callable[[], T]) -> T | None:
+    """``fn()`` on rank 0 (None elsewhere); when it raises, every rank raises, so none waits for rank 0."""
+    result, failure = None, None
+    if dist.is_main:
+        try:
+            result = fn()
+        except Exception as e:
+            failure = e
+    problem = dist.broadcast(None if failure is None else (type(failure).__name__, str(failure)))
+    if failure is not None:
+        raise failure
+    if problem is not None:
+        kind, message = problem
+        raise StoreError(message) if kind == StoreError.__name__ else RuntimeError(f"rank 0 failed: {kind}: {message}")
+    return result
+
+
+def _start(
+    config: BenchmarkConfig, registry: Registry, store: RunStore, planned: list[tuple[JobSpec, Unit]], config_file: Path | None, devices: list[str]
+) -> tuple[prov.Provenance, Manifest]:
+    """Rank 0's session start: provenance (resumed or new), the config files, the manifest."""
     plugin_packages = {info.package: info.version for info in registry.all() if info.version}
-    current = prov.collect(config.run.name, config.config_hash(), str(config_file or "<in-process>"), plugin_packages)
+    current = prov.collect(config.run.name, config.config_hash(), str(config_file or "<in-process>"), plugin_packages, devices=devices)
     try:
         provenance = prov.resume(store.provenance(), current)
     except StoreError:
         provenance = current
-    session = provenance.sessions[-1]
     store.write_model(store.PROVENANCE, provenance)
     (store.root / store.CONFIG).write_text(config.model_dump_json(indent=2), encoding="utf-8")
     if config_file is not None:
@@ -213,38 +283,59 @@ def _execute(config: BenchmarkConfig, registry: Registry, store: RunStore, plann
         (store.root / store.CONFIG_SOURCE).unlink(missing_ok=True)
     manifest = _manifest(config, planned, store)
     store.write_manifest(manifest)
+    return provenance, manifest
+
+
+def _complete(rec: UnitRecord) -> bool:
+    return rec.status == "done" and rec.expected is not None and rec.rows >= rec.expected
+
+
+def _execute(
+    config: BenchmarkConfig, registry: Registry, store: RunStore | None, run_dir: Path, planned: list[tuple[JobSpec, Unit]],
+    config_file: Path | None, console: Console, dist: Dist,
+) -> RunOutcome:
+    devices = dist.gather(describe_device(dist.device))
+    started = _on_main(dist, lambda: _start(config, registry, store, planned, config_file, devices))
+    provenance, manifest = started if started is not None else (None, None)
+    manifest = Manifest.model_validate_json(dist.broadcast(manifest.model_dump_json() if manifest is not None else None))
+    session = provenance.sessions[-1] if provenance is not None else None
 
     random.seed(config.run.seed)
     np.random.seed(config.run.seed)
     last_use = {u.model: i for i, (_, u) in enumerate(planned) if u.model is not None}
+    todo = [not _complete(rec) for rec in manifest.units]  # decided once, from the manifest every rank got
     failed: list[str] = []
     written = 0
-    with _progress(console) as display:
-        ctx = RunContext(config, registry, display, seed=config.run.seed)
+    html: Path | None = None
+    with _progress(console, shown=dist.is_main) as display:
+        ctx = RunContext(config, registry, display, seed=config.run.seed, dist=dist)
         overall = display.add_task("units", total=len(planned))
         try:
             for i, ((spec, unit), rec) in enumerate(zip(planned, manifest.units)):
-                complete = rec.status == "done" and rec.expected is not None and rec.rows >= rec.expected
-                if not complete:
-                    written += _run_unit(spec, unit, rec, ctx, store, manifest, console)
+                if todo[i]:
+                    written += _run_unit(spec, unit, rec, ctx, store, run_dir, manifest, console)
                     if rec.status == "failed":
                         failed.append(unit.id)
                 display.advance(overall)
                 if unit.model is not None and last_use[unit.model] == i:
                     ctx.release(unit.model)
-            session.status = "failed" if failed else "completed"
+            if session is not None:
+                session.status = "failed" if failed else "completed"
         except KeyboardInterrupt:
-            session.status = "interrupted"
+            if session is not None:
+                session.status = "interrupted"
             raise
         finally:
-            provenance.ended = session.ended = prov.now()
-            session.rows_written = written
-            provenance.datasets = {**provenance.datasets, **ctx.dataset_revisions()}
-            provenance.models = {**provenance.models, **ctx.model_infos}
-            store.write_model(store.PROVENANCE, provenance)
-            store.write_manifest(manifest)
-            html = _render(store, console)  # an interrupted run still gets a report of what it has
-    return RunOutcome(run_dir=store.root, report=html, units=len(planned), failed=failed, rows_written=written)
+            if store is not None and provenance is not None and session is not None:  # rank 0 keeps the records
+                provenance.ended = session.ended = prov.now()
+                session.rows_written = written
+                provenance.datasets = {**provenance.datasets, **ctx.dataset_revisions()}
+                provenance.models = {**provenance.models, **ctx.model_infos}
+                store.write_model(store.PROVENANCE, provenance)
+                store.write_manifest(manifest)
+                html = _render(store, console)  # an interrupted run still gets a report of what it has
+    html, failed = dist.broadcast((html, failed))
+    return RunOutcome(run_dir=run_dir, report=html, units=len(planned), failed=failed, rows_written=written)
 
 
 def _render(store: RunStore, console: Console) -> Path | None:
@@ -256,29 +347,88 @@ def _render(store: RunStore, console: Console) -> Path | None:
         return None
 
 
-def _run_unit(spec: JobSpec, unit: Unit, rec: UnitRecord, ctx: RunContext, store: RunStore, manifest: Manifest, console: Console) -> int:
-    """Run one unit, keeping its manifest record current; returns how many rows it added."""
+@dataclass
+class _RankResult:
+    """What one rank reports to rank 0 when a unit ends."""
+
+    status: str  # "done", "failed" or "idle" (the unit ran on rank 0 alone)
+    error: str | None = None
+    traceback: str | None = None
+    written: int = 0
+    order: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _open_rows(ctx: RunContext, store: RunStore | None, run_dir: Path, unit: Unit, row_type: type) -> UnitRowSet:
+    """The unit's rows for this rank: the unit's file for a lone process, else the rank's shard file."""
+    if not ctx._split:
+        assert store is not None
+        return store.open_rows(unit, row_type)
+    shard = Shard(ctx.dist.rank, ctx.dist.world_size)
+    return store.open_rows(unit, row_type, shard) if store is not None else ShardWriter(run_dir, shard).open_rows(unit, row_type)
+
+
+def _run_unit(
+    spec: JobSpec, unit: Unit, rec: UnitRecord, ctx: RunContext, store: RunStore | None, run_dir: Path, manifest: Manifest, console: Console
+) -> int:
+    """Run one unit on the ranks that take part, keeping rank 0's manifest record current; returns how many
+    rows all ranks added."""
     job = JOB_TYPES[unit.type]
-    rows = store.open_rows(unit, job.Row)
-    before = len(rows)
-    rec.status, rec.error, rec.rows, rec.updated = "running", None, before, prov.now()
+    dist = ctx.dist
+    ctx._split = dist.world_size > 1 and job.shardable
+    result = _RankResult("idle")
+    if ctx._split or dist.is_main:
+        result = _work(spec, unit, rec, ctx, store, run_dir, manifest)
+    results = dist.gather(result)
+    if store is None:
+        return sum(r.written for r in results)
+    broken = [(rank, r) for rank, r in enumerate(results) if r.status == "failed"]
+    for rank, r in broken:
+        store.log_error(unit.id if dist.world_size == 1 else f"{unit.id} [rank {rank}]", r.traceback or "")
+    try:
+        order = next((r.order for r in results if r.order is not None), None)
+        rec.rows = store.merge_shards(unit, job.Row, order)
+    except Exception as e:
+        store.log_error(f"{unit.id} [merge]", traceback.format_exc())
+        broken.append((0, _RankResult("failed", error=f"merging its shards: {type(e).__name__}: {e}")))
+    for r in results:
+        rec.info = {**rec.info, **r.info}
+    if broken:
+        rank, r = broken[0]
+        where = "" if dist.world_size == 1 else f"rank {rank}: "
+        rec.status, rec.error = "failed", f"{where}{r.error}"
+        console.print(f"[red]failed[/] {escape(unit.id)}: {escape(rec.error)} (traceback in {store.root / 'errors.log'})")
+    else:
+        rec.status = "done"
+        before = rec.rows - sum(r.written for r in results)
+        console.print(f"[green]done[/] {escape(unit.id)}: {rec.rows} rows ({before} from an earlier session)")
+    rec.updated = prov.now()
     store.write_manifest(manifest)
-    ctx._record = rec
+    return sum(r.written for r in results)
+
+
+def _work(spec: JobSpec, unit: Unit, rec: UnitRecord, ctx: RunContext, store: RunStore | None, run_dir: Path, manifest: Manifest) -> _RankResult:
+    """This rank's part of a unit."""
+    job = JOB_TYPES[unit.type]
+    rows = _open_rows(ctx, store, run_dir, unit, job.Row)
+    start = len(rows)
+    if store is not None:
+        rec.status, rec.error, rec.rows, rec.updated = "running", None, start, prov.now()
+        store.write_manifest(manifest)
+    ctx._record, ctx._order = rec, None
     torch.manual_seed(ctx.seed)
+    result = _RankResult("done")
     try:
         job.run_unit(spec, unit, ctx, rows)
-        rec.status = "done"
-        console.print(f"[green]done[/] {escape(unit.id)}: {len(rows)} rows ({before} from an earlier session)")
     except KeyboardInterrupt:
-        rec.status = "pending"
+        if store is not None:
+            rec.status, rec.rows, rec.updated = "pending", len(rows), prov.now()
+            store.write_manifest(manifest)
         raise
     except Exception as e:
-        rec.status, rec.error = "failed", f"{type(e).__name__}: {e}"
-        store.log_error(unit.id, traceback.format_exc())
-        console.print(f"[red]failed[/] {escape(unit.id)}: {escape(rec.error)} (traceback in {store.root / 'errors.log'})")
+        result = _RankResult("failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
     finally:
         ctx._record = None
-        rec.rows, rec.updated = len(rows), prov.now()
         rows.close()
-        store.write_manifest(manifest)
-    return len(rows) - before
+    result.written, result.order, result.info = len(rows) - start, ctx._order, dict(rec.info)
+    return result

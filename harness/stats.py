@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -35,16 +36,23 @@ def paired_bootstrap(
     resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> PairedDelta:
-    """Percentile bootstrap CI of mean(method - baseline), resampling samples (pairs) with replacement.
+    """Percentile bootstrap CI of the accuracy change method - baseline, resampling samples (pairs) with
+    replacement.
 
-    ``method[i]`` and ``baseline[i]`` must belong to the same sample. Seeded, so a report renders the same CI
-    every time.
+    ``method[i]`` and ``baseline[i]`` must belong to the same sample. Without ``groups`` the change is the
+    micro one, mean(method - baseline). With ``groups`` (each sample's subtask) it is the macro change, the
+    mean over subtasks of each subtask's change: every resample draws each subtask's own samples again
+    (stratified), so the macro average keeps its fixed set of subtasks and the delta is recomputed from the
+    same resampled pairs for both methods. Seeded, so a report renders the same CI every time.
     """
     m = np.asarray(method, dtype=float)
     b = np.asarray(baseline, dtype=float)
     if m.shape != b.shape or m.ndim != 1:
         raise ValueError(f"paired samples must be two equal-length 1-D sequences, got {m.shape} and {b.shape}")
+    if groups is not None and len(groups) != m.size:
+        raise ValueError(f"{len(groups)} group labels for {m.size} paired samples")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     n = m.size
@@ -53,15 +61,28 @@ def paired_bootstrap(
         return PairedDelta(nan, nan, nan, 0, confidence)
     diff = m - b
     rng = np.random.default_rng(seed)
+    if groups is None:
+        delta, means = float(diff.mean()), _resampled_means(diff, resamples, rng)
+    else:
+        labels = np.asarray(groups, dtype=object)
+        parts = [diff[labels == g] for g in sorted(set(groups))]
+        delta = float(np.mean([p.mean() for p in parts]))
+        means = np.mean([_resampled_means(p, resamples, rng) for p in parts], axis=0)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return PairedDelta(delta, float(lo), float(hi), n, confidence)
+
+
+def _resampled_means(values: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of ``resamples`` bootstrap resamples of ``values`` (same size, with replacement)."""
+    n = values.size
     means = np.empty(resamples)
     chunk = max(1, 4_000_000 // n)  # bound memory: chunk x n indices at a time
     for start in range(0, resamples, chunk):
         stop = min(resamples, start + chunk)
         idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = diff[idx].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return PairedDelta(float(diff.mean()), float(lo), float(hi), n, confidence)
+        means[start:stop] = values[idx].mean(axis=1)
+    return means
 
 
 def agreement(answers: Sequence[str | None], baseline: Sequence[str | None]) -> float:
@@ -89,6 +110,22 @@ def by_group(groups: Sequence[str], correct: Sequence[bool]) -> dict[str, tuple[
     for g, c in zip(groups, correct, strict=True):
         acc.setdefault(g, []).append(bool(c))
     return {g: (accuracy(v), len(v)) for g, v in sorted(acc.items())}
+
+
+def macro_accuracy(groups: Sequence[str], correct: Sequence[bool]) -> float:
+    """Mean of per-group accuracies: the headline of benchmarks that weigh every subtask equally (MMIU,
+    BLINK); NaN for no samples."""
+    per = by_group(groups, correct)
+    return float(np.mean([acc for acc, _ in per.values()])) if per else float("nan")
+
+
+def headline_accuracy(kind: Literal["micro", "macro"], groups: Sequence[str], correct: Sequence[bool]) -> float:
+    """A task's overall score as upstream reports it: ``micro`` over samples, ``macro`` over subtasks."""
+    if kind == "macro":
+        return macro_accuracy(groups, correct)
+    if kind == "micro":
+        return accuracy(correct)
+    raise ValueError(f"headline must be 'micro' or 'macro', got {kind!r}")
 
 
 def paired(rows: Mapping[str, object], baseline: Mapping[str, object]) -> list[str]:

@@ -7,6 +7,8 @@ Layout of a run folder::
     provenance.json     :class:`~bsight.harness.provenance.Provenance`
     units.json          :class:`Manifest`: every unit of the current plan, its status and row count
     results/<job>/<unit>.<fingerprint>.jsonl   one row per line, appended, flushed and fsynced per row
+    results/<job>/<unit>.<fingerprint>.shards/rank<r>-of-<n>.jsonl   rows rank r of an n-process
+                        (data-parallel) session wrote; folded into the unit's file when the unit ends
     index.html, report.md, plots/*.svg          the rendered report
     errors.log          tracebacks of units that failed
 
@@ -14,6 +16,12 @@ Resume rules: a unit's file name carries its fingerprint, so changing what deter
 plugin option, ``max_new_tokens``) starts a new file while unchanged units keep theirs. Inside a file each row
 has a ``key``; keys already present are skipped, so nothing is redone or duplicated. A process killed in the
 middle of a write leaves at most one partial last line, which the next writer cuts off.
+
+Data-parallel sessions: every file has exactly one writer. Rank r of n appends only to its own shard file;
+rank 0 alone holds the folder's lock, writes the manifest and, once every rank has finished a unit, merges
+the shards into the unit's file in the unit's canonical order and then deletes them (a merge cut short is
+finished by the next one). A unit's rows are its file plus any shard files left over, whatever the number of
+processes that wrote them, so a run interrupted under n processes resumes under any other number.
 """
 
 from __future__ import annotations
@@ -21,11 +29,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -47,6 +57,7 @@ class UnitRecord(BaseModel):
     status: UnitStatus = "pending"
     rows: int = 0
     expected: int | None = None  # rows the unit will hold when complete, when the job knows
+    info: dict[str, Any] = {}  # facts the job recorded while running (accuracy: the task's headline score kind)
     error: str | None = None
     updated: datetime | None = None
 
@@ -57,14 +68,29 @@ class Manifest(BaseModel):
     units: list[UnitRecord]
 
 
-def write_json_atomic(path: Path, model: BaseModel) -> None:
-    """Write a pydantic model as JSON so that a reader never sees a half-written file."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace a file's content so that a reader (or a kill) never sees a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(model.model_dump_json(indent=2))
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, model: BaseModel) -> None:
+    """Write a pydantic model as JSON so that a reader never sees a half-written file."""
+    write_bytes_atomic(path, model.model_dump_json(indent=2).encode())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or unlink inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Path, model: type[M]) -> M:
@@ -87,7 +113,8 @@ def _read_lines(path: Path) -> tuple[list[bytes], int]:
 
 
 class UnitRows(Generic[R]):
-    """The rows of one unit: read on open, then appended one durable line at a time."""
+    """The rows of one file (a unit's, or one shard of it): read on open, then appended one durable line at
+    a time."""
 
     def __init__(self, path: Path, row_type: type[R], writable: bool = True) -> None:
         self.path, self.row_type = path, row_type
@@ -138,6 +165,55 @@ class UnitRows(Generic[R]):
             self._file = None
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Rank ``rank`` of a ``world_size``-process data-parallel session: the writer of one shard file per unit."""
+
+    rank: int
+    world_size: int
+
+    PATTERN = re.compile(r"^rank(\d+)-of-(\d+)\.jsonl$")
+
+    @property
+    def file_name(self) -> str:
+        return f"rank{self.rank}-of-{self.world_size}.jsonl"
+
+
+class UnitRowSet(Generic[R]):
+    """A unit's rows as one process sees them: every row stored for the unit (its file, then shard files
+    that earlier or parallel sessions left, in a fixed order) plus the one file this process appends to."""
+
+    def __init__(self, files: list[UnitRows[R]], writer: UnitRows[R] | None) -> None:
+        self._files, self._writer = files, writer
+        self.rows: dict[str, R] = {}
+        for f in files:
+            for row in f:
+                self.rows.setdefault(row.key, row)
+
+    @property
+    def done(self) -> set[str]:
+        return set(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[R]:
+        return iter(self.rows.values())
+
+    def append(self, row: R) -> None:
+        """Write one row durably to this process's file. A key stored anywhere in the unit is refused."""
+        if self._writer is None:
+            raise StoreError("this unit's rows were opened read-only")
+        if row.key in self.rows:
+            raise StoreError(f"{self._writer.path}: row {row.key!r} is already stored for this unit")
+        self._writer.append(row)
+        self.rows[row.key] = row
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+
+
 class RunFolder:
     """Read-only view of a run folder, used by reports and ``compare``."""
 
@@ -171,9 +247,32 @@ class RunFolder:
         slug = unit.id.split("/", 1)[1].replace("/", "__") if "/" in unit.id else unit.id
         return self.root / "results" / unit.job / f"{slug}.{unit.fingerprint}.jsonl"
 
+    def shard_dir(self, unit: Unit) -> Path:
+        path = self.unit_path(unit)
+        return path.with_name(path.name.removesuffix(".jsonl") + ".shards")
+
+    def shard_paths(self, unit: Unit) -> list[Path]:
+        """The unit's shard files not merged yet, ordered by (world size, rank)."""
+        folder = self.shard_dir(unit)
+        found = []
+        for path in folder.iterdir() if folder.is_dir() else ():
+            m = Shard.PATTERN.match(path.name)
+            if m:
+                found.append(((int(m.group(2)), int(m.group(1))), path))
+        return [path for _, path in sorted(found)]
+
     def rows(self, unit: Unit, row_type: type[R]) -> list[R]:
-        """A unit's rows in the order they were written (complete lines only)."""
-        return list(UnitRows(self.unit_path(unit), row_type, writable=False))
+        """A unit's rows: its file in the order written, then rows of shards not merged yet (complete lines
+        only; an interrupted data-parallel session's rows are shown too)."""
+        return list(self._row_set(unit, row_type, None))
+
+    def _row_set(self, unit: Unit, row_type: type[R], target: Path | None) -> UnitRowSet[R]:
+        """Every stored row of a unit, appending to ``target`` (one of its files) when given."""
+        paths = [self.unit_path(unit), *self.shard_paths(unit)]
+        if target is not None and target not in paths:
+            paths.append(target)
+        files = [UnitRows(p, row_type, writable=p == target) for p in paths]
+        return UnitRowSet(files, next((f for f in files if f.path == target), None))
 
 
 class RunStore(RunFolder):
@@ -199,8 +298,45 @@ class RunStore(RunFolder):
         for name in (self.MANIFEST, self.PROVENANCE, self.CONFIG, self.CONFIG_SOURCE, "index.html", "report.md", "errors.log"):
             (self.root / name).unlink(missing_ok=True)
 
-    def open_rows(self, unit: Unit, row_type: type[R]) -> UnitRows[R]:
-        return UnitRows(self.unit_path(unit), row_type, writable=True)
+    def open_rows(self, unit: Unit, row_type: type[R], shard: Shard | None = None) -> UnitRowSet[R]:
+        """A unit's rows for this process to extend: appends go to the unit's file, or to ``shard``'s own
+        file when the unit is split over a data-parallel session."""
+        return self._row_set(unit, row_type, self.unit_path(unit) if shard is None else self.shard_dir(unit) / shard.file_name)
+
+    def merge_shards(self, unit: Unit, row_type: type[R], order: Sequence[str] | None = None) -> int:
+        """Fold the unit's shard files into its file and delete them; returns the unit's row count.
+
+        The file ends up in canonical ``order`` (keys it does not list keep their place after it): rows are
+        appended when the file already starts that way, else the file is rewritten atomically. Shards are
+        deleted only once the file holds their rows durably, so a merge cut short loses nothing and the next
+        one finishes it without duplicating a row. Call it while no process writes this unit.
+        """
+        path, shards = self.unit_path(unit), self.shard_paths(unit)
+        target = UnitRows(path, row_type, writable=False)
+        stored = UnitRowSet([target, *(UnitRows(p, row_type, writable=False) for p in shards)], None)
+        listed = [k for k in dict.fromkeys(order or ()) if k in stored.rows]
+        known = set(listed)
+        wanted = listed + [k for k in stored.rows if k not in known]
+        present = list(target.rows)
+        if wanted[: len(present)] == present:
+            if len(wanted) > len(present):
+                rows = UnitRows(path, row_type, writable=True)  # cuts a torn last line first
+                try:
+                    for key in wanted[len(present):]:
+                        rows.append(stored.rows[key])
+                finally:
+                    rows.close()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(path, b"".join(stored.rows[k].model_dump_json().encode() + b"\n" for k in wanted))
+        for p in shards:
+            p.unlink()
+        folder = self.shard_dir(unit)
+        if folder.is_dir():
+            if not any(folder.iterdir()):
+                folder.rmdir()
+            _fsync_dir(folder.parent)
+        return len(wanted)
 
     def write_manifest(self, manifest: Manifest) -> None:
         write_json_atomic(self.root / self.MANIFEST, manifest)
@@ -214,3 +350,17 @@ class RunStore(RunFolder):
 
     def close(self) -> None:
         self._lock.close()
+
+
+class ShardWriter(RunFolder):
+    """The run folder as a rank other than 0 of a data-parallel session uses it: it appends to its own shard
+    files only. Rank 0 holds the folder (a :class:`RunStore` and its lock), writes the manifest and merges."""
+
+    def __init__(self, root: Path | str, shard: Shard) -> None:
+        super().__init__(root)
+        if shard.rank == 0:
+            raise ValueError("rank 0 writes through the RunStore, which holds the run folder's lock")
+        self.shard = shard
+
+    def open_rows(self, unit: Unit, row_type: type[R]) -> UnitRowSet[R]:
+        return self._row_set(unit, row_type, self.shard_dir(unit) / self.shard.file_name)

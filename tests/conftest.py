@@ -133,10 +133,12 @@ def synthetic_accuracy_run(
     extracted: dict[str, list[str | None]] | None = None,
     subtasks: list[str] | None = None,
     seed: int = 0,
+    headline: str | None = None,
 ) -> RunFolder:
     """A run folder whose accuracy rows have the given per-sample outcomes (method -> correct per sample),
     written through the store exactly as a run writes them; for report and compare tests that need chosen
-    numbers. The first method is the baseline."""
+    numbers. The first method is the baseline; ``headline`` is what the task declared (default: none
+    recorded, which reads as micro)."""
     methods = list(outcomes)
     spec = AccuracySpec(type="accuracy", name="accuracy", baseline=methods[0])
     config = BenchmarkConfig(
@@ -162,7 +164,8 @@ def synthetic_accuracy_run(
                     correct=c, prefill_s=0.001, total_s=0.002, overhead_ms={},
                 ))
             rows.close()
-            records.append(UnitRecord(unit=unit, spec=spec.model_dump(mode="json"), status="done", rows=len(correct), expected=len(correct)))
+            info = {"headline": headline} if headline else {}
+            records.append(UnitRecord(unit=unit, spec=spec.model_dump(mode="json"), status="done", rows=len(correct), expected=len(correct), info=info))
         store.write_manifest(Manifest(run_name=root.name, config_hash=config.config_hash(), units=records))
     finally:
         store.close()

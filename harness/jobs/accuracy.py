@@ -1,13 +1,19 @@
 """Job ``accuracy``: every model x method x task, greedy answers scored per sample, methods vs a baseline.
 
 One unit per (model, method, task). For each sample: ``adapter.prepare``, ``adapter.generate`` (greedy) under
-the method, ``task.extract``, ``task.score``; one :class:`AccuracyRow` per sample. The report pairs each
-method with the baseline (``dense``) on the samples both answered.
+the method, ``task.extract``, ``task.score``; one :class:`AccuracyRow` per sample. Units are shardable: a
+data-parallel session splits each unit's samples over its ranks.
+
+The report pairs each method with the baseline (``dense``) on the samples both answered: the task's headline
+score as upstream reports it (``Task.headline``: ``micro`` over samples, ``macro`` = mean of per-subtask
+accuracies), its change vs the baseline with a paired bootstrap CI (stratified by subtask for ``macro``), the
+share of samples whose extracted answer agrees with the baseline's, unparsed generations, and a per-subtask
+breakdown.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -19,7 +25,11 @@ from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData,
 if TYPE_CHECKING:
     from ..config import BenchmarkConfig
     from ..runner import RunContext
-    from ..store import RunFolder, UnitRecord, UnitRows
+    from ..store import RunFolder, UnitRecord, UnitRowSet
+
+
+DEFAULT_MAX_NEW_TOKENS = 16  # for tasks that declare no default_max_new_tokens
+Headline = Literal["micro", "macro"]
 
 
 class AccuracySpec(JobSpec):
@@ -29,7 +39,9 @@ class AccuracySpec(JobSpec):
     tasks: list[str] | None = Field(None, description="names from `tasks:`; default all")
     baseline: str | None = Field("dense", description="method name the others are compared with; null for none")
     limit: int | None = Field(None, ge=1, description="first N samples of each task")
-    max_new_tokens: int = Field(16, ge=1)
+    max_new_tokens: int | None = Field(
+        None, ge=1, description=f"tokens to generate; default: the task's default_max_new_tokens, else {DEFAULT_MAX_NEW_TOKENS}"
+    )
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for the paired CI")
     confidence: float = Field(0.95, gt=0, lt=1)
 
@@ -52,6 +64,7 @@ class AccuracyRow(ResultRow):
     prefill_s: float
     total_s: float
     overhead_ms: dict[str, float]
+    max_new_tokens: int | None = None  # the generation budget used (None in rows of older runs)
 
 
 def run_seed(run: RunFolder) -> int:
@@ -70,6 +83,7 @@ class AccuracyJob(JobType):
     Row = AccuracyRow
     section = "accuracy"
     title = "Accuracy"
+    shardable = True
 
     def check(self, spec: AccuracySpec, config: BenchmarkConfig) -> list[ConfigIssue]:
         issues = []
@@ -101,17 +115,21 @@ class AccuracyJob(JobType):
                     units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}/{method}/{task}", model=model, method=method, task=task, fingerprint=fp))
         return units
 
-    def run_unit(self, spec: AccuracySpec, unit: Unit, ctx: RunContext, rows: UnitRows[AccuracyRow]) -> None:
+    def run_unit(self, spec: AccuracySpec, unit: Unit, ctx: RunContext, rows: UnitRowSet[AccuracyRow]) -> None:
         adapter, method, task = ctx.model(unit.model), ctx.method(unit.method), ctx.task(unit.task)
         method.setup(adapter.info)
         samples = ctx.samples(unit.task, spec.limit)
+        max_new_tokens = spec.max_new_tokens or task.default_max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        _check_budget(rows, max_new_tokens, unit)
         ctx.expect(len(samples))
-        todo = [s for s in samples if s.id not in rows.done]
-        with ctx.progress(unit.id, total=len(samples), completed=len(samples) - len(todo)) as bar:
+        ctx.note(headline=task.headline, max_new_tokens=max_new_tokens)
+        mine = ctx.shard(samples, key=lambda s: s.id)
+        todo = [s for s in mine if s.id not in rows.done]
+        with ctx.progress(unit.id, total=len(mine), completed=len(mine) - len(todo)) as bar:
             for sample in todo:
                 prepared = adapter.prepare(sample)
                 method.overhead.take()  # count only this sample's overhead
-                gen = adapter.generate(prepared, method, spec.max_new_tokens)
+                gen = adapter.generate(prepared, method, max_new_tokens)
                 extraction = task.extract(gen.text, sample)
                 rows.append(
                     AccuracyRow(
@@ -119,7 +137,7 @@ class AccuracyJob(JobType):
                         method=unit.method, weights=adapter.info.weights, prompt_tokens=gen.prompt_tokens,
                         generation=gen.text, extracted=extraction.answer, rule=extraction.rule, gold=sample.answer,
                         correct=bool(task.score(extraction, sample)), prefill_s=gen.prefill_s, total_s=gen.total_s,
-                        overhead_ms=method.overhead.take(),
+                        overhead_ms=method.overhead.take(), max_new_tokens=max_new_tokens,
                     )
                 )
                 bar.advance()
@@ -132,21 +150,29 @@ class AccuracyJob(JobType):
         for rec in records:
             u = rec.unit
             spec: AccuracySpec = self.spec_of(rec)
-            g = groups.setdefault((u.job, u.model, u.task), {"job": u.job, "model": u.model, "task": u.task, "spec": spec, "methods": {}})
+            g = groups.setdefault(
+                (u.job, u.model, u.task), {"job": u.job, "model": u.model, "task": u.task, "spec": spec, "methods": {}, "headline": "micro"}
+            )
             g["methods"][u.method] = {"record": rec, "rows": {r.key: r for r in run.rows(u, AccuracyRow)}}
+            if "headline" in rec.info:  # what the task declared when it ran (one task per group)
+                g["headline"] = rec.info["headline"]
         return list(groups.values())
 
     def _method_stats(self, group: dict, seed: int) -> list[dict]:
+        """Per method: headline accuracy, counts, and (against the baseline, on shared samples) the change with
+        its paired CI and the answer agreement."""
         spec: AccuracySpec = group["spec"]
+        headline: Headline = group["headline"]
         base = group["methods"].get(spec.baseline) if spec.baseline else None
         out = []
         for name, entry in group["methods"].items():
             rows = entry["rows"]
             correct = [r.correct for r in rows.values()]
-            extracted = [r.extracted for r in rows.values()]
-            item = {
+            subtasks = [r.subtask for r in rows.values()]
+            item: dict[str, Any] = {
                 "method": name, "n": len(rows), "expected": entry["record"].expected, "status": entry["record"].status,
-                "accuracy": stats.accuracy(correct), "unparsed": stats.unparsed(extracted), "is_baseline": name == spec.baseline,
+                "accuracy": stats.headline_accuracy(headline, subtasks, correct), "micro_accuracy": stats.accuracy(correct),
+                "unparsed": stats.unparsed([r.extracted for r in rows.values()]), "is_baseline": name == spec.baseline,
                 "delta": None, "agreement": None, "paired_n": 0,
                 "prefill_ms": float(np.median([r.prefill_s for r in rows.values()]) * 1e3) if rows else float("nan"),
                 "overhead_ms": float(np.mean([sum(r.overhead_ms.values()) for r in rows.values()])) if rows else float("nan"),
@@ -156,6 +182,7 @@ class AccuracyJob(JobType):
                 d = stats.paired_bootstrap(
                     [rows[k].correct for k in keys], [base["rows"][k].correct for k in keys],
                     resamples=spec.bootstrap, confidence=spec.confidence, seed=seed,
+                    groups=[rows[k].subtask for k in keys] if headline == "macro" else None,
                 )
                 item.update(
                     delta=d, paired_n=d.n,
@@ -193,6 +220,7 @@ class AccuracyJob(JobType):
                 plots.append(plot)
             tables.append({
                 "job": g["job"], "model": g["model"], "task": g["task"], "baseline": g["spec"].baseline, "confidence": g["spec"].confidence,
+                "headline": g["headline"],
                 "random_weights": "random" in weights,
                 "methods": methods, "method_names": list(g["methods"]), "breakdown": breakdown, "plot": plot,
             })
@@ -210,4 +238,16 @@ class AccuracyJob(JobType):
                 out.append(Metric(name=f"{stem}/unparsed_rate", value=m["unparsed"] / m["n"], higher_is_better=False))
                 if m["agreement"] is not None and m["paired_n"]:
                     out.append(Metric(name=f"{stem}/agreement", value=m["agreement"], higher_is_better=True))
+                    out.append(Metric(name=f"{stem}/delta", value=m["delta"].delta, higher_is_better=True))
         return out
+
+
+def _check_budget(rows: UnitRowSet[AccuracyRow], max_new_tokens: int, unit: Unit) -> None:
+    """Refuse to extend rows generated with another budget (the task's default changed since): a unit's rows
+    must all answer under the same conditions."""
+    used = sorted({r.max_new_tokens for r in rows if r.max_new_tokens is not None and r.max_new_tokens != max_new_tokens})
+    if used:
+        raise ValueError(
+            f"unit {unit.id}: stored rows were generated with max_new_tokens={used} but this session uses {max_new_tokens}; "
+            "set max_new_tokens in the job to the stored value, or rerun with --fresh"
+        )

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..config import BenchmarkConfig
     from ..plots import Plot
     from ..runner import RunContext
-    from ..store import RunFolder, UnitRecord, UnitRows
+    from ..store import RunFolder, UnitRecord, UnitRowSet
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # names end up in file names and unit ids
 
@@ -94,6 +94,9 @@ class JobType(ABC):
     Row: ClassVar[type[ResultRow]]
     section: ClassVar[str]  # key of the report section it fills (sections/<key>.html.j2 and .md.j2)
     title: ClassVar[str]  # the section's heading
+    # Data-parallel sessions split a shardable unit's items over the ranks (run_unit takes its share through
+    # ``ctx.shard``; rank 0 merges the rows); a unit of any other job type runs on rank 0 alone.
+    shardable: ClassVar[bool] = False
 
     def check(self, spec: JobSpec, config: BenchmarkConfig) -> list[ConfigIssue]:
         """Cross-check the spec against the config (named models/methods/tasks exist, ...)."""
@@ -104,8 +107,9 @@ class JobType(ABC):
         """The units this job runs, in order. Called after the whole config validated."""
 
     @abstractmethod
-    def run_unit(self, spec: JobSpec, unit: Unit, ctx: RunContext, rows: UnitRows) -> None:
-        """Do the unit's work, appending one ``Row`` per item to ``rows`` and skipping ``rows.done``."""
+    def run_unit(self, spec: JobSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet) -> None:
+        """Do the unit's work, appending one ``Row`` per item to ``rows`` and skipping ``rows.done``; a
+        ``shardable`` job takes its items through ``ctx.shard(items, key)`` (this rank's share)."""
 
     def spec_of(self, record: UnitRecord) -> JobSpec:
         """The validated spec a unit of this type was planned from (as stored in the run's manifest)."""

@@ -52,6 +52,7 @@ class Blink(HFBenchmark):
     subtask_field = "idx"
     required = ("idx", "choices", "answer", "prompt", "image_1")
     headline = "macro"
+    default_max_new_tokens = 1024  # lmms-eval's generation_kwargs for blink
 
     def configs(self) -> list[str | None]:
         if self.options.config:

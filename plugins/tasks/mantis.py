@@ -45,6 +45,7 @@ class MantisEval(HFBenchmark):
     subtask_field = "category"
     required = ("id", "question_type", "question", "images", "options", "answer", "category")
     headline = "micro"
+    default_max_new_tokens = 64  # lmms-eval's generation_kwargs for mantis
 
     def build(self, row: dict[str, Any], ctx: RowContext) -> Sample:
         kind = ctx.text(row, "question_type")

@@ -46,6 +46,7 @@ class MuirBench(HFBenchmark):
     subtask_field = "task"
     required = ("idx", "task", "question", "options", "answer", "image_list")
     headline = "micro"
+    default_max_new_tokens = 16  # lmms-eval's generation_kwargs for muirbench
 
     def build(self, row: dict[str, Any], ctx: RowContext) -> Sample:
         question = ctx.text(row, "question")
