@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .sparsity.layout import LayoutSpec, PromptLayout
+from .sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy
 from .sparsity.metadata import LayoutMeta
 
 
@@ -210,7 +210,12 @@ class AttentionMethod(Plugin, ABC):
     ``prefill`` gets ``q [Hq, S, D]`` and ``k, v [Hkv, S, D]`` (after RoPE, not expanded for GQA) and the
     prompt's :class:`LayoutMeta`, and returns ``[Hq, S, D]``. Decode steps never reach a method: they run
     dense over the full KV cache.
+
+    A method may set ``sink_policy`` (e.g. the policy its head map was characterized with); the attention
+    bridge then recomputes each prompt's sinks with it before building the layout metadata.
     """
+
+    sink_policy: SinkPolicy | None = None
 
     def __init__(self, options: BaseModel | dict[str, Any] | None = None) -> None:
         super().__init__(options)

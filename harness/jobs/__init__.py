@@ -25,9 +25,15 @@ Adding a job type is one module here and one line in :data:`JOB_TYPES`. The modu
     instances: ``ctx.model(name)`` (loaded once per run and shared by every unit and method),
     ``ctx.method(name)``, ``ctx.task(name)``, ``ctx.samples(task_name, limit)``, plus ``ctx.seed`` and
     ``ctx.progress(description, total, completed)`` (a rich progress bar; call ``advance()``). ``rows`` is
-    the unit's :class:`~bsight.harness.store.UnitRows`: skip keys in ``rows.done``; ``rows.append(Row(...))``
-    writes one durable line. Call ``ctx.expect(n)`` once the unit knows how many rows complete it.
+    the unit's :class:`~bsight.harness.store.UnitRowSet`: ``rows.done`` covers every stored row of the unit
+    (from earlier or parallel processes), skip those keys; ``rows.append(Row(...))`` writes one durable line.
+    Call ``ctx.expect(n)`` once the unit knows how many rows complete it; ``ctx.note(key=value)`` stores
+    small facts about the unit in ``record.info``.
     Raising marks the unit failed (traceback in ``errors.log``); the run goes on with the other units.
+``shardable``
+    True when a data-parallel session may split a unit's items over its ranks; ``run_unit`` then takes its
+    items through ``ctx.shard(items, key)`` (item i to rank i mod world size; merged rows follow the items'
+    order). Default False: rank 0 alone.
 ``section``, ``title``, ``report(run, records) -> SectionData | None``
     The report section this job fills. ``records`` are the run's
     :class:`~bsight.harness.store.UnitRecord` s of this type (unit, status, row counts, and the stored spec:

@@ -43,6 +43,7 @@ class HFVLMOptions(BaseModel):
     model_id: str | None = None  # id recorded in results and matched with head maps; default: the hub id or directory name
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # "auto": the checkpoint's own dtype
     device: str = "auto"  # "auto": cuda if available, else cpu
+    device_map: str | dict[str, int | str] | None = None  # "auto": spread over every visible GPU (one process only)
     sinks: SinkPolicy | None = None  # overrides the adapter's default sink policy
     vision_attn: Literal["sdpa", "eager"] = "sdpa"  # attention implementation of the vision tower
     offline: bool | None = None  # None: follow HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE
@@ -146,20 +147,22 @@ def sample_content(sample: Sample) -> tuple[list[dict[str, str]], list[Any]]:
 class _FirstCall(LogitsProcessor):
     """Records when generation first asks for next-token scores, i.e. when prefill (TTFT) is done."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.at = device, None
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model, self.at = model, None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.at is None:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            _sync(self.model)
             self.at = time.perf_counter()
         return scores
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _sync(model: PreTrainedModel) -> None:
+    """Wait for every GPU the model lives on (several when loaded with a device_map)."""
+    placed = getattr(model, "hf_device_map", None)
+    names = {f"cuda:{d}" if isinstance(d, int) else str(d) for d in placed.values()} if placed else {str(model.device)}
+    for name in sorted(n for n in names if n.startswith("cuda")):
+        torch.cuda.synchronize(torch.device(name))
 
 
 class HFVLMAdapter(ModelAdapter):
@@ -208,7 +211,13 @@ class HFVLMAdapter(ModelAdapter):
         dtype = "auto" if opts.dtype == "auto" else _DTYPES[opts.dtype]
         attention_bridge.register()
         model = self.model_class.from_pretrained(
-            path, config=config, dtype=dtype, attn_implementation=self.attn_implementation(), trust_remote_code=False, local_files_only=True
+            path,
+            config=config,
+            dtype=dtype,
+            attn_implementation=self.attn_implementation(),
+            trust_remote_code=False,
+            local_files_only=True,
+            device_map=opts.device_map,
         )
         random = opts.weights == "random" or (opts.weights == "auto" and bool(getattr(config, RANDOM_WEIGHTS_KEY, False)))
         model_id = opts.model_id or (opts.checkpoint if path.name == revision and revision else path.name)
@@ -231,7 +240,7 @@ class HFVLMAdapter(ModelAdapter):
         if model.config.get_text_config()._attn_implementation != attention_bridge.ATTN_IMPLEMENTATION:
             model.set_attn_implementation(self.attn_implementation())
         device = self.device
-        if model.device != device:
+        if getattr(model, "hf_device_map", None) is None and model.device != device:
             model = model.to(device)
         self.model = model.eval()
         self.processor = processor
@@ -351,12 +360,12 @@ class HFVLMAdapter(ModelAdapter):
         config.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, max_new_tokens=max_new_tokens)
         if config.pad_token_id is None:
             config.pad_token_id = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
-        first = _FirstCall(model.device)
-        _sync(model.device)
+        first = _FirstCall(model)
+        _sync(model)
         t0 = time.perf_counter()
         with torch.inference_mode(), attention_bridge.active_method(method, prepared.layouts):
             out = model.generate(**prepared.inputs, generation_config=config, logits_processor=LogitsProcessorList([first]))
-        _sync(model.device)
+        _sync(model)
         total = time.perf_counter() - t0
         prefill = (first.at if first.at is not None else t0 + total) - t0
         return out[0, prepared.inputs["input_ids"].shape[1] :].cpu(), prefill, total

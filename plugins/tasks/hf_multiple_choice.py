@@ -143,7 +143,6 @@ class HFBenchmark(Task):
     id_field: ClassVar[str | None]  # column with a unique sample id; None: the row index
     subtask_field: ClassVar[str]  # column naming the subtask (see ``subtask_values``)
     required: ClassVar[tuple[str, ...]]  # columns every row must have
-    headline: ClassVar[Literal["micro", "macro"]] = "micro"  # overall score upstream: over samples or mean of subtasks
     image_hint: ClassVar[str] = ""  # said when relative image paths cannot be resolved
 
     def __init__(self, options: BaseModel | dict[str, Any] | None = None) -> None:
