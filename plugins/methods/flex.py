@@ -1,0 +1,171 @@
+"""Method ``flex``: BlindSight's exact masks run by PyTorch FlexAttention.
+
+The mask is the method issue's predicate - the model's own mask (:func:`base_mask`: causal, Gemma 3's
+bidirectional images, sliding window) intersected with each head's category rule (:func:`category_mask`) -
+so ``flex`` and ``blindsight`` apply identical masks from the same head map. The block mask is built once
+per prompt and layer kind (categories, window) and reused by every layer with that kind; on CUDA both
+``create_block_mask`` and ``flex_attention`` are compiled, with dynamo's recompile limit raised (every new
+prompt length recompiles; past the default limit FlexAttention falls back to an eager path that materializes
+the scores). On CPU the eager path runs (tests, small prompts). Block-mask building is reported as overhead
+``mask_building``; FLOPs come from the static categories (:meth:`head_categories`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Hashable
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from bsight.harness.hookspecs import hookimpl
+from bsight.harness.interfaces import AttentionMethod, ModelInfo, NoOptions, OverheadMeter
+from bsight.harness.sparsity.categories import Category
+from bsight.harness.sparsity.headmap import HeadMap
+from bsight.harness.sparsity.layout import SinkPolicy
+from bsight.harness.sparsity.masks import MaskMod, and_masks, base_mask, category_mask
+from bsight.harness.sparsity.metadata import LayoutMeta
+
+CompileMode = Literal["auto", "always", "never"]
+_COMPILE_LIMIT = 256
+
+
+def raise_compile_limits(limit: int = _COMPILE_LIMIT) -> None:
+    """Let dynamo keep one compiled graph per prompt length (torch's default of 8 is reached in one run)."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit", "accumulated_recompile_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), limit))
+
+
+def categories_mask(meta: LayoutMeta, categories: torch.Tensor, window: int | None = None) -> MaskMod:
+    """The model's own mask intersected with head ``h``'s category rule, from the foundation predicates.
+
+    Per-head selection compares against plain ints (``cats[h] == 2``) so that dynamo can trace it;
+    layers whose heads share one category use that category's rule alone."""
+    present = sorted({int(c) for c in categories.tolist()})
+    if len(present) == 1:
+        return and_masks(base_mask(meta, window), category_mask(meta, present[0]))
+    cats = categories.to(device=meta.device, dtype=torch.int32)
+    rules = [(c, category_mask(meta, c)) for c in present]
+
+    def per_head(b, h, q, kv):
+        out = None
+        for c, rule in rules:
+            term = (cats[h] == c) & rule(b, h, q, kv)
+            out = term if out is None else out | term
+        return out
+
+    return and_masks(base_mask(meta, window), per_head)
+
+
+class FlexRunner:
+    """FlexAttention with a per-prompt block-mask cache: compiled on CUDA (``auto``), eager elsewhere."""
+
+    def __init__(self, compile: CompileMode = "auto", block_size: int = 128, overhead: OverheadMeter | None = None) -> None:
+        self.compile = compile
+        self.block_size = block_size
+        self.overhead = overhead or OverheadMeter()
+        self._meta: LayoutMeta | None = None
+        self._masks: dict[Hashable, object] = {}
+        self._flex: Callable | None = None
+
+    def compiled(self, device: torch.device) -> bool:
+        return self.compile == "always" or (self.compile == "auto" and device.type == "cuda")
+
+    def block_mask(self, meta: LayoutMeta, key: Hashable, build_mod: Callable[[], MaskMod], num_heads: int | None):
+        """The block mask for ``key`` on this prompt, built once (``num_heads=None`` broadcasts over heads)."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        if meta is not self._meta:
+            self._meta, self._masks = meta, {}
+        if key not in self._masks:
+            compiled = self.compiled(meta.device)
+            if compiled:
+                raise_compile_limits()
+            with self.overhead.measure("mask_building", meta.device):
+                S = meta.length
+                self._masks[key] = create_block_mask(
+                    build_mod(), None, num_heads, S, S, device=meta.device, BLOCK_SIZE=self.block_size, _compile=compiled
+                )
+        return self._masks[key]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float) -> torch.Tensor:
+        """``q [Hq, S, D]``, ``k, v [Hkv, S, D]`` -> ``[Hq, S, D]``."""
+        from torch.nn.attention.flex_attention import flex_attention
+
+        if self.compiled(q.device):
+            if self._flex is None:
+                raise_compile_limits()
+                self._flex = torch.compile(flex_attention, dynamic=False)
+            fn = self._flex
+        else:
+            fn = flex_attention
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            out = fn(q[None], k[None], v[None], block_mask=block_mask, scale=scale, enable_gqa=q.shape[0] != k.shape[0])
+        return out[0]
+
+
+class FlexOptions(NoOptions):
+    """Head map options as method ``blindsight`` takes them, so both run the identical masks."""
+
+    head_map: str | HeadMap | None = Field(None, description="head map JSON file (or the head map itself)")
+    uniform: str | None = Field(None, description="instead of a head map: every head in this category")
+    sink_policy: SinkPolicy | None = Field(None, description="override; default: the head map's policy (uniform: the adapter's)")
+    compile: CompileMode = "auto"
+    block_size: int = Field(128, ge=16)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FlexOptions:
+        if (self.head_map is None) == (self.uniform is None):
+            raise ValueError("flex needs exactly one of 'head_map' (a head map file) or 'uniform' (a category)")
+        if self.uniform is not None:
+            Category.parse(self.uniform)
+        return self
+
+
+class Flex(AttentionMethod):
+    """BlindSight's categories by FlexAttention block masks. FLOPs come from :meth:`head_categories` (static,
+    as for ``blindsight``); overhead: ``mask_building``."""
+
+    name = "flex"
+    description = "BlindSight's exact per-head masks (head map or one category) through PyTorch FlexAttention"
+    Options = FlexOptions
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self.head_map: HeadMap | None = None
+        self.sink_policy: SinkPolicy | None = self.options.sink_policy  # read by the attention bridge
+        self.runner = FlexRunner(self.options.compile, self.options.block_size, self.overhead)
+
+    def setup(self, model: ModelInfo) -> None:
+        super().setup(model)
+        opts = self.options
+        if opts.uniform is not None:
+            hm = HeadMap.uniform(model.model_id, model.num_layers, model.num_heads, opts.uniform, opts.sink_policy or SinkPolicy())
+        else:
+            hm = opts.head_map if isinstance(opts.head_map, HeadMap) else HeadMap.load(opts.head_map)
+        hm.check_model(model.num_layers, model.num_heads)
+        self.head_map = hm
+        self.sink_policy = opts.sink_policy or (hm.sink_policy if opts.uniform is None else None)
+
+    def head_categories(self, layer_idx: int) -> torch.Tensor:
+        if self.head_map is None:
+            raise RuntimeError("flex: setup(model_info) must run before prefill")
+        return self.head_map.layer_categories(layer_idx)
+
+    def prefill(self, q, k, v, meta, call):
+        cats = self.head_categories(call.layer_idx)
+        uniform = bool((cats == cats[0]).all())
+        key = ("categories", tuple(cats.tolist()) if not uniform else int(cats[0]), call.window)
+        bm = self.runner.block_mask(meta, key, lambda: categories_mask(meta, cats, call.window), None if uniform else q.shape[0])
+        return self.runner.attend(q, k, v, bm, call.scale)
+
+
+@hookimpl
+def bsight_attention_methods():
+    return [Flex]
