@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -45,6 +46,8 @@ class HeadMap(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     model_id: str
     model_revision: str = ""
+    # what the attention patterns came from: never present a random-weight map as a model's real map
+    weights: Literal["trained", "random", "synthetic", "unknown"] = "unknown"
     num_layers: int = Field(gt=0)
     num_heads: int = Field(gt=0)
     categories: list[list[str]]  # [layer][query head] -> category label
@@ -64,7 +67,14 @@ class HeadMap(BaseModel):
             raise ValueError(f"unknown categories {sorted(bad)}; allowed: {sorted(_LABELS)}")
         if self.histograms and (len(self.histograms) != self.num_layers or any(len(r) != self.num_heads for r in self.histograms)):
             raise ValueError(f"histograms must be {self.num_layers} layers x {self.num_heads} heads")
+        bad = {c for r in self.histograms for h in r for c in h} - _LABELS
+        if bad:
+            raise ValueError(f"unknown categories {sorted(bad)} in histograms; allowed: {sorted(_LABELS)}")
         return self
+
+    def category_array(self) -> np.ndarray:
+        """``int64 [num_layers, num_heads]`` of :class:`Category` values (FLOPs, sweeps, figures)."""
+        return np.array([[Category.parse(c).value for c in r] for r in self.categories], dtype=np.int64)
 
     def layer_categories(self, layer: int) -> torch.Tensor:
         """Int tensor ``[num_heads]`` of :class:`Category` values for one layer (kernel / reference input)."""
@@ -74,6 +84,11 @@ class HeadMap(BaseModel):
         """Share of all heads in each category."""
         flat = [c for r in self.categories for c in r]
         return {c.label: flat.count(c.label) / len(flat) for c in Category}
+
+    def layer_shares(self) -> np.ndarray:
+        """``float64 [num_layers, 4]``: share of each layer's heads in each category (column = value)."""
+        cats = self.category_array()
+        return np.stack([(cats == c.value).mean(axis=1) for c in Category], axis=1)
 
     def check_model(self, num_layers: int, num_heads: int) -> None:
         if (num_layers, num_heads) != (self.num_layers, self.num_heads):

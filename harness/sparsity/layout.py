@@ -39,6 +39,8 @@ class SinkPolicy(BaseModel):
     def _check(self) -> SinkPolicy:
         if self.kind == "offsets" and not self.offsets:
             raise ValueError("sink policy 'offsets' needs at least one offset")
+        if self.kind == "fraction" and self.offsets:
+            raise ValueError("sink offsets are only used with kind 'offsets'")
         if any(o < 0 for o in self.offsets):
             raise ValueError("sink offsets must be >= 0")
         return self
@@ -112,6 +114,10 @@ class PromptLayout:
         for s in self.spans:
             if s.start < prev or s.end > self.valid_end or s.end <= s.start:
                 raise LayoutError(f"segment [{s.start}, {s.end}) overlaps another or leaves the valid range")
+            if any(not s.start <= p < s.end for p in s.sinks) or list(s.sinks) != sorted(set(s.sinks)):
+                raise LayoutError(f"sinks {s.sinks} of segment [{s.start}, {s.end}) must be sorted, distinct and inside it")
+            if s.bidir is not None and not s.start <= s.bidir[0] < s.bidir[1] <= s.end:
+                raise LayoutError(f"bidirectional region {s.bidir} of segment [{s.start}, {s.end}) must be non-empty and inside it")
             prev = s.end
 
     @property
@@ -159,10 +165,10 @@ class PromptLayout:
         inside attend bidirectionally, as :func:`layout_from_ids` would produce for a Gemma-style spec.
         """
         pos, spans = 0, []
-        for kind, n in kinds_and_lengths:
-            if n < 0 or kind not in ("text", "image"):
-                raise LayoutError(f"bad segment {(kind, n)!r}")
-            if kind == "image" and n > 0:
+        for i, (kind, n) in enumerate(kinds_and_lengths):
+            if kind not in ("text", "image") or n < 0 or (kind == "image" and n == 0):
+                raise LayoutError(f"segment {i} {(kind, n)!r}: kind must be 'text' or 'image', text length >= 0, image length >= 1")
+            if kind == "image":
                 bidir = (pos + 1, pos + n - 1) if bidirectional and n > 2 else None
                 spans.append(Span(pos, pos + n, tuple(pos + o for o in sinks.sink_offsets(n)), bidir))
             pos += n
@@ -192,19 +198,24 @@ def layout_from_ids(
 ) -> PromptLayout:
     """Read one row's segments from its token ids.
 
-    ``expected_inner[i]``, when given, is the number of tokens the model's grid says span ``i`` holds
-    between its boundary tokens; a mismatch is an error. ``frame_splits[i]`` splits span ``i`` into
-    consecutive segments of the given lengths (video frames that share one pair of boundary tokens).
+    ``expected_inner[i]``, when given, is the number of tokens the model's grid says image ``i`` holds
+    between its boundary tokens; a mismatch is an error. ``frame_splits[i]`` splits image ``i`` into
+    consecutive segments of the given lengths (video frames that share one pair of boundary tokens; the
+    first frame holds the start token, the last the end token). With ``spec.inner_ids``, an image token
+    outside every segment is an error too: the model would fill it with image features that the layout
+    would treat as text.
     """
     ids = np.asarray(ids)
     n = int(ids.shape[0])
     mask = None if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    if mask is not None and mask.shape != ids.shape:
+        raise LayoutError(f"row {row}: attention mask of shape {mask.shape} for ids of shape {ids.shape}")
     lo, hi = _valid_range(mask, n, row)
     body = ids[lo:hi]
     starts = np.flatnonzero(np.isin(body, spec.start_ids)) + lo
     ends = np.flatnonzero(np.isin(body, spec.end_ids)) + lo
     events = sorted([(int(p), 0) for p in starts] + [(int(p), 1) for p in ends])
-    spans: list[Span] = []
+    bounds: list[tuple[int, int]] = []  # (start token, end token) of each image
     open_at: int | None = None
     for pos, is_end in events:
         if not is_end:
@@ -214,17 +225,33 @@ def layout_from_ids(
             continue
         if open_at is None:
             raise LayoutError(f"row {row}: segment end at position {pos} without a start token")
-        spans.extend(_close_span(ids, spec, open_at, pos, len(spans), expected_inner, frame_splits, row))
+        bounds.append((open_at, pos))
         open_at = None
     if open_at is not None:
         raise LayoutError(f"row {row}: segment start at position {open_at} has no end token")
-    if expected_inner is not None and len(expected_inner) != len(spans) - _extra_frames(frame_splits):
-        raise LayoutError(f"row {row}: {len(expected_inner)} images expected from the grid, {len(spans) - _extra_frames(frame_splits)} found in the ids")
+    if expected_inner is not None and len(expected_inner) != len(bounds):
+        raise LayoutError(f"row {row}: {len(expected_inner)} images expected from the grid, {len(bounds)} found in the ids")
+    bad_keys = sorted(set(frame_splits or {}) - set(range(len(bounds))))
+    if bad_keys:
+        raise LayoutError(f"row {row}: frame splits for images {bad_keys}, but the row has {len(bounds)} images")
+    if spec.inner_ids:
+        _check_no_stray_image_tokens(ids, spec, lo, hi, bounds, row)
+    spans: list[Span] = []
+    for index, (start, end_tok) in enumerate(bounds):
+        inner = None if expected_inner is None else expected_inner[index]
+        split = None if frame_splits is None else frame_splits.get(index)
+        spans.extend(_close_span(ids, spec, start, end_tok, inner, split, row))
     return PromptLayout(length=n, spans=tuple(spans), valid_start=lo, valid_end=hi)
 
 
-def _extra_frames(frame_splits: dict[int, Sequence[int]] | None) -> int:
-    return sum(len(v) - 1 for v in (frame_splits or {}).values())
+def _check_no_stray_image_tokens(ids: np.ndarray, spec: LayoutSpec, lo: int, hi: int, bounds: list[tuple[int, int]], row: int) -> None:
+    inside = np.zeros(hi - lo, dtype=bool)
+    for a, b in bounds:
+        inside[a - lo : b + 1 - lo] = True
+    stray = np.flatnonzero(np.isin(ids[lo:hi], spec.inner_ids) & ~inside)
+    if stray.size:
+        p = int(stray[0]) + lo
+        raise LayoutError(f"row {row}: image token {int(ids[p])} at position {p} is outside every image segment (start/end tokens missing?)")
 
 
 def _close_span(
@@ -232,9 +259,8 @@ def _close_span(
     spec: LayoutSpec,
     start: int,
     end_tok: int,
-    index: int,
-    expected_inner: Sequence[int] | None,
-    frame_splits: dict[int, Sequence[int]] | None,
+    expected_inner: int | None,
+    frame_split: Sequence[int] | None,
     row: int,
 ) -> list[Span]:
     end = end_tok + 1
@@ -244,19 +270,19 @@ def _close_span(
         if bad.size:
             p = int(bad[0]) + start + 1
             raise LayoutError(f"row {row}: token {int(ids[p])} at position {p} inside the segment opened at {start} is not an image token")
-    if expected_inner is not None and index < len(expected_inner) and inner != expected_inner[index]:
+    if expected_inner is not None and inner != expected_inner:
         raise LayoutError(
-            f"row {row}: the image opened at position {start} holds {inner} tokens but the model's grid says {expected_inner[index]}"
+            f"row {row}: the image opened at position {start} holds {inner} tokens but the model's grid says {expected_inner}"
         )
-    lengths = list((frame_splits or {}).get(index, [end - start]))
+    lengths = [end - start] if frame_split is None else [int(x) for x in frame_split]
     if sum(lengths) != end - start or any(x <= 0 for x in lengths):
         raise LayoutError(f"row {row}: frame split {lengths} does not cover the segment [{start}, {end})")
+    if spec.bidirectional and len(lengths) > 1:
+        # the model's bidirectional region would span several segments, which no category can express
+        raise LayoutError(f"row {row}: frame split of the segment opened at {start} under a bidirectional layout spec")
     out, pos = [], start
     for n in lengths:
-        bidir = None
-        if spec.bidirectional:
-            b0, b1 = max(pos, start + 1), min(pos + n, end - 1)
-            bidir = (b0, b1) if b1 > b0 else None
+        bidir = (start + 1, end - 1) if spec.bidirectional and inner > 0 else None
         out.append(Span(pos, pos + n, tuple(pos + o for o in spec.sinks.sink_offsets(n)), bidir))
         pos += n
     return out
@@ -267,11 +293,24 @@ def layouts_from_batch(
     spec: LayoutSpec,
     attention_mask: np.ndarray | Sequence[Sequence[int]] | None = None,
     expected_inner: Sequence[Sequence[int]] | None = None,
+    frame_splits: Sequence[dict[int, Sequence[int]] | None] | None = None,
 ) -> list[PromptLayout]:
     """One layout per row of a (left- or right-) padded batch. Accepts numpy arrays or torch tensors."""
     ids = np.asarray(input_ids.cpu() if hasattr(input_ids, "cpu") else input_ids)
+    if ids.ndim != 2:
+        raise LayoutError(f"input_ids must be [batch, length], got shape {ids.shape}")
     mask = None if attention_mask is None else np.asarray(attention_mask.cpu() if hasattr(attention_mask, "cpu") else attention_mask)
+    for name, per_row in (("expected_inner", expected_inner), ("frame_splits", frame_splits)):
+        if per_row is not None and len(per_row) != ids.shape[0]:
+            raise LayoutError(f"{name} has {len(per_row)} rows for a batch of {ids.shape[0]}")
     return [
-        layout_from_ids(ids[r], spec, None if mask is None else mask[r], None if expected_inner is None else expected_inner[r], row=r)
+        layout_from_ids(
+            ids[r],
+            spec,
+            None if mask is None else mask[r],
+            None if expected_inner is None else expected_inner[r],
+            None if frame_splits is None else frame_splits[r],
+            row=r,
+        )
         for r in range(ids.shape[0])
     ]

@@ -60,6 +60,8 @@ def bidirectional_images(meta: LayoutMeta) -> MaskMod:
 
 def sliding_window(window: int) -> MaskMod:
     """Keys less than ``window`` positions back (transformers' ``kv > q - window``)."""
+    if window < 1:
+        raise ValueError(f"sliding window must be >= 1 token, got {window}")
 
     def mod(b, h, q, kv):
         return kv > q - window
@@ -68,9 +70,13 @@ def sliding_window(window: int) -> MaskMod:
 
 
 def base_mask(meta: LayoutMeta, window: int | None = None) -> MaskMod:
-    """The model's own mask: causal, or bidirectional inside images, within a sliding window if any."""
+    """The model's own mask: causal, or bidirectional inside images, within a sliding window if any.
+
+    The window applies after the bidirectional OR, as transformers composes Gemma 3's sliding layers:
+    ``(causal | same bidirectional region) & kv > q - window``.
+    """
     mod = or_masks(causal, bidirectional_images(meta)) if meta.has_bidirectional else causal
-    return and_masks(mod, sliding_window(window)) if window else mod
+    return mod if window is None else and_masks(mod, sliding_window(window))
 
 
 def _parts(meta: LayoutMeta, q: torch.Tensor, kv: torch.Tensor):
@@ -105,8 +111,8 @@ def head_category_mask(meta: LayoutMeta, categories: torch.Tensor) -> MaskMod:
     def mod(b, h, q, kv):
         always, same, other_img, sink_k = _parts(meta, q, kv)
         c = cats[h]
-        own = torch.where(c == Category.SINK, sink_k | (q == kv), torch.ones_like(same))
-        other = torch.where(c == Category.DENSE, torch.ones_like(sink_k), torch.where(c == Category.INTRA_IMAGE, torch.zeros_like(sink_k), sink_k))
+        own = torch.where(c == Category.SINK.value, sink_k | (q == kv), torch.ones_like(same))
+        other = torch.where(c == Category.DENSE.value, torch.ones_like(sink_k), torch.where(c == Category.INTRA_IMAGE.value, torch.zeros_like(sink_k), sink_k))
         return always | (same & own) | (other_img & other)
 
     return mod

@@ -17,6 +17,7 @@ Gathered key lists, both sorted by position and prefix-closed per image:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -45,9 +46,15 @@ class LayoutMeta:
     def device(self) -> torch.device:
         return self.seg_id.device
 
-    @property
+    @cached_property
     def has_bidirectional(self) -> bool:
+        """Whether any image attends bidirectionally (read once: on a GPU this is a host sync)."""
         return bool(self.num_images) and bool((self.bidir_end > self.bidir_start).any())
+
+    @cached_property
+    def host_tables(self) -> tuple[list[int], list[int], list[int]]:
+        """``img_start``, ``img_end`` and ``glob_before`` as Python lists, for host loops over images."""
+        return self.img_start.tolist(), self.img_end.tolist(), self.glob_before.tolist()
 
     @classmethod
     def build(cls, layout: PromptLayout, device: torch.device | str = "cpu") -> LayoutMeta:

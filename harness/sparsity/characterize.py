@@ -1,0 +1,378 @@
+"""Prompt-level characterization: per layer and head, how far each sparse mask's output is from dense.
+
+For every attention layer, :func:`layer_nmse` runs dense attention (the model's own mask) and the three
+sparse categories on the same q, k, v and returns, per query head,
+``NMSE = ||O_mask - O_dense||^2 / ||O_dense||^2`` over the image-query rows (text rows are identical in every
+category). Image queries are processed image by image in chunks: a chunk of image ``i`` only ever needs the
+keys a sparse mask can keep (earlier text, earlier sinks, image ``i`` itself: the kernel's gathered global
+list plus the image's own range), so the three categories share one small Q K^T and nothing is S x S. The
+dense output comes from the model's own dense path (SDPA, or the chunked reference when a mask is needed).
+
+:class:`CharacterizationProbe` is an :class:`AttentionMethod` that does this inside a real model run and
+returns the dense output, so the model runs on unchanged. :func:`characterize_model` drives it over a
+dataset and keeps the per-prompt NMSE tables, so that any tau can be re-selected later without re-running the
+model (:func:`select_categories`, ``aggregate`` and ``sweep`` work on the stored tables).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bsight.harness.interfaces import AttentionMethod, LayerCall, ModelAdapter, Prepared
+from bsight.kernels.reference import accumulation_dtype, check_shapes
+from bsight.plugins.methods.dense import dense_prefill
+
+from .categories import SPARSE_CATEGORIES, Category
+from .flops import KeptPairs, pair_counts
+from .headmap import DatasetInfo
+from .layout import PromptLayout, SinkPolicy
+from .masks import base_mask, category_mask
+from .metadata import LayoutMeta
+
+RESULT_SCHEMA_VERSION = 1
+_TINY = 1e-30
+_UNDERFLOW = 1e-30  # kept softmax mass below this, relative to the visible max, is recomputed exactly
+
+
+class LayerNMSE(NamedTuple):
+    nmse: torch.Tensor  # float64 [Hq, 3] on the CPU, columns in SPARSE_CATEGORIES order
+    dense: torch.Tensor  # [Hq, S, D] in q.dtype: the model's own attention output
+    image_queries: int  # rows the NMSE is taken over
+
+
+def layer_nmse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    meta: LayoutMeta,
+    *,
+    scale: float | None = None,
+    window: int | None = None,
+    chunk_size: int = 256,
+    dense: torch.Tensor | None = None,
+) -> LayerNMSE:
+    """NMSE of each sparse category per query head for one layer of one unpadded prompt.
+
+    ``q [Hq, S, D]``, ``k, v [Hkv, S, D]``; ``dense`` may be passed when the caller already has the dense
+    output. Sparse outputs are computed in float32 (float64 for float64 inputs). A prompt without image
+    tokens gives NMSE 0 over zero rows (``image_queries == 0``): callers should skip it.
+    """
+    Hq, Hkv, S, D = check_shapes(q, k, v, meta)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    G = Hq // Hkv
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if dense is None:
+        dense = dense_prefill(q, k, v, meta, LayerCall(layer_idx=-1, scale=scale, window=window))
+    acc = accumulation_dtype(q.dtype)
+    dev = q.device
+    err = torch.zeros(Hq, len(SPARSE_CATEGORIES), dtype=torch.float64, device=dev)
+    ref = torch.zeros(Hq, dtype=torch.float64, device=dev)
+    base = base_mask(meta, window)
+    rules = [category_mask(meta, c) for c in SPARSE_CATEGORIES]
+    b = h = torch.zeros((), dtype=torch.long, device=dev)
+    starts, ends, glob_before = meta.host_tables
+    for i, (a, e) in enumerate(zip(starts, ends)):
+        # every key a sparse mask can keep for image i: earlier text and sinks, then the image itself
+        cols = torch.cat([meta.glob_idx[: glob_before[i]].long(), torch.arange(a, e, device=dev)])
+        if window is not None:
+            cols = cols[cols > a - window]
+        kc, vc = k[:, cols].to(acc), v[:, cols].to(acc)
+        for r0 in range(a, e, chunk_size):
+            r1 = min(e, r0 + chunk_size)
+            rows = torch.arange(r0, r1, device=dev)[:, None]
+            qc = q[:, r0:r1].to(acc).view(Hkv, G, r1 - r0, D)
+            od = dense[:, r0:r1].to(acc)
+            ref += od.pow(2).sum((1, 2)).double()
+            # one exp for all categories: every category keeps a subset of the visible keys, so subtracting
+            # the max over the visible keys never overflows; a category whose kept mass underflows is redone
+            s = torch.einsum("hgcd,hkd->hgck", qc, kc).mul_(scale)
+            s.masked_fill_(~base(b, h, rows, cols[None, :]), float("-inf"))
+            w_all = s.sub_(s.amax(dim=-1, keepdim=True)).exp_()
+            for j, rule in enumerate(rules):
+                keep = rule(b, h, rows, cols[None, :])
+                w = w_all * keep
+                mass = w.sum(dim=-1, keepdim=True)
+                if bool((mass < _UNDERFLOW).any()):
+                    w = _exact_weights(qc, kc, scale, base(b, h, rows, cols[None, :]) & keep)
+                    mass = w.sum(dim=-1, keepdim=True)
+                o = torch.einsum("hgck,hkd->hgcd", w, vc).div_(mass).reshape(Hq, r1 - r0, D)
+                err[:, j] += (o - od).pow(2).sum((1, 2)).double()
+    nmse = (err / ref.clamp_min(_TINY)[:, None]).cpu()
+    return LayerNMSE(nmse, dense, sum(e - a for a, e in zip(starts, ends)))
+
+
+def _exact_weights(qc: torch.Tensor, kc: torch.Tensor, scale: float, keep: torch.Tensor) -> torch.Tensor:
+    """Softmax weights over the kept keys with their own max (the rare path where a shared max underflows)."""
+    s = torch.einsum("hgcd,hkd->hgck", qc, kc).mul_(scale).masked_fill_(~keep, float("-inf"))
+    return torch.softmax(s, dim=-1)
+
+
+# ------------------------------------------------------------------------------------------- records
+
+
+class PromptRecord(BaseModel):
+    """One prompt's characterization tables: everything selection, aggregation and sweeps need."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    num_tokens: int = Field(ge=0)
+    num_images: int = Field(ge=0)
+    image_queries: int = Field(ge=0)
+    nmse: list[list[list[float]]]  # [layer][query head][sparse category: sink, intra_image, intra_image_sink]
+    pairs: list[list[int]]  # [layer][category: dense, sink, intra_image, intra_image_sink] kept pairs per head
+
+    @model_validator(mode="after")
+    def _check(self) -> PromptRecord:
+        if len(self.nmse) != len(self.pairs):
+            raise ValueError(f"prompt {self.id}: {len(self.nmse)} layers of NMSE but {len(self.pairs)} of pairs")
+        if any(len(h) != len(SPARSE_CATEGORIES) for layer in self.nmse for h in layer):
+            raise ValueError(f"prompt {self.id}: NMSE rows must hold {len(SPARSE_CATEGORIES)} sparse categories")
+        if any(len(p) != len(Category) for p in self.pairs):
+            raise ValueError(f"prompt {self.id}: pair rows must hold {len(Category)} categories")
+        return self
+
+
+class SkippedPrompt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    reason: str
+
+
+class CharacterizationResult(BaseModel):
+    """Per-prompt NMSE tables of one model on one dataset (cache of the expensive part of characterization)."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: Literal[1] = RESULT_SCHEMA_VERSION
+    model_id: str
+    model_revision: str = ""
+    weights: Literal["trained", "random", "synthetic"]
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    sliding_windows: list[int | None]
+    dataset: DatasetInfo
+    sink_policy: SinkPolicy
+    prompts: list[PromptRecord] = []
+    skipped: list[SkippedPrompt] = []
+    tool_version: str = ""
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @model_validator(mode="after")
+    def _check(self) -> CharacterizationResult:
+        if len(self.sliding_windows) != self.num_layers:
+            raise ValueError(f"{len(self.sliding_windows)} sliding windows for {self.num_layers} layers")
+        for p in self.prompts:
+            if len(p.nmse) != self.num_layers or any(len(layer) != self.num_heads for layer in p.nmse):
+                raise ValueError(f"prompt {p.id}: NMSE table is not {self.num_layers} layers x {self.num_heads} heads")
+        return self
+
+    def nmse_array(self) -> np.ndarray:
+        """``float64 [prompts, layers, heads, 3]``."""
+        return np.asarray([p.nmse for p in self.prompts], dtype=np.float64).reshape(-1, self.num_layers, self.num_heads, len(SPARSE_CATEGORIES))
+
+    def pairs_array(self) -> np.ndarray:
+        """``int64 [prompts, layers, 4]``."""
+        return np.asarray([p.pairs for p in self.prompts], dtype=np.int64).reshape(-1, self.num_layers, len(Category))
+
+    def choices(self, tau: float) -> np.ndarray:
+        """Category each prompt selects for each head at threshold ``tau``: ``int64 [prompts, layers, heads]``."""
+        return select_categories(self.nmse_array(), self.pairs_array(), tau)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.model_dump_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CharacterizationResult:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"characterization result not found: {path}")
+        try:
+            return cls.model_validate_json(path.read_text())
+        except ValidationError as e:
+            raise ValueError(f"invalid characterization result {path}: {e}") from None
+
+
+def select_categories(nmse: np.ndarray, pairs: np.ndarray, tau: float) -> np.ndarray:
+    """The prompt-level rule: per head, the category with the fewest kept pairs among those with
+    NMSE <= tau; none passes -> dense. Ties (equal pairs, i.e. the same mask on this prompt) go to the
+    superset category (``intra_image_sink`` > ``intra_image`` > ``sink``).
+
+    ``nmse [..., H, 3]``, ``pairs [..., 4]`` with the same leading dims; returns ``int64 [..., H]``.
+    """
+    nmse = np.asarray(nmse, dtype=np.float64)
+    pairs = np.asarray(pairs, dtype=np.float64)
+    if nmse.shape[-1] != len(SPARSE_CATEGORIES) or pairs.shape[-1] != len(Category) or nmse.shape[:-2] != pairs.shape[:-1]:
+        raise ValueError(f"nmse [..., heads, 3] and pairs [..., 4] disagree: {nmse.shape} vs {pairs.shape}")
+    sparse_pairs = np.broadcast_to(pairs[..., None, 1:], nmse.shape)
+    cost = np.where(nmse <= tau, sparse_pairs, np.inf)[..., ::-1]  # reversed: argmin's first hit = superset
+    best = len(SPARSE_CATEGORIES) - 1 - np.argmin(cost, axis=-1)
+    chosen = np.asarray([c.value for c in SPARSE_CATEGORIES])[best]
+    return np.where(np.isfinite(cost.min(axis=-1)), chosen, Category.DENSE.value).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------- probe
+
+
+class ProbeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    chunk_size: int = Field(256, ge=1, description="image-query rows per chunk")
+
+
+class CharacterizationProbe(AttentionMethod):
+    """Records per-layer NMSE tables during a prefill and returns dense attention (not a registered plugin).
+
+    Under a batch, the bridge calls each layer once per row in row order; the probe counts calls per layer
+    to know the row. Call :meth:`take` after each forward.
+    """
+
+    name = "characterization_probe"
+    description = "Characterization probe: dense output, per-head NMSE of each sparse mask"
+    Options = ProbeOptions
+
+    def __init__(self, options: BaseModel | dict[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self._rows: dict[int, dict[int, tuple[torch.Tensor, KeptPairs, int]]] = {}
+        self._calls: dict[int, int] = {}
+        self._pairs: dict[tuple[int, int | None], KeptPairs] = {}
+
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, call: LayerCall) -> torch.Tensor:
+        if call.layer_idx < 0:
+            raise ValueError("the characterization probe needs each attention module's layer_idx")
+        row = self._calls.get(call.layer_idx, 0)
+        self._calls[call.layer_idx] = row + 1
+        res = layer_nmse(q, k, v, meta, scale=call.scale, window=call.window, chunk_size=self.options.chunk_size)
+        key = (id(meta), call.window)
+        if key not in self._pairs:
+            self._pairs[key] = pair_counts(meta, call.window)
+        self._rows.setdefault(row, {})[call.layer_idx] = (res.nmse, self._pairs[key], res.image_queries)
+        return res.dense
+
+    def take(self) -> list[dict[int, tuple[torch.Tensor, KeptPairs, int]]]:
+        """Per batch row, ``{layer: (nmse [Hq, 3], kept pairs, image queries)}``; resets the probe."""
+        out = [self._rows[r] for r in sorted(self._rows)]
+        self._rows, self._calls, self._pairs = {}, {}, {}
+        return out
+
+
+def prompt_record(prompt_id: str, layout: PromptLayout, layers: dict[int, tuple[torch.Tensor, KeptPairs, int]], num_layers: int) -> PromptRecord:
+    """Assemble one prompt's tables from per-layer results (``{layer: (nmse, pairs, image queries)}``)."""
+    missing = sorted(set(range(num_layers)) - set(layers))
+    if missing:
+        raise ValueError(f"prompt {prompt_id}: no attention call recorded for layers {missing[:8]}")
+    return PromptRecord(
+        id=prompt_id,
+        num_tokens=layout.num_valid,
+        num_images=layout.num_images,
+        image_queries=layers[0][2],
+        nmse=[layers[i][0].tolist() for i in range(num_layers)],
+        pairs=[list(layers[i][1]) for i in range(num_layers)],
+    )
+
+
+def characterize_layers(
+    prompt_id: str,
+    layout: PromptLayout,
+    layers: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, LayerCall]],
+    *,
+    chunk_size: int = 256,
+) -> PromptRecord:
+    """Characterize one prompt from per-layer ``(q, k, v, call)`` without a model (synthetic data, memory
+    checks). Layers are consumed one at a time, so an iterator keeps only one layer's q, k, v alive."""
+    meta = LayoutMeta.build(layout.unpadded())
+    tables: dict[int, tuple[torch.Tensor, KeptPairs, int]] = {}
+    pairs: dict[int | None, KeptPairs] = {}
+    for index, item in enumerate(layers):
+        q, k, v, call = item
+        del item
+        res = layer_nmse(q, k, v, meta, scale=call.scale, window=call.window, chunk_size=chunk_size)
+        if call.window not in pairs:
+            pairs[call.window] = pair_counts(meta, call.window)
+        tables[index] = (res.nmse, pairs[call.window], res.image_queries)
+        del q, k, v, res  # before the next layer is made: one layer alive at a time
+    return prompt_record(prompt_id, layout, tables, len(tables))
+
+
+def characterize_model(
+    adapter: ModelAdapter,
+    prompts: Iterable[tuple[str, Prepared]],
+    *,
+    dataset: DatasetInfo,
+    sinks: SinkPolicy | None = None,
+    chunk_size: int = 256,
+    run: Callable[[Prepared, AttentionMethod], Any] | None = None,
+    on_prompt: Callable[[PromptRecord], None] | None = None,
+) -> CharacterizationResult:
+    """Characterize a loaded model over ``(prompt id, prepared inputs)`` pairs.
+
+    ``sinks`` overrides the adapter's sink policy (sweeps over the sink fraction: one run per policy).
+    ``run(prepared, method)`` performs one prefill under ``method``; the default is ``adapter.logits``
+    (pass a leaner prefill that skips the LM head for long prompts). Prompts without image tokens carry no
+    evidence and are listed in ``skipped``. ``on_prompt`` sees each record as it is made (progress, caching).
+    The dense reference is the model's own dense path in the model's dtype, so with bf16 models NMSE has a
+    floor of about 1e-5 from rounding; thresholds far below that are meaningless.
+    """
+    info = adapter.info
+    sinks = sinks or adapter.layout_spec().sinks
+    probe = CharacterizationProbe({"chunk_size": chunk_size})
+    probe.setup(info)
+    run = run or adapter.logits
+    result = CharacterizationResult(
+        model_id=info.model_id,
+        model_revision=info.revision,
+        weights=info.weights,
+        num_layers=info.num_layers,
+        num_heads=info.num_heads,
+        num_kv_heads=info.num_kv_heads,
+        head_dim=info.head_dim,
+        sliding_windows=list(info.sliding_windows),
+        dataset=dataset,
+        sink_policy=sinks,
+        tool_version=_tool_version(),
+    )
+    for prompt_id, prepared in prompts:
+        prepared = Prepared(prepared.inputs, [lay.with_sinks(sinks) for lay in prepared.layouts])
+        with torch.no_grad():
+            run(prepared, probe)
+        rows = probe.take()
+        for r, layout in enumerate(prepared.layouts):
+            rid = prompt_id if len(prepared.layouts) == 1 else f"{prompt_id}#{r}"
+            if layout.num_images == 0:
+                result.skipped.append(SkippedPrompt(id=rid, reason="no image segments"))
+                continue
+            if r >= len(rows):
+                raise RuntimeError(f"prompt {rid}: the model made no attention call through the probe (attn_implementation not 'bsight'?)")
+            record = prompt_record(rid, layout, rows[r], info.num_layers)
+            result.prompts.append(record)
+            if on_prompt is not None:
+                on_prompt(record)
+    return result
+
+
+def _tool_version() -> str:
+    from bsight.harness import __version__
+
+    return __version__
+
+
+def nmse_of_categories(nmse: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """NMSE each head incurs under the given categories (dense = 0): ``nmse [..., L, H, 3]``,
+    ``categories [L, H]`` -> ``[..., L, H]``. The fidelity side of a head map on characterized prompts."""
+    nmse = np.asarray(nmse, dtype=np.float64)
+    cats = np.asarray(categories, dtype=np.int64)
+    padded = np.concatenate([np.zeros_like(nmse[..., :1]), nmse], axis=-1)  # column 0 = dense
+    index = np.broadcast_to(cats[..., None], (*nmse.shape[:-1], 1))
+    return np.take_along_axis(padded, index, axis=-1)[..., 0]
+

@@ -1,0 +1,135 @@
+"""Exact attention FLOPs of each head category for a prompt layout, and the model-level reduction.
+
+Under the model's own mask every query sees one contiguous key interval ``[lo(q), hi(q)]``: ``lo`` is the
+sliding-window edge (or 0), ``hi`` is the query itself, or the end of its bidirectional region. Each category
+keeps, inside that interval, a union of key classes (text, own image, sinks) that prefix sums over the
+sequence count in O(1) per query, so counting is O(S) and vectorized: never an S x S mask. One kept
+query-key pair costs ``4 * head_dim`` FLOPs (2 for QK^T, 2 for PV), per query head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .categories import Category
+from .layout import PromptLayout
+from .metadata import LayoutMeta
+
+
+class KeptPairs(NamedTuple):
+    """Kept query-key pairs of one attention head per category; index with a :class:`Category`."""
+
+    dense: int
+    sink: int
+    intra_image: int
+    intra_image_sink: int
+
+
+def pair_counts(layout: PromptLayout | LayoutMeta, window: int | None = None) -> KeptPairs:
+    """Exact kept pairs per category for one prompt (one head, one layer with this sliding window)."""
+    meta = layout if isinstance(layout, LayoutMeta) else LayoutMeta.build(layout.unpadded())
+    if window is not None and window < 1:
+        raise ValueError(f"sliding window must be >= 1 token, got {window}")
+    S = meta.length
+    pos = torch.arange(S, device=meta.device, dtype=torch.int64)
+    lo = torch.zeros_like(pos) if window is None else (pos - window + 1).clamp_min(0)
+    if meta.num_images == 0:
+        return KeptPairs(*[int((pos - lo + 1).sum())] * len(Category))
+    seg = meta.seg_id.long()
+    img = seg >= 0
+    group = meta.bidir_group.long()
+    hi = torch.where(group >= 0, meta.bidir_end.long()[group.clamp_min(0)] - 1, pos)
+    text_cum = _prefix(~img)
+    sink_cum = _prefix(meta.is_sink)
+
+    def count(cum: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """How many marked positions lie in ``[a, b]`` (0 when the interval is empty)."""
+        return torch.where(b >= a, cum[(b + 1).clamp_min(0)] - cum[a.clamp(0, S)], torch.zeros_like(a))
+
+    dense = hi - lo + 1
+    start = meta.img_start.long()[seg.clamp_min(0)]
+    end = meta.img_end.long()[seg.clamp_min(0)]
+    own_lo, own_hi = torch.maximum(lo, start), torch.minimum(hi, end - 1)
+    text = count(text_cum, lo, hi)
+    own = (own_hi - own_lo + 1).clamp_min(0)
+    sinks = count(sink_cum, lo, hi)
+    own_sinks = count(sink_cum, own_lo, own_hi)
+    per_category = (
+        dense,
+        text + sinks + (~meta.is_sink).long(),  # sink: text, every visible sink, itself
+        text + own,  # intra_image
+        text + own + sinks - own_sinks,  # intra_image_sink
+    )
+    return KeptPairs(*(int(torch.where(img, c, dense).sum()) for c in per_category))
+
+
+def _prefix(mark: torch.Tensor) -> torch.Tensor:
+    """``cum[x]`` = number of marked positions in ``[0, x)``; length S + 1."""
+    return torch.nn.functional.pad(torch.cumsum(mark.long(), 0), (1, 0))
+
+
+def attention_flops(pairs: int | np.ndarray, head_dim: int) -> int | np.ndarray:
+    """FLOPs of QK^T and PV over ``pairs`` kept query-key pairs of one head."""
+    return 4 * head_dim * pairs
+
+
+def layer_pair_table(layout: PromptLayout | LayoutMeta, windows: Sequence[int | None]) -> np.ndarray:
+    """``int64 [layers, 4]``: kept pairs per category for each layer (layers differ only by their window)."""
+    meta = layout if isinstance(layout, LayoutMeta) else LayoutMeta.build(layout.unpadded())
+    by_window = {w: pair_counts(meta, w) for w in set(windows)}
+    return np.array([by_window[w] for w in windows], dtype=np.int64).reshape(len(windows), len(Category))
+
+
+def reduction_from_pairs(pairs: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """Model-level FLOPs reduction per prompt: saved pairs over dense pairs, summed over layers and heads.
+
+    ``pairs [P, L, 4]`` (or ``[L, 4]``) from :func:`layer_pair_table`; ``categories [L, H]`` of
+    :class:`Category` values. Returns ``[P]`` (or a scalar) in [0, 1]. Head dim cancels out of the ratio.
+    """
+    pairs = np.asarray(pairs, dtype=np.float64)
+    single = pairs.ndim == 2
+    pairs = pairs[None] if single else pairs
+    cats = np.asarray(categories, dtype=np.int64)
+    if cats.ndim != 2 or cats.shape[0] != pairs.shape[1]:
+        raise ValueError(f"categories must be [layers={pairs.shape[1]}, heads], got shape {cats.shape}")
+    kept = np.take_along_axis(pairs, np.broadcast_to(cats[None], (pairs.shape[0], *cats.shape)), axis=2)  # [P, L, H]
+    dense = pairs[:, :, Category.DENSE][:, :, None] * np.ones_like(kept)
+    total = dense.sum(axis=(1, 2))
+    out = np.where(total > 0, 1.0 - kept.sum(axis=(1, 2)) / np.where(total > 0, total, 1.0), 0.0)
+    return out[0] if single else out
+
+
+def model_flops(
+    layout: PromptLayout | LayoutMeta, categories: np.ndarray | torch.Tensor, windows: Sequence[int | None], head_dim: int
+) -> dict[str, float]:
+    """Dense and sparse attention FLOPs of a whole model on one prompt, and the reduction between them.
+
+    ``categories [L, H]`` (e.g. ``np.array(head_map_categories)``), ``windows[l]`` the sliding window of
+    layer ``l`` (None for full attention).
+    """
+    cats = np.asarray(categories.cpu() if isinstance(categories, torch.Tensor) else categories, dtype=np.int64)
+    if len(windows) != cats.shape[0]:
+        raise ValueError(f"{len(windows)} layer windows for {cats.shape[0]} layers of categories")
+    pairs = layer_pair_table(layout, windows)
+    dense = float(attention_flops(pairs[:, Category.DENSE].sum() * cats.shape[1], head_dim))
+    sparse = float(attention_flops(np.take_along_axis(pairs, cats, axis=1).sum(), head_dim))
+    return {"dense_flops": dense, "sparse_flops": sparse, "reduction": 1.0 - sparse / dense if dense else 0.0}
+
+
+def dataset_reductions(layouts: Iterable[PromptLayout | LayoutMeta], categories: np.ndarray, windows: Sequence[int | None]) -> np.ndarray:
+    """Model-level FLOPs reduction of one head map (``categories [L, H]``) on each prompt: the data of the
+    per-prompt FLOPs CDF."""
+    tables = [layer_pair_table(lay, windows) for lay in layouts]
+    if not tables:
+        return np.zeros(0)
+    return reduction_from_pairs(np.stack(tables), categories)
+
+
+def empirical_cdf(values: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` step points of the empirical CDF: ``y[i]`` = share of values <= ``x[i]``."""
+    x = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    return x, np.arange(1, x.size + 1, dtype=np.float64) / max(x.size, 1)

@@ -1,0 +1,106 @@
+"""Peak CPU memory of characterizing one long prompt, layer by layer (the O(S x chunk) claim, measured).
+
+Random q, k, v of a model shape (default Qwen2-VL-7B: 28 layers, 28 query heads, 4 KV heads, head_dim 128)
+are made one layer at a time and characterized with :func:`characterize_layers`, as a model run would hand
+them over. The process's peak resident set size is read from the kernel, so run this in a fresh process::
+
+    python -m bsight.harness.sparsity.footprint --tokens 36864 --layers 28
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from collections.abc import Iterator
+
+import torch
+
+from bsight.harness.interfaces import LayerCall
+
+from .characterize import characterize_layers
+from .layout import PromptLayout
+from .planted import realistic_layout
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def footprint_layout(num_tokens: int, image_tokens: int = 1024, label_tokens: int = 16, text_tokens: int = 64) -> PromptLayout:
+    """The peers' timing layout: text prefix, images each after a label, a question filling up to ``num_tokens``."""
+    n = (num_tokens - 2 * text_tokens) // (image_tokens + label_tokens)
+    if n < 1:
+        raise ValueError(f"{num_tokens} tokens cannot hold one image of {image_tokens} tokens plus text")
+    question = num_tokens - text_tokens - n * (image_tokens + label_tokens)
+    return realistic_layout(n, image_tokens, prefix_tokens=text_tokens, label_tokens=label_tokens, question_tokens=question)
+
+
+def measure_characterization_memory(
+    num_tokens: int,
+    num_layers: int = 28,
+    num_heads: int = 28,
+    num_kv_heads: int = 4,
+    head_dim: int = 128,
+    *,
+    dtype: torch.dtype = torch.float32,
+    chunk_size: int = 256,
+    seed: int = 0,
+) -> dict[str, float | int | str]:
+    """Characterize one random prompt of this shape; returns peak and baseline RSS (bytes) and seconds."""
+    layout = footprint_layout(num_tokens)
+    gen = torch.Generator().manual_seed(seed)
+    scale = head_dim**-0.5
+
+    def layers() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, LayerCall]]:
+        for i in range(num_layers):
+            q = torch.randn(num_heads, layout.length, head_dim, generator=gen, dtype=dtype)
+            k = torch.randn(num_kv_heads, layout.length, head_dim, generator=gen, dtype=dtype)
+            v = torch.randn(num_kv_heads, layout.length, head_dim, generator=gen, dtype=dtype)
+            yield q, k, v, LayerCall(layer_idx=i, scale=scale)
+            del q, k, v
+
+    baseline = _rss_bytes()
+    t0 = time.perf_counter()
+    record = characterize_layers("footprint", layout, layers(), chunk_size=chunk_size)
+    seconds = time.perf_counter() - t0
+    return {
+        "tokens": layout.length,
+        "images": layout.num_images,
+        "layers": len(record.nmse),
+        "heads": num_heads,
+        "kv_heads": num_kv_heads,
+        "head_dim": head_dim,
+        "dtype": str(dtype).removeprefix("torch."),
+        "chunk_size": chunk_size,
+        "torch_threads": torch.get_num_threads(),
+        "baseline_rss_bytes": baseline,
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "seconds": round(seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tokens", type=int, required=True)
+    ap.add_argument("--layers", type=int, default=28)
+    ap.add_argument("--heads", type=int, default=28)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--chunk-size", type=int, default=256)
+    a = ap.parse_args(argv)
+    out = measure_characterization_memory(
+        a.tokens, a.layers, a.heads, a.kv_heads, a.head_dim, dtype=getattr(torch, a.dtype), chunk_size=a.chunk_size
+    )
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
