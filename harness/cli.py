@@ -1,4 +1,4 @@
-"""The ``bsight`` command: ``plugins``, ``run``, ``report``, ``compare``.
+"""The ``bsight`` command: ``plugins``, ``run``, ``characterize``, ``report``, ``compare``.
 
 Exit status: 0 success; 1 a unit failed (``run``) or a regression was flagged (``compare``); 2 bad input
 (config, arguments, not a run folder), reported as one line per problem without a traceback; 130 interrupted.
@@ -110,6 +110,116 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv_floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _csv_ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+CHARACTERIZE_JOB = "characterize"
+
+
+def characterize_job(args: argparse.Namespace) -> dict:
+    """The ``characterize`` job entry the command's arguments describe."""
+    job: dict = {"type": "characterize", "name": CHARACTERIZE_JOB, "models": [args.model], "task": args.task}
+    for key in ("limit", "tau", "delta", "gamma", "sweep_taus", "sweep_deltas", "sweep_gammas", "chunk_size", "publish"):
+        value = getattr(args, key)
+        if value is not None:
+            job[key] = value
+    if args.sink_fraction is not None:
+        job["sinks"] = {"kind": "fraction", "fraction": args.sink_fraction}
+    elif args.sink_offsets is not None:
+        job["sinks"] = {"kind": "offsets", "offsets": args.sink_offsets}
+    elif args.discover_sinks is not None:
+        job["discover_sinks"] = {"top_k": args.discover_sinks}
+    return job
+
+
+def _option_errors(job: dict) -> list[str]:
+    """The job's parameter errors phrased as command-line options (``--tau: ...``)."""
+    from pydantic import ValidationError
+
+    from .jobs.characterize import CharacterizeSpec
+
+    flags = {"sinks": "--sink-fraction/--sink-offsets", "discover_sinks": "--discover-sinks"}
+    try:
+        CharacterizeSpec.model_validate(job)
+    except ValidationError as e:
+        out = []
+        for err in e.errors(include_url=False):
+            field = str(err["loc"][0]) if err["loc"] else ""
+            flag = flags.get(field, "--" + field.replace("_", "-")) if field else "arguments"
+            got = f" (got {err['input']!r})" if field and not isinstance(err.get("input"), (dict, list)) else ""
+            out.append(f"{flag}: {err['msg'].removeprefix('Value error, ')}{got}")
+        return out
+    return []
+
+
+def cmd_characterize(args: argparse.Namespace) -> int:
+    """Characterize one model on one task (models and tasks as the config defines them) into a run folder."""
+    from .config import load_config, parse_config
+    from .jobs.characterize import head_map_file
+    from .runner import execute
+    from .store import RunFolder
+
+    if args.config and args.config_opt and args.config != args.config_opt:
+        raise UsageError(f"two configs given: {args.config} and --config {args.config_opt}")
+    err = _console(stderr=True)
+    path = resolve_config(args.config or args.config_opt)
+    registry = _registry(err)
+    base = load_config(path, registry)
+    problems = []
+    for flag, value, section in (("--model", args.model, "models"), ("--task", args.task, "tasks")):
+        defined = ", ".join(getattr(base, section)) or "none"
+        if value is None:
+            problems.append(f"{flag} is required; {section} defined in {path}: {defined}")
+        elif value not in getattr(base, section):
+            problems.append(f"{flag} {value!r} is not defined under `{section}:` in {path}; defined: {defined}")
+    if problems:
+        raise UsageError("\n".join(problems))
+    job = characterize_job(args)
+    problems = _option_errors(job)
+    if problems:
+        raise UsageError("\n".join(problems))
+    out = Path(args.out)
+    data = {
+        "run": {"name": f"characterize-{args.model}", "output_dir": str(out.parent), "seed": base.run.seed,
+                "description": f"bsight characterize --model {args.model} --task {args.task}"},
+        "models": {args.model: base.models[args.model].model_dump()},
+        "tasks": {args.task: base.tasks[args.task].model_dump()},
+        "jobs": [job],
+    }
+    config = parse_config(data, registry, source=f"bsight characterize (models and tasks from {path})")
+    err.print(f"characterize {escape(args.model)} on {escape(args.task)} (config {escape(str(path))}) -> {escape(str(out))}{' (fresh)' if args.fresh else ''}")
+    outcome = execute(config, registry, out, fresh=args.fresh, console=err)  # the run is this command, not the whole CONFIG
+    (rec,) = RunFolder.open(out).manifest().units
+    if rec.status != "done":
+        err.print(f"[red]characterization failed:[/] {escape(rec.error or rec.status)} (details in {escape(str(out / 'errors.log'))})")
+        return 1
+    files = rec.info.get("files", {})
+    stem = out / "plots" / f"characterization-{CHARACTERIZE_JOB}-{args.model}"
+    print(f"head map: {(out / files.get('head_map', head_map_file(CHARACTERIZE_JOB, args.model))).resolve()}")
+    if "published" in files:
+        print(f"published head map: {Path(files['published']).resolve()}")
+    print(f"heatmap: {Path(f'{stem}-heatmap.svg').resolve()}")
+    print(f"layer shares: {Path(f'{stem}-shares.svg').resolve()}")
+    if "sweep" in files:
+        print(f"sweep: {(out / files['sweep']).resolve()}")
+        print(f"sweep plot: {Path(f'{stem}-pareto.svg').resolve()}")
+    print(f"per-prompt tables: {(out / files['characterization']).resolve()}")
+    if outcome.report is not None:
+        print(f"report: {outcome.report.resolve()}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import render_report
 
@@ -155,6 +265,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore and delete cached results in the run folder")
     p.add_argument("--dry-run", action="store_true", help="validate the config and list the units, run nothing")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "characterize",
+        help="characterize one model on one task: head map, heatmap and per-layer shares (and a tau sweep) in a run folder",
+        description="Characterize a model defined in CONFIG on a task defined in CONFIG and write its head map. The output "
+        "folder is a run folder: running the same command again resumes, prompt by prompt.",
+    )
+    p.add_argument("config", nargs="?", metavar="CONFIG", help=f"config whose models and tasks to use (default: ./{DEFAULT_CONFIG})")
+    p.add_argument("--config", dest="config_opt", metavar="CONFIG", help="the same as CONFIG")
+    p.add_argument("--model", help="model name from the config's `models:`")
+    p.add_argument("--task", help="task name from the config's `tasks:`")
+    p.add_argument("--out", required=True, metavar="DIR", help="output run folder (head map under DIR/headmaps/characterize/, plots under DIR/plots/)")
+    p.add_argument("--limit", type=int, help="first N prompts of the task")
+    p.add_argument("--tau", type=float, help="NMSE threshold per prompt (default 0.05)")
+    p.add_argument("--delta", type=float, help="dense share above which a head stays dense (default 0.2)")
+    p.add_argument("--gamma", type=float, help="share the predominant sparse category needs (default 0.5)")
+    p.add_argument("--sweep-taus", type=_csv_floats, metavar="T1,T2,...", help="also sweep FLOPs reduction vs NMSE over these tau values")
+    p.add_argument("--sweep-deltas", type=_csv_floats, metavar="D1,D2,...", help="sweep these delta values too")
+    p.add_argument("--sweep-gammas", type=_csv_floats, metavar="G1,G2,...", help="sweep these gamma values too")
+    sinks = p.add_mutually_exclusive_group()
+    sinks.add_argument("--sink-fraction", type=float, metavar="F", help="sinks: the first ceil(F * len) tokens of each image")
+    sinks.add_argument("--sink-offsets", type=_csv_ints, metavar="O1,O2,...", help="sinks: these offsets inside each image")
+    sinks.add_argument("--discover-sinks", type=int, metavar="K", help="find the K most attended in-image offsets first (fixed-offset models)")
+    p.add_argument("--chunk-size", type=int, help="image-query rows per chunk of the NMSE probe (default 256)")
+    p.add_argument("--publish", metavar="PATH", help="also write the head map to PATH")
+    p.add_argument("--fresh", action="store_true", help="ignore and delete results already in DIR")
+    p.set_defaults(func=cmd_characterize)
 
     p = sub.add_parser("report", help="re-render a run folder's index.html and report.md")
     p.add_argument("run", metavar="RUN", help="run folder")

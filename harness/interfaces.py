@@ -166,6 +166,13 @@ class ModelAdapter(Plugin, ABC):
     def logits(self, prepared: Prepared, method: AttentionMethod) -> torch.Tensor:
         """Prefill logits ``[B, S, vocab]`` under ``method`` (fidelity metrics, tests)."""
 
+    def prefill(self, prepared: Prepared, method: AttentionMethod) -> None:
+        """Run the prompt's prefill under ``method`` for what the method records (characterization probes,
+        kept-pair logs), keeping no output. The default calls :meth:`logits`; adapters should override it to
+        skip the ``S x vocab`` LM head (e.g. transformers' ``logits_to_keep=1``), which at long prompts costs
+        more memory than the attention being studied."""
+        self.logits(prepared, method)
+
 
 # ------------------------------------------------------------------------------------------- methods
 

@@ -13,6 +13,7 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from matplotlib import rc_context
@@ -57,6 +58,9 @@ def make_plot(name: str, title: str, fig: Figure) -> Plot:
     return Plot(name=name, title=title, svg=figure_to_svg(fig, name))
 
 
+LEGEND_INSIDE_MAX = 6  # more series than this: the legend goes to the right of the axes
+
+
 def line_plot(
     series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     xlabel: str,
@@ -64,12 +68,17 @@ def line_plot(
     logx: bool = False,
     logy: bool = False,
     hline: float | None = None,
+    styles: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Figure:
-    """One line per series (e.g. attention time or speedup vs prompt tokens, one series per method)."""
-    fig = new_figure()
+    """One line per series (e.g. attention time or speedup vs prompt tokens, one series per method).
+
+    ``styles`` gives matplotlib line keywords per series label (colour, linestyle, marker), so that plots
+    with many series can encode two dimensions (say colour = head category, dash = method)."""
+    many = len(series) > LEGEND_INSIDE_MAX
+    fig = new_figure(width=8.0 if many else 6.0, height=3.6 if many else 3.2)
     ax = fig.add_subplot()
     for label, (x, y) in series.items():
-        ax.plot(x, y, marker="o", markersize=3, label=label)
+        ax.plot(x, y, label=label, **{"marker": "o", "markersize": 3, **(styles or {}).get(label, {})})
     if hline is not None:
         ax.axhline(hline, color="0.5", linewidth=0.8, linestyle="--")
     if logx:
@@ -79,7 +88,9 @@ def line_plot(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    if len(series) > 1:
+    if many:
+        ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    elif len(series) > 1:
         ax.legend(frameon=False)
     return fig
 

@@ -18,7 +18,6 @@ import jinja2
 from markupsafe import Markup
 
 from .jobs import JOB_TYPES
-from .jobs.base import SectionData
 from .store import RunFolder, UnitRecord
 
 SECTIONS: dict[str, str] = {
@@ -77,33 +76,51 @@ def _records_by_type(run: RunFolder) -> dict[str, list[UnitRecord]]:
 
 
 def build_sections(run: RunFolder, html_env: jinja2.Environment, md_env: jinja2.Environment) -> list[RenderedSection]:
-    """Every section of the frame, filled from the run where a job produced data; plots written to plots/."""
+    """Every section of the frame, filled from the run where a job produced data; plots written to plots/.
+
+    Several job types may fill one section (``planted`` goes with ``characterize``, ``ttft`` with ``timing``):
+    each renders its own part, in registration order, from ``sections/<job type>.*.j2`` when that template
+    exists, else ``sections/<section>.*.j2``. A part whose builder fails shows its error; the others render."""
     by_type = _records_by_type(run)
     keys = list(SECTIONS) + [j.section for j in JOB_TYPES.values() if j.section not in SECTIONS]
     out = []
     for key in dict.fromkeys(keys):
         jobs = [j for j in JOB_TYPES.values() if j.section == key and by_type.get(j.type)]
         title = next((j.title for j in JOB_TYPES.values() if j.section == key), SECTIONS.get(key, key))
-        data: SectionData | None = None
-        error = None
-        for job in jobs:  # one job type per section; the first with data wins
+        parts: list[tuple[str, str]] = []
+        errors: list[tuple[str, str]] = []
+        for job in jobs:
             try:
                 data = job.report(run, by_type[job.type])
             except Exception as e:
-                error = f"{type(e).__name__}: {e}"
-            if data is not None:
-                break
-        if data is None:
-            ctx = {"title": title, "error": error}
-            out.append(RenderedSection(key, title, Markup(html_env.get_template("sections/_empty.html.j2").render(ctx)), md_env.get_template("sections/_empty.md.j2").render(ctx), False))
+                errors.append((job.title, f"{type(e).__name__}: {e}"))
+                continue
+            if data is None:
+                continue
+            plots = {p.name: p for p in data.plots}
+            _write_plots(run.root, plots.values())
+            ctx = {"title": job.title, "section": data.context, "plots": plots}
+            name = _template(html_env, job.type, key)
+            parts.append((html_env.get_template(f"sections/{name}.html.j2").render(ctx), md_env.get_template(f"sections/{name}.md.j2").render(ctx)))
+        if parts:
+            for job_title, error in errors:  # a failed part next to parts that rendered
+                ctx = {"title": job_title, "error": f"{job_title}: {error}"}
+                parts.append((html_env.get_template("sections/_empty.html.j2").render(ctx), md_env.get_template("sections/_empty.md.j2").render(ctx)))
+            html = Markup("".join(h for h, _ in parts))
+            out.append(RenderedSection(key, title, html, "\n".join(m for _, m in parts), True))
             continue
-        plots = {p.name: p for p in data.plots}
-        _write_plots(run.root, plots.values())
-        ctx = {"title": title, "section": data.context, "plots": plots}
-        html = Markup(html_env.get_template(f"sections/{key}.html.j2").render(ctx))
-        md = md_env.get_template(f"sections/{key}.md.j2").render(ctx)
-        out.append(RenderedSection(key, title, html, md, True))
+        ctx = {"title": title, "error": "; ".join(e if len(errors) == 1 else f"{t}: {e}" for t, e in errors) or None}
+        out.append(RenderedSection(key, title, Markup(html_env.get_template("sections/_empty.html.j2").render(ctx)), md_env.get_template("sections/_empty.md.j2").render(ctx), False))
     return out
+
+
+def _template(env: jinja2.Environment, job_type: str, section: str) -> str:
+    """The job type's own section template if it has one, else the section's."""
+    try:
+        env.get_template(f"sections/{job_type}.html.j2")
+        return job_type
+    except jinja2.TemplateNotFound:
+        return section
 
 
 def _write_plots(root: Path, plots) -> None:

@@ -64,6 +64,7 @@ class RunContext:
     progress_display: Progress
     seed: int = 0
     dist: Dist = field(default_factory=Dist)
+    run_dir: Path | None = None  # the run folder: jobs write artifacts (head maps) under it
     models_loaded: dict[str, ModelAdapter] = field(default_factory=dict)
     model_infos: dict[str, ModelInfo] = field(default_factory=dict)
     _model_errors: dict[str, str] = field(default_factory=dict)
@@ -308,7 +309,7 @@ def _execute(
     written = 0
     html: Path | None = None
     with _progress(console, shown=dist.is_main) as display:
-        ctx = RunContext(config, registry, display, seed=config.run.seed, dist=dist)
+        ctx = RunContext(config, registry, display, seed=config.run.seed, dist=dist, run_dir=run_dir)
         overall = display.add_task("units", total=len(planned))
         try:
             for i, ((spec, unit), rec) in enumerate(zip(planned, manifest.units)):

@@ -1,11 +1,13 @@
-"""Open a real run's report in headless Chromium: tables and SVG plots render, nothing is fetched, no
-console errors, and the screenshot is not blank."""
+"""Open real runs' reports in headless Chromium: tables and SVG plots render, nothing is fetched, no
+console errors, and the screenshot is not blank. One run is an accuracy run; the other fills the method's
+sections (characterization with its sweep, planted structure, FLOPs, kernel timing and TTFT)."""
 
 from __future__ import annotations
 
 import io
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +37,35 @@ def browser(tmp_path_factory):
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)  # no driver download
     yield driver
     driver.quit()
+
+
+@pytest.fixture(scope="module")
+def method_run(ext_registry, tmp_path_factory) -> Path:
+    """A real run of every method job type on the example plugin's tiny model (random weights), the published
+    kernel sweep and a tiny-configuration TTFT measurement."""
+    from bsight.harness.config import parse_config
+    from bsight.harness.runner import execute
+
+    from conftest import quiet, torch_threads
+
+    root = tmp_path_factory.mktemp("method-run")
+    data = {
+        "run": {"name": "methods", "output_dir": str(root)},
+        "models": {"tiny": {"plugin": "tiny-llama", "options": {"layers": 3}}},
+        "methods": {"dense": {"plugin": "dense"}, "bs": {"plugin": "blindsight", "options": {"head_map": str(root / "maps" / "tiny.json")}}},
+        "tasks": {"bright": {"plugin": "brightest-image", "options": {"n": 5}}},
+        "jobs": [
+            {"type": "characterize", "sweep_taus": [0.01, 0.05, 0.2], "publish": str(root / "maps" / "{model}.json")},
+            {"type": "planted", "layers": 2, "heads": 8, "kv_heads": 2, "prompts": [{"images": 5, "image_tokens": 48, "label_tokens": 4}]},
+            {"type": "flops", "methods": ["dense", "bs"]},
+            {"type": "timing", "source": "published"},
+            {"type": "ttft", "small": True, "lengths": [160]},
+        ],
+    }
+    with torch_threads(1):
+        outcome = execute(parse_config(data, ext_registry), ext_registry, root / "methods", console=quiet())
+    assert not outcome.failed
+    return outcome.run_dir
 
 
 def load(driver, path):
@@ -86,3 +117,27 @@ def test_comparison_renders_in_chromium(browser, ext_run, tmp_path):
     assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
     cells = browser.find_elements(By.CSS_SELECTOR, "table.data tbody tr")
     assert cells and all(r.find_elements(By.TAG_NAME, "td")[-1].text == "within threshold" for r in cells)
+
+
+def test_method_sections_render_in_chromium(browser, method_run):
+    from selenium.webdriver.common.by import By
+
+    load(browser, method_run / "index.html")
+    assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
+    expected = {"flops": 1, "characterization": 4, "timing": 6}  # CDF; heatmap, shares, Pareto, confusion; 2 x 2 sweep + 2 TTFT
+    for key, n in expected.items():
+        section = browser.find_element(By.ID, key)
+        assert not section.find_elements(By.CSS_SELECTOR, "p.empty, p.error"), key
+        svgs = section.find_elements(By.CSS_SELECTOR, "figure svg")
+        assert len(svgs) == n, (key, len(svgs))
+        for svg in svgs:
+            assert svg.size["width"] > 150 and svg.size["height"] > 100
+            assert browser.execute_script("return arguments[0].querySelectorAll('path, use, text').length", svg) > 10
+        assert section.find_elements(By.CSS_SELECTOR, "table")
+    assert browser.find_element(By.ID, "accuracy").find_element(By.CSS_SELECTOR, "p.empty").text == "No data in this run."
+    confusion = browser.find_element(By.CSS_SELECTOR, "#characterization table.confusion")
+    assert len(confusion.find_elements(By.CSS_SELECTOR, "tbody tr")) == 4
+    heatmap = browser.find_element(By.CSS_SELECTOR, "#characterization figure svg")
+    pixels = np.asarray(Image.open(io.BytesIO(heatmap.screenshot_as_png)).convert("L"))
+    assert (pixels < 128).mean() > 0.05 and len(np.unique(pixels)) > 8  # the category grid is drawn, not blank

@@ -1,5 +1,12 @@
 """Job types: the kinds of work ``benchmarks.yaml`` can list under ``jobs:``.
 
+Built in: ``accuracy`` (model x method x task, greedy answers vs a baseline), ``flops`` (exact attention FLOPs
+per prompt and method), ``characterize`` (a model's head map from a task's prompts, resumable per prompt),
+``planted`` (characterization recovers planted head categories), ``timing`` (the kernel sweep, measured on a
+GPU or shown from a published JSON) and ``ttft`` (time to first token, likewise). Jobs that run prompts
+through a model without generating call ``adapter.prefill(prepared, method)``
+(:meth:`~bsight.harness.interfaces.ModelAdapter.prefill`), which skips the ``S x vocab`` logits.
+
 Adding a job type is one module here and one line in :data:`JOB_TYPES`. The module defines a subclass of
 :class:`~bsight.harness.jobs.base.JobType` with:
 
@@ -35,15 +42,18 @@ Adding a job type is one module here and one line in :data:`JOB_TYPES`. The modu
     items through ``ctx.shard(items, key)`` (item i to rank i mod world size; merged rows follow the items'
     order). Default False: rank 0 alone.
 ``section``, ``title``, ``report(run, records) -> SectionData | None``
-    The report section this job fills. ``records`` are the run's
+    The report section this job fills (several job types may share one: each renders its own part, in
+    :data:`JOB_TYPES` order; ``planted`` joins ``characterize`` in "characterization", ``ttft`` joins
+    ``timing``). ``records`` are the run's
     :class:`~bsight.harness.store.UnitRecord` s of this type (unit, status, row counts, and the stored spec:
     ``self.spec_of(record)``); ``run.rows(record.unit, Row)`` reads a unit's rows. It returns a
     :class:`~bsight.harness.jobs.base.SectionData`: a template context plus :class:`~bsight.harness.plots.Plot`
     figures (``make_plot(name, title, fig)`` turns any matplotlib Figure into one; ``line_plot``,
     ``cdf_plot`` and ``interval_plot`` in :mod:`bsight.harness.plots` build the generic ones). Templates
-    are ``reports/templates/sections/<section>.html.j2`` and ``<section>.md.j2``; they receive ``section``
-    (the context), ``plots`` (name -> Plot; HTML writes ``{{ plot.svg|safe }}``, Markdown links
-    ``plot.file``) and ``title``, with filters ``num``, ``pct`` and ``mdcell``. The frame's sections
+    are ``reports/templates/sections/<type>.html.j2`` and ``<type>.md.j2`` when they exist, else
+    ``<section>.html.j2`` and ``<section>.md.j2``; they receive ``section`` (the context), ``plots``
+    (name -> Plot; HTML writes ``{{ plot.svg|safe }}``, Markdown links ``plot.file``) and ``title`` (the job
+    type's), with filters ``num``, ``pct`` and ``mdcell``. The frame's sections
     (:data:`bsight.harness.report.SECTIONS`: ``accuracy``, ``flops``, ``characterization``, ``timing``) say
     "no data in this run" until a job fills them; a new section key is appended after them.
 ``metrics(run, records) -> list[Metric]``
@@ -55,9 +65,19 @@ from __future__ import annotations
 
 from .accuracy import AccuracyJob
 from .base import JobSpec, JobType, Metric, ResultRow, SectionData, Unit
+from .characterize import CharacterizeJob
+from .flops import FlopsJob
+from .planted import PlantedJob
+from .timing import TimingJob
+from .ttft import TTFTJob
 
 JOB_TYPES: dict[str, JobType] = {
     AccuracyJob.type: AccuracyJob(),
+    FlopsJob.type: FlopsJob(),
+    CharacterizeJob.type: CharacterizeJob(),
+    PlantedJob.type: PlantedJob(),
+    TimingJob.type: TimingJob(),
+    TTFTJob.type: TTFTJob(),
 }
 
 __all__ = ["JOB_TYPES", "JobSpec", "JobType", "Metric", "ResultRow", "SectionData", "Unit"]

@@ -101,16 +101,21 @@ class AccuracyJob(JobType):
         return issues
 
     def expand(self, spec: AccuracySpec, config: BenchmarkConfig) -> list[Unit]:
+        from .flops import method_head_map_identity
+
         units = []
+        index = next((i for i, s in enumerate(config.jobs) if s is spec), len(config.jobs))
         methods = _selected(spec, config, "methods")
         if spec.baseline is not None:  # the baseline first, so partial runs have something to compare with
             methods = [spec.baseline] + [m for m in methods if m != spec.baseline]
         for model in _selected(spec, config, "models"):
             for task in _selected(spec, config, "tasks"):
                 for method in methods:
+                    # a head map re-characterized by an earlier job of this run makes the method's answers stale
+                    head_map = method_head_map_identity(config, method, index)
                     fp = fingerprint(
                         self.type, config.models[model].model_dump(), config.methods[method].model_dump(),
-                        config.tasks[task].model_dump(), spec.max_new_tokens,
+                        config.tasks[task].model_dump(), spec.max_new_tokens, *([head_map] if head_map is not None else []),
                     )
                     units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}/{method}/{task}", model=model, method=method, task=task, fingerprint=fp))
         return units

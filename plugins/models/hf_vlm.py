@@ -339,6 +339,12 @@ class HFVLMAdapter(ModelAdapter):
     def logits(self, prepared: Prepared, method: AttentionMethod) -> torch.Tensor:
         return self.forward(prepared, method, use_cache=False).logits.float()
 
+    def prefill(self, prepared: Prepared, method: AttentionMethod) -> None:
+        """The prefill under ``method`` with the LM head on the last position only (``logits_to_keep=1``, which
+        transformers' Qwen2-VL, Qwen2.5-VL and Gemma 3 classes take in 5.17 and 5.23): characterization and
+        pair counting need the attention calls, not ``S x vocab`` logits."""
+        self.forward(prepared, method, use_cache=False, logits_to_keep=1)
+
     def generate(self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int) -> Generation:
         """Greedy generation: prefill under ``method``, decode dense over the full KV cache."""
         ids, prefill_s, total_s = self._greedy(prepared, method, max_new_tokens)

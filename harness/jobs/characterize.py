@@ -1,0 +1,407 @@
+"""Job ``characterize``: a model's head map from a task's prompts (DESIGN.md section 1), resumable prompt by prompt.
+
+One unit per model (all on the job's one task). The unit's first row (key ``#setup``) fixes what every prompt
+is characterized under: the model's :class:`ModelInfo`, the sink policy (the job's ``sinks``, else one found
+by ``discover_sinks`` - fixed-offset sinks voted from dense attention, :mod:`bsight.harness.sparsity.sinks` -
+else the adapter's) and the dataset. Then one row per prompt holds its NMSE and kept-pair tables
+(:class:`PromptRecord`, from :func:`characterize_model` run through ``adapter.prefill``), so a killed run
+resumes at the next prompt and tau, delta and gamma can change without running the model again: they only
+re-aggregate the stored tables.
+
+When every prompt is done the unit builds the head map with the job's tau, delta, gamma and writes, into the
+run folder, ``headmaps/<job>/<model>.json`` (the :class:`HeadMap`), ``<model>.characterization.json`` (the
+per-prompt tables, for re-selection) and, with ``sweep_taus``, ``<model>.sweep.json`` (FLOPs reduction vs
+NMSE per grid point); ``publish`` also writes the head map to a path of the user's (``{model}`` = the config
+model name). Method ``blindsight`` in a later job reads it from either path through its ``head_map`` option.
+
+The section "characterization": per model the layer x head category heatmap, per-layer shares, category
+shares, FLOPs reduction and NMSE of the head map on the characterized prompts, parameters, dataset and sink
+policy, and the sweep table with its Pareto plot.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..interfaces import ModelInfo
+from ..plots import make_plot
+from ..sparsity.aggregate import DEFAULT_PARAMS, build_head_map
+from ..sparsity.categories import Category
+from ..sparsity.characterize import CharacterizationResult, PromptRecord, SkippedPrompt, characterize_model
+from ..sparsity.figures import category_heatmap, layer_shares, pareto_figure
+from ..sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
+from ..sparsity.layout import SinkPolicy
+from ..sparsity.sweep import SweepRow, pareto_front, sweep
+from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
+
+if TYPE_CHECKING:
+    from ..config import BenchmarkConfig
+    from ..interfaces import ModelAdapter, Sample, Task
+    from ..runner import RunContext
+    from ..store import RunFolder, UnitRecord, UnitRowSet
+
+SETUP_KEY = "#setup"
+HEADMAP_DIR = "headmaps"
+
+
+def selected(spec: JobSpec, config: BenchmarkConfig, section: str) -> list[str]:
+    """The config names a job lists under ``section`` (``models``, ``methods``, ``tasks``); None = all defined."""
+    chosen = getattr(spec, section)
+    return list(getattr(config, section)) if chosen is None else list(chosen)
+
+
+def name_issues(spec: JobSpec, config: BenchmarkConfig, sections: tuple[str, ...]) -> list[ConfigIssue]:
+    """Names a job lists that the config does not define, and sections left empty."""
+    issues = []
+    for section in sections:
+        defined = list(getattr(config, section))
+        chosen = selected(spec, config, section)
+        if not chosen:
+            issues.append(ConfigIssue((section,), f"no {section} to run; define some under `{section}:` (defined: {', '.join(defined) or 'none'})"))
+        for i, name in enumerate(chosen):
+            if name not in defined:
+                issues.append(ConfigIssue((section, i), f"{name!r} is not defined under `{section}:`; defined: {', '.join(defined) or 'none'}"))
+    return issues
+
+
+class DiscoverSinks(BaseModel):
+    """Fixed-offset sink discovery (Gemma 3 style) before characterization."""
+
+    model_config = ConfigDict(extra="forbid")
+    top_k: int = Field(4, ge=1, description="sink offsets to keep: the most voted ones")
+    prompts: int = Field(8, ge=1, description="the task's first N prompts vote (they need at least two images)")
+    queries_per_image: int = Field(16, ge=1, description="query rows scored per image")
+    top_per_query: int = Field(1, ge=1, description="keys each scored query votes for")
+
+
+class CharacterizeSpec(JobSpec):
+    type: Literal["characterize"]
+    models: list[str] | None = Field(None, description="names from `models:`; default all")
+    task: str | None = Field(None, description="name from `tasks:` whose prompts characterize; default: the only task defined")
+    limit: int | None = Field(None, ge=1, description="first N prompts of the task")
+    tau: float = Field(DEFAULT_PARAMS.tau, gt=0, description="prompt level: the cheapest mask with NMSE <= tau, else dense")
+    delta: float = Field(DEFAULT_PARAMS.delta, ge=0, le=1, description="dataset level: dense share above delta keeps a head dense")
+    gamma: float = Field(DEFAULT_PARAMS.gamma, ge=0, le=1, description="dataset level: predominant sparse share below gamma -> intra_image_sink")
+    sinks: SinkPolicy | None = Field(None, description="sink policy to characterize with; default: the adapter's")
+    discover_sinks: DiscoverSinks | None = Field(None, description="find fixed sink offsets from dense attention first")
+    chunk_size: int = Field(256, ge=1, description="image-query rows per chunk of the NMSE probe")
+    sweep_taus: list[float] | None = Field(None, min_length=1, description="sweep: FLOPs reduction vs NMSE for these tau values")
+    sweep_deltas: list[float] | None = Field(None, min_length=1, description="sweep: delta values (default: delta)")
+    sweep_gammas: list[float] | None = Field(None, min_length=1, description="sweep: gamma values (default: gamma)")
+    publish: str | None = Field(None, description="also write the head map here ('{model}' = config model name)")
+
+    @field_validator("sweep_taus")
+    @classmethod
+    def _taus(cls, values: list[float] | None) -> list[float] | None:
+        if any(t <= 0 for t in values or ()):
+            raise ValueError(f"every tau must be > 0, got {values}")
+        return values
+
+    @field_validator("sweep_deltas", "sweep_gammas")
+    @classmethod
+    def _shares(cls, values: list[float] | None) -> list[float] | None:
+        if any(not 0 <= x <= 1 for x in values or ()):
+            raise ValueError(f"every value must lie in [0, 1], got {values}")
+        return values
+
+    @model_validator(mode="after")
+    def _check(self) -> CharacterizeSpec:
+        if self.sinks is not None and self.discover_sinks is not None:
+            raise ValueError("give either 'sinks' (a policy) or 'discover_sinks' (find one), not both")
+        return self
+
+    @property
+    def params(self) -> CharacterizationParams:
+        return CharacterizationParams(tau=self.tau, delta=self.delta, gamma=self.gamma)
+
+    @property
+    def sweeps(self) -> bool:
+        return any(x is not None for x in (self.sweep_taus, self.sweep_deltas, self.sweep_gammas))
+
+
+class CharacterizeSetup(BaseModel):
+    """What every prompt row of a unit was characterized under."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: ModelInfo
+    sink_policy: SinkPolicy
+    sink_source: Literal["adapter", "job", "discovered"]
+    votes: list[int] = []  # sink discovery: votes per in-image offset
+    dataset: DatasetInfo
+
+
+class CharacterizeRow(ResultRow):
+    """``#setup`` (once per unit), or one prompt (``key``: its sample id): its tables, or why it was skipped."""
+
+    kind: Literal["setup", "prompt", "skipped"]
+    setup: CharacterizeSetup | None = None
+    record: PromptRecord | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Characterization:
+    """A unit's stored prompts aggregated with the job's parameters (what files and the report show)."""
+
+    setup: CharacterizeSetup
+    result: CharacterizationResult
+    head_map: HeadMap
+    chosen: SweepRow  # FLOPs reduction and NMSE of the head map itself on the characterized prompts
+    sweep: list[SweepRow] = field(default_factory=list)
+
+
+def summarize(spec: CharacterizeSpec, setup: CharacterizeSetup, prompts: list[CharacterizeRow]) -> Characterization:
+    """Aggregate prompt rows (in task order) into the head map, its own fidelity, and the sweep if asked."""
+    from bsight.harness import __version__
+
+    m = setup.model
+    result = CharacterizationResult(
+        model_id=m.model_id, model_revision=m.revision, weights=m.weights, num_layers=m.num_layers, num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, sliding_windows=list(m.sliding_windows), dataset=setup.dataset,
+        sink_policy=setup.sink_policy, tool_version=__version__,
+        prompts=[r.record for r in prompts if r.kind == "prompt" and r.record is not None],
+        skipped=[SkippedPrompt(id=r.key, reason=r.reason or "") for r in prompts if r.kind == "skipped"],
+    )
+    result.dataset = result.dataset.model_copy(update={"size": len(result.prompts)})
+    head_map = build_head_map(result, spec.params)
+    (chosen,) = sweep(result, [spec.tau], [spec.delta], [spec.gamma])
+    grid = sweep(result, spec.sweep_taus or [spec.tau], spec.sweep_deltas, spec.sweep_gammas) if spec.sweeps else []
+    return Characterization(setup=setup, result=result, head_map=head_map, chosen=chosen, sweep=grid)
+
+
+def head_map_file(job: str, model: str) -> Path:
+    """Where a characterize unit writes its head map, relative to the run folder."""
+    return Path(HEADMAP_DIR) / job / f"{model}.json"
+
+
+def publish_path(spec: CharacterizeSpec, model: str) -> Path | None:
+    return None if spec.publish is None else Path(spec.publish.replace("{model}", model))
+
+
+def head_map_writers(config: BenchmarkConfig, before: int | None = None) -> dict[str, tuple[CharacterizeSpec, str]]:
+    """Head map files the characterize jobs of a config write (its first ``before`` jobs), by normalized path:
+    published paths and run-folder paths under the config's default run folder."""
+    out = {}
+    root = Path(config.run.output_dir) / config.run.name
+    for spec in config.jobs[:before]:
+        if spec.type != "characterize":
+            continue
+        for model in selected(spec, config, "models"):
+            paths = [root / head_map_file(spec.name, model)]
+            if spec.publish is not None:
+                paths.append(publish_path(spec, model))
+            for p in paths:
+                out[os.path.normpath(p)] = (spec, model)
+    return out
+
+
+def head_map_identity(spec: CharacterizeSpec, config: BenchmarkConfig, model: str) -> str:
+    """Everything that decides the head map a characterize job writes for a model, hashed: other jobs that
+    read it put this in their fingerprint, so a re-characterization with other parameters redoes them."""
+    unit = next(u for u in CharacterizeJob().expand(spec, config) if u.model == model)
+    return fingerprint(unit.fingerprint, spec.limit, spec.tau, spec.delta, spec.gamma)
+
+
+def _integer_ticks(fig: Figure, axes: str) -> Figure:
+    """Layer and head axes count whole layers and heads (small models would get ticks at 0.5)."""
+    ax = fig.axes[0]
+    for name in axes:
+        getattr(ax, f"{name}axis").set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def _sink_text(policy: SinkPolicy) -> str:
+    if policy.kind == "fraction":
+        return f"first {policy.fraction:.2%} of each image's tokens (at least its start token)"
+    return "offsets " + ", ".join(map(str, policy.offsets)) + " inside each image"
+
+
+class CharacterizeJob(JobType):
+    type = "characterize"
+    Spec = CharacterizeSpec
+    Row = CharacterizeRow
+    section = "characterization"
+    title = "Characterization"
+
+    @staticmethod
+    def task_of(spec: CharacterizeSpec, config: BenchmarkConfig) -> str | None:
+        if spec.task is not None:
+            return spec.task
+        return next(iter(config.tasks)) if len(config.tasks) == 1 else None
+
+    def check(self, spec: CharacterizeSpec, config: BenchmarkConfig) -> list[ConfigIssue]:
+        issues = name_issues(spec, config, ("models",))
+        task = self.task_of(spec, config)
+        defined = ", ".join(config.tasks) or "none"
+        if task is None:
+            issues.append(ConfigIssue(("task",), f"name the task to characterize on; defined under `tasks:`: {defined}"))
+        elif task not in config.tasks:
+            issues.append(ConfigIssue(("task",), f"{task!r} is not defined under `tasks:`; defined: {defined}"))
+        if spec.publish is not None:
+            models = selected(spec, config, "models")
+            if len(models) > 1 and "{model}" not in spec.publish:
+                issues.append(ConfigIssue(("publish",), f"this job characterizes {len(models)} models: put '{{model}}' in the path so each gets its own file"))
+            rest = spec.publish.replace("{model}", "")
+            if "{" in rest or "}" in rest:
+                issues.append(ConfigIssue(("publish",), "the only placeholder allowed is '{model}'"))
+        return issues
+
+    def expand(self, spec: CharacterizeSpec, config: BenchmarkConfig) -> list[Unit]:
+        task = self.task_of(spec, config)
+        units = []
+        for model in selected(spec, config, "models"):
+            fp = fingerprint(
+                self.type, config.models[model].model_dump(), config.tasks[task].model_dump(),
+                spec.sinks.model_dump() if spec.sinks else None, spec.discover_sinks.model_dump() if spec.discover_sinks else None, spec.chunk_size,
+            )
+            units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}", model=model, task=task, fingerprint=fp))
+        return units
+
+    # ------------------------------------------------------------------------------------------ running
+
+    def run_unit(self, spec: CharacterizeSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet[CharacterizeRow]) -> None:
+        adapter, task = ctx.model(unit.model), ctx.task(unit.task)
+        samples = ctx.samples(unit.task, spec.limit)
+        if any(s.id == SETUP_KEY for s in samples):
+            raise ValueError(f"task {unit.task!r} has a sample with id {SETUP_KEY!r}, which this job reserves")
+        ctx.expect(1 + len(samples))
+        stored = rows.rows.get(SETUP_KEY)
+        if stored is None:
+            setup = self._setup(spec, unit, adapter, task, samples)
+            rows.append(CharacterizeRow(key=SETUP_KEY, kind="setup", setup=setup))
+        else:
+            setup = stored.setup
+            if setup.model != adapter.info:
+                raise ValueError(
+                    f"unit {unit.id}: stored prompts were characterized on {setup.model.model_id} ({setup.model.weights} weights, "
+                    f"revision {setup.model.revision or '-'}), the loaded model is {adapter.info.model_id} (revision {adapter.info.revision or '-'}); "
+                    "rerun with --fresh"
+                )
+        todo = [s for s in samples if s.id not in rows.done]
+        with ctx.progress(unit.id, total=len(samples), completed=len(samples) - len(todo)) as bar:
+            for sample in todo:
+                rows.append(self._characterize(spec, adapter, setup, sample))
+                bar.advance()
+        done = summarize(spec, setup, [rows.rows[s.id] for s in samples])
+        if ctx.run_dir is None:
+            raise RuntimeError(f"unit {unit.id}: no run folder to write the head map into")
+        files = self._write(spec, unit, done, ctx.run_dir)
+        ctx.note(files=files, dataset=done.head_map.dataset.model_dump())
+
+    def _setup(self, spec: CharacterizeSpec, unit: Unit, adapter: ModelAdapter, task: Task, samples: list[Sample]) -> CharacterizeSetup:
+        from ..sparsity.sinks import discover_sink_offsets
+
+        votes: list[int] = []
+        if spec.sinks is not None:
+            policy, source = spec.sinks, "job"
+        elif spec.discover_sinks is not None:
+            d = spec.discover_sinks
+            prompts = (adapter.prepare(s) for s in samples[: d.prompts])
+            policy, counts = discover_sink_offsets(
+                adapter, prompts, top_k=d.top_k, run=adapter.prefill, queries_per_image=d.queries_per_image, top_per_query=d.top_per_query
+            )
+            votes, source = [int(v) for v in counts], "discovered"
+        else:
+            policy, source = adapter.layout_spec().sinks, "adapter"
+        dataset = DatasetInfo(name=unit.task, size=len(samples), revision=task.revision())
+        return CharacterizeSetup(model=adapter.info, sink_policy=policy, sink_source=source, votes=votes, dataset=dataset)
+
+    @staticmethod
+    def _characterize(spec: CharacterizeSpec, adapter: ModelAdapter, setup: CharacterizeSetup, sample: Sample) -> CharacterizeRow:
+        prepared = adapter.prepare(sample)
+        if len(prepared.layouts) != 1:
+            raise ValueError(f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; characterization takes one prompt at a time")
+        res = characterize_model(
+            adapter, [(sample.id, prepared)], dataset=setup.dataset, sinks=setup.sink_policy, chunk_size=spec.chunk_size, run=adapter.prefill
+        )
+        if res.prompts:
+            return CharacterizeRow(key=sample.id, kind="prompt", record=res.prompts[0])
+        return CharacterizeRow(key=sample.id, kind="skipped", reason=res.skipped[0].reason)
+
+    @staticmethod
+    def _write(spec: CharacterizeSpec, unit: Unit, done: Characterization, root: Path) -> dict[str, str]:
+        """The unit's files (paths relative to the run folder, the published one as given)."""
+        path = head_map_file(unit.job, unit.model)
+        done.head_map.save(root / path)
+        files = {"head_map": str(path)}
+        tables = path.with_name(f"{unit.model}.characterization.json")
+        done.result.save(root / tables)
+        files["characterization"] = str(tables)
+        if done.sweep:
+            grid = path.with_name(f"{unit.model}.sweep.json")
+            (root / grid).write_text("[\n" + ",\n".join(r.model_dump_json() for r in done.sweep) + "\n]\n")
+            files["sweep"] = str(grid)
+        published = publish_path(spec, unit.model)
+        if published is not None:
+            done.head_map.save(published)
+            files["published"] = str(published)
+        return files
+
+    # ---------------------------------------------------------------------------------------- reporting
+
+    def _stored(self, run: RunFolder, rec: UnitRecord) -> Characterization | None:
+        """The unit's stored prompts, aggregated with its spec; None before any prompt was characterized."""
+        spec: CharacterizeSpec = self.spec_of(rec)
+        rows = run.rows(rec.unit, CharacterizeRow)
+        setup = next((r.setup for r in rows if r.kind == "setup"), None)
+        prompts = [r for r in rows if r.kind != "setup"][: spec.limit]  # rows follow the task's order
+        if setup is None or not any(r.kind == "prompt" for r in prompts):
+            return None
+        return summarize(spec, setup, prompts)
+
+    def report(self, run: RunFolder, records: list[UnitRecord]) -> SectionData | None:
+        units, plots = [], []
+        for rec in records:
+            done = self._stored(run, rec)
+            if done is None:
+                continue
+            spec: CharacterizeSpec = self.spec_of(rec)
+            hm, setup = done.head_map, done.setup
+            stem = f"characterization-{rec.unit.job}-{rec.unit.model}"
+            label = f"{rec.unit.model} ({hm.weights} weights)"
+            heat = make_plot(f"{stem}-heatmap", f"{rec.unit.model}: category of each layer and query head",
+                             _integer_ticks(category_heatmap(hm, title=f"{label}: head categories"), "xy"))
+            shares_fig = _integer_ticks(layer_shares(hm, title=f"{label}: categories per layer"), "x")
+            shares_fig.set_size_inches(max(6.5, shares_fig.get_figwidth()), shares_fig.get_figheight())  # room for the legend row
+            shares = make_plot(f"{stem}-shares", f"{rec.unit.model}: share of each layer's heads per category", shares_fig)
+            unit_plots = [heat, shares]
+            pareto = None
+            if done.sweep:
+                pareto = make_plot(f"{stem}-pareto", f"{rec.unit.model}: FLOPs reduction vs NMSE over the sweep", pareto_figure(done.sweep))
+                unit_plots.append(pareto)
+            plots += unit_plots
+            front = pareto_front(done.sweep) if done.sweep else []
+            top_votes = sorted(range(len(setup.votes)), key=lambda o: -setup.votes[o])[:8]
+            units.append({
+                "job": rec.unit.job, "model": rec.unit.model, "task": rec.unit.task, "model_id": hm.model_id, "weights": hm.weights,
+                "status": rec.status, "expected": None if rec.expected is None else rec.expected - 1,
+                "prompts": len(done.result.prompts), "skipped": len(done.result.skipped),
+                "params": hm.params, "dataset": hm.dataset, "sinks": _sink_text(setup.sink_policy), "sink_source": setup.sink_source,
+                "votes": [(o, setup.votes[o]) for o in top_votes if setup.votes[o] > 0],
+                "shares": hm.shares(), "chosen": done.chosen, "files": rec.info.get("files", {}),
+                "layers": hm.num_layers, "heads": hm.num_heads,
+                "sweep": [{"row": r, "front": r in front, "chosen": (r.tau, r.delta, r.gamma) == (spec.tau, spec.delta, spec.gamma)} for r in done.sweep],
+                "heatmap": heat, "layer_shares": shares, "pareto": pareto,
+            })
+        if not units:
+            return None
+        return SectionData(context={"units": units, "categories": [c.label for c in Category]}, plots=plots)
+
+    def metrics(self, run: RunFolder, records: list[UnitRecord]) -> list[Metric]:
+        out = []
+        for rec in records:
+            done = self._stored(run, rec)
+            if done is None:
+                continue
+            stem = f"{rec.unit.job}/{rec.unit.model}"
+            out.append(Metric(name=f"{stem}/flops_reduction_mean", value=done.chosen.flops_reduction_mean, higher_is_better=True))
+            out.append(Metric(name=f"{stem}/nmse_mean", value=done.chosen.nmse_mean, higher_is_better=False, relative=True))
+        return out
+
