@@ -9,7 +9,9 @@ each head's category rule.
 Routing:
 
 * heads of category ``dense`` on a plain causal layer (no bidirectional image, no window shorter than the
-  prompt) go to PyTorch SDPA with cuDNN first in priority (the fastest dense kernel on an H100);
+  prompt) go to PyTorch SDPA with cuDNN first in priority (the fastest dense kernel on an H100), on the
+  grouped K/V where cuDNN takes it (:func:`cudnn_takes_gqa`), optionally on a side stream
+  (``overlap_dense``);
 * every other head goes to the Triton kernel in :mod:`bsight.kernels.triton_fwd`, one launch for all of
   them (dense heads of bidirectional or sliding-window layers included).
 
@@ -56,8 +58,10 @@ class KernelConfig:
 
 
 def default_config(head_dim: int) -> KernelConfig:
-    """Block shapes without register spills on sm_90 (compiler report in kernels/NOTES.md; 128/64/8/3 is
-    the one timed on the H100); 256-wide heads need smaller tiles."""
+    """Block shapes chosen by measurement on an H100 (kernels/NOTES.md, 2026-11-22): for head_dim <= 128,
+    128x64 blocks, 8 warps, 3 stages was fastest or within 3% at 36K and 300K tokens against 128x64 with 2
+    stages, 128x128, and 64-row tiles with two programs per SM (those won only ``sink`` at 36K, and lost
+    10-25% at 300K). 256-wide heads need smaller tiles (no spills in the hot loop at 64x32)."""
     if head_dim > 128:
         return KernelConfig(block_m=64, block_n=32, num_warps=8, num_stages=2)
     return KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
@@ -117,17 +121,11 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: Layou
     return cats
 
 
-def _dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: list[int], group: int, scale: float | None) -> torch.Tensor:
-    """Causal SDPA for a subset of query heads, cuDNN first (K/V expanded to the heads' KV groups; q is
-    only copied when a subset of its heads is taken)."""
-    idx = _device_ints(tuple(heads), q.device).long()
-    kv = idx // group
-    qs = q[None] if len(heads) == q.shape[0] else q.index_select(0, idx)[None]
-    ks, vs = k.index_select(0, kv)[None], v.index_select(0, kv)[None]
-    if math.isclose(scale, q.shape[-1] ** -0.5, rel_tol=1e-6):
-        scale = None  # SDPA's own default: the exact call the cuDNN baseline makes
+def _sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, gqa: bool) -> torch.Tensor:
+    """Causal SDPA on ``[1, H, S, D]`` inputs, cuDNN first in priority (the fastest dense kernel on an H100)."""
+    kw = dict(is_causal=True, scale=scale, **({"enable_gqa": True} if gqa else {}))
     if q.device.type != "cuda":
-        return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)[0]
+        return F.scaled_dot_product_attention(q, k, v, **kw)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -137,12 +135,48 @@ def _dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: list[i
         ctx = None
     if ctx is not None:
         with ctx:
-            return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)[0]
+            return F.scaled_dot_product_attention(q, k, v, **kw)
     try:
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)[0]
+            return F.scaled_dot_product_attention(q, k, v, **kw)
     except RuntimeError:
-        return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)[0]
+        return F.scaled_dot_product_attention(q, k, v, **kw)
+
+
+@functools.lru_cache(maxsize=8)
+def cudnn_takes_gqa(device: torch.device) -> bool:
+    """Whether cuDNN SDPA runs grouped-query inputs itself on this device (torch >= 2.8): then dense heads
+    need no K/V expansion. Probed once per device on a tiny input with cuDNN as the only backend."""
+    if device.type != "cuda":
+        return False
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 4, 128, 64, device=device, dtype=torch.bfloat16)
+    kv = torch.randn(1, 2, 128, 64, device=device, dtype=torch.bfloat16)
+    try:
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True)
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+def _dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: list[int], group: int, scale: float | None) -> torch.Tensor:
+    """Causal SDPA for a subset of query heads -> ``[len(heads), S, D]``.
+
+    Every head dense: SDPA's own call on q, k, v as given, grouped-query inside cuDNN where it can
+    (:func:`cudnn_takes_gqa`), else K/V expanded to the query heads. A subset: q's heads copied out and
+    K/V expanded to their groups.
+    """
+    if math.isclose(scale, q.shape[-1] ** -0.5, rel_tol=1e-6):
+        scale = None  # SDPA's own default: the exact call the cuDNN baseline makes
+    if len(heads) == q.shape[0]:
+        if group == 1 or cudnn_takes_gqa(q.device):
+            return _sdpa_causal(q[None], k[None], v[None], scale, gqa=group > 1)[0]
+        return _sdpa_causal(q[None], k.repeat_interleave(group, 0)[None], v.repeat_interleave(group, 0)[None], scale, gqa=False)[0]
+    idx = _device_ints(tuple(heads), q.device).long()
+    kv = idx // group
+    return _sdpa_causal(q.index_select(0, idx)[None], k.index_select(0, kv)[None], v.index_select(0, kv)[None], scale, gqa=False)[0]
 
 
 def blindsight_attention(
@@ -157,6 +191,7 @@ def blindsight_attention(
     dense_backend: str = "auto",
     config: KernelConfig | None = None,
     out: torch.Tensor | None = None,
+    overlap_dense: bool = False,
 ) -> torch.Tensor:
     """``q [Hq, S, D]``, ``k, v [Hkv, S, D]``, ``categories [Hq]`` -> ``[Hq, S, D]`` in ``q.dtype``.
 
@@ -164,13 +199,17 @@ def blindsight_attention(
     sends dense heads of plain causal layers to SDPA, ``"kernel"`` keeps them in the Triton kernel (tests,
     timing), ``"sdpa"`` demands SDPA (an error where the layer is not plain causal). ``config``: block
     sizes (default: :func:`default_config` for the head dim). ``out``: an ``[Hq, S, D]`` tensor of q's
-    dtype and device to write into (every element is written).
+    dtype and device to write into (every element is written). ``overlap_dense``: on CUDA, when some heads
+    go to SDPA and others to the kernel, run SDPA on a side stream so that the two overlap (each fills the
+    other's tail); the caller's stream waits for both before this returns.
     """
     cats = _check_inputs(q, k, v, meta, categories, window)
     _check_device(q.device)
     Hq, S, D = q.shape
     group = Hq // k.shape[0]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if not scale > 0:  # the kernel takes row maxima of unscaled logits
+        raise ValueError(f"scale must be a positive number, got {scale}")
     if window is not None and window >= S:
         window = None  # every key of the prompt is inside the window
     plain_causal = window is None and not meta.has_bidirectional
@@ -186,14 +225,29 @@ def blindsight_attention(
         out = torch.empty(Hq, S, D, dtype=q.dtype, device=q.device)
     elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
         raise ValueError(f"out must be a {tuple(q.shape)} {q.dtype} tensor on {q.device} with unit stride in D; got {tuple(out.shape)} {out.dtype} on {out.device}")
+    if to_sdpa and to_kernel and overlap_dense and q.device.type == "cuda":
+        main, side = torch.cuda.current_stream(q.device), _side_stream(q.device)
+        idx = _device_ints(tuple(to_sdpa), q.device).long()  # made on the main stream (cached from then on)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            out.index_copy_(0, idx, _dense_sdpa(q, k, v, to_sdpa, group, scale))
+        _launch(q, k, v, out, meta, cats, to_kernel, group, scale, window, config or default_config(D))
+        main.wait_stream(side)  # (side-stream temporaries return to the side stream's pool: reuse stays ordered)
+        return out
     if to_sdpa:
         dense = _dense_sdpa(q, k, v, to_sdpa, group, scale)
         if not to_kernel and not given_out:
             return dense  # every head dense: SDPA's own output, no copy
-        out[to_sdpa] = dense
+        out.index_copy_(0, _device_ints(tuple(to_sdpa), q.device).long(), dense)  # no host index: no sync
     if to_kernel and S:
         _launch(q, k, v, out, meta, cats, to_kernel, group, scale, window, config or default_config(D))
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """The stream that runs dense heads beside the kernel (``overlap_dense``), one per device."""
+    return torch.cuda.Stream(device)
 
 
 @functools.lru_cache(maxsize=256)
@@ -208,29 +262,40 @@ def _nonempty(t: torch.Tensor) -> torch.Tensor:
     return t if t.numel() else torch.zeros(1, dtype=t.dtype, device=t.device)
 
 
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x', x'[:, index])``: the rows of ``x [H, S, D]`` at ``index``, laid out with the row stride of ``x'``
+    (``x`` itself when its rows are evenly strided, else a contiguous copy), so that the kernel walks the
+    gathered list and the full K/V with one row stride: a block's source is then just a base pointer."""
+    H, S, D = x.shape
+    if x.stride(-1) == 1 and x.stride(1) == D:  # [H, S, D] rows: a contiguous gather
+        return x, x.index_select(1, index)
+    if x.stride(-1) == 1 and x.stride(0) == D and x.stride(1) == H * D:  # a [S, H, D] buffer seen as [H, S, D]
+        return x, x.transpose(0, 1).index_select(0, index).transpose(0, 1)
+    x = x.contiguous()
+    return x, x.index_select(1, index)
+
+
 def _launch(q, k, v, out, meta: LayoutMeta, cats: list[int], heads: list[int], group: int, scale: float, window: int | None, cfg: KernelConfig) -> None:
     plan = plan_for(meta, cfg.block_m, window)
     if plan.num_tiles == 0:
         return
     Hq, S, D = q.shape
     dev = q.device
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q = q if q.stride(-1) == 1 else q.contiguous()
     needs_lists = meta.num_images > 0 and any(cats[h] != Category.DENSE for h in heads)
     if needs_lists:
-        kg, vg = k.index_select(1, plan.key_index), v.index_select(1, plan.key_index)
+        (k, kg), (v, vg) = _gather_rows(k, plan.key_pos), _gather_rows(v, plan.key_pos)
     else:
+        k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
         kg, vg = k, v
     heads_t = _device_ints(tuple(heads), dev)
-    cats_t = _device_ints(tuple(cats), dev)
+    cats_t = _device_ints(tuple(cats[h] for h in heads), dev)  # per program head: no load chain in the kernel
     block_d = max(16, triton.next_power_of_2(D))
     grid = (plan.num_tiles * len(heads),)
     triton_fwd.bsight_fwd_kernel[grid](
         q, k, v, kg, vg, out,
-        heads_t, cats_t, plan.tiles, _nonempty(plan.key_pos), _nonempty(meta.text_idx), plan.is_sink,
-        _nonempty(meta.img_start), _nonempty(meta.bidir_start), _nonempty(meta.bidir_end),
-        _nonempty(meta.text_before), _nonempty(meta.glob_before), _nonempty(meta.sink_ptr),
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        kg.stride(0), kg.stride(1), vg.stride(0), vg.stride(1), out.stride(0), out.stride(1),
+        heads_t, cats_t, plan.tiles, _nonempty(plan.key_pos), _nonempty(meta.text_idx), meta.is_sink,
+        q.stride(0), q.stride(1), k.stride(0), kg.stride(0), k.stride(1), v.stride(0), vg.stride(0), v.stride(1), out.stride(0), out.stride(1),
         len(heads), group, plan.num_text, scale * 1.4426950408889634, window if window is not None else 0,
         D=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
         HAS_BIDIR=bool(meta.has_bidirectional), HAS_WINDOW=window is not None,

@@ -6,17 +6,21 @@ tokens per image. Image sizes: 1024 tokens (``peers``) or uniform in [256, 1600]
 Heads: Qwen2-VL-7B (28 query heads, 4 KV heads, head_dim 128), bf16, batch 1.
 
 Methods, for each category (all heads in it) and for ``mixed30`` (30% dense heads, the rest spread over the
-three sparse categories, GQA groups mixed):
+three sparse categories, GQA groups mixed; ``mixed30_overlap``: the same with ``overlap_dense=True``, the
+dense heads' SDPA on a side stream beside the kernel):
 
 * ``ours``     - :func:`bsight.kernels.blindsight_attention` (dense heads on cuDNN SDPA, the rest in one launch);
 * ``cudnn``    - SDPA dense causal, cuDNN backend (K/V expanded to 28 heads beforehand, as in peers.md);
+  ``cudnn_gqa`` the same on the 4 KV heads (``enable_gqa``), where cuDNN takes grouped-query inputs;
 * ``fa2``      - SDPA dense causal, flash backend (FlashAttention-2);
-* ``flex``     - FlexAttention with the same per-head mask (:func:`flex_head_mask`), compiled with static
+* ``flex``     - FlexAttention with the same per-head mask (``masks.head_mask``), compiled with static
                  shapes, block mask built once per prompt (timed apart), dynamo's cache limit raised.
 
 Each time is the median of repeated runs over two input sets used in turn (``triton.testing.do_bench``;
-calls over 200 ms: three event-timed runs after a warm-up, see :func:`_bench`). Also timed: the metadata build (``LayoutMeta.build`` and the kernel's tile plan),
-and whether a new prompt length compiled anything.
+calls over 200 ms: three event-timed runs after a warm-up, see :func:`_bench`); cuDNN and our all-dense
+head map (routed to cuDNN) are timed interleaved, call by call (:func:`_bench_interleaved`). Also timed:
+the metadata build (``LayoutMeta.build`` and the kernel's tile plan), and whether a new prompt length
+compiled anything; recorded: each compiled kernel's registers, spills and shared memory.
 
 ``run_sweep(...)`` returns the rows (``tokens, layout, method, category, ms`` plus context);
 ``python -m bsight.kernels.sweep --out FILE`` writes them with provenance and the targets of the kernel issue.
@@ -42,7 +46,7 @@ from bsight.harness.sparsity.categories import SPARSE_CATEGORIES, Category
 from bsight.harness.sparsity.layout import PromptLayout, SinkPolicy
 from bsight.harness.sparsity.metadata import LayoutMeta
 
-from .blindsight_attention import KernelConfig, blindsight_attention, default_config
+from .blindsight_attention import KernelConfig, blindsight_attention, cudnn_takes_gqa, default_config
 from .plan import build_plan
 
 LENGTHS = (36_864, 73_728, 147_456, 301_056)
@@ -155,13 +159,69 @@ def _bench(calls: Sequence[Callable[[], object]], runs: int = 3, slow_ms: float 
     return float(sorted(times)[len(times) // 2])
 
 
-def _compiled_variants() -> int:
+def _bench_interleaved(calls: dict[str, Sequence[Callable[[], object]]], runs: int = 5, min_ms: float = 300.0) -> dict[str, float]:
+    """Median ms of each named method, its calls timed one at a time and alternated with the others'.
+
+    Used where two methods must be compared to within a few percent (our dense path against cuDNN): timed
+    back to back, a second method runs on a warmer card (clocks drop under a long matrix load) and the
+    difference of two separate medians mixes that in. After one untimed call of each (which also estimates
+    its time), rounds of one call per method (input sets in turn) are queued with an event pair around each
+    call and no synchronization until the end, so host-side launch time overlaps the device work as in
+    ``do_bench``; enough rounds for ``runs`` timings and ``min_ms`` of device time per method.
+    """
+    est = {}
+    for name, fns in calls.items():
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fns[0]()
+        torch.cuda.synchronize()
+        est[name] = 1e3 * (time.perf_counter() - t0)
+    rounds = max(runs, math.ceil(min_ms / max(min(est.values()), 1e-3)))
+    events = {name: [] for name in calls}
+    for i in range(rounds):
+        for name, fns in calls.items():
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fns[i % len(fns)]()
+            b.record()
+            events[name].append((a, b))
+    torch.cuda.synchronize()
+    times = {name: sorted(a.elapsed_time(b) for a, b in ev) for name, ev in events.items()}
+    return {name: float(t[len(t) // 2]) for name, t in times.items()}
+
+
+def _compiled_kernels(fn=None) -> list:
+    """Compiled specializations of a Triton function (default: the attention kernel) on every device."""
     from .triton_fwd import bsight_fwd_kernel
 
-    caches = getattr(bsight_fwd_kernel, "device_caches", None)
+    fn = fn or bsight_fwd_kernel
+    caches = getattr(fn, "device_caches", None)
     if caches is not None:
-        return sum(len(entry[0]) for entry in caches.values())
-    return sum(len(c) for c in getattr(bsight_fwd_kernel, "cache", {}).values())
+        return [k for entry in caches.values() for k in entry[0].values()]
+    return [k for c in getattr(fn, "cache", {}).values() for k in c.values()]
+
+
+def _compiled_variants() -> int:
+    """Compiled variants of the attention kernel and of the tile-plan kernel together."""
+    from .plan import _plan_kernel
+
+    return len(_compiled_kernels()) + len(_compiled_kernels(_plan_kernel))
+
+
+def _resources(kernel) -> dict:
+    """Registers, spills and shared memory of a compiled kernel, and the programs one SM can hold."""
+    md = kernel.metadata
+    warps = getattr(md, "num_warps", None)
+    regs, spills, smem = getattr(kernel, "n_regs", None), getattr(kernel, "n_spills", None), getattr(md, "shared", None)
+    out = {"regs": regs, "spills": spills, "shared_bytes": smem, "num_warps": warps, "num_stages": getattr(md, "num_stages", None)}
+    if regs and warps and smem is not None and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        per_sm_regs = getattr(props, "regs_per_multiprocessor", 65536)
+        per_sm_smem = getattr(props, "shared_memory_per_multiprocessor", 233472)
+        by_regs = per_sm_regs // (-(-regs // 8) * 8 * 32 * warps)
+        by_smem = per_sm_smem // (smem + 1024) if smem else 32
+        out["programs_per_sm"] = int(min(by_regs, by_smem, 2048 // (32 * warps)))
+    return out
 
 
 def _timed_ms(fn: Callable[[], object], reps: int = 5) -> float:
@@ -176,60 +236,80 @@ def _timed_ms(fn: Callable[[], object], reps: int = 5) -> float:
     return sorted(out)[len(out) // 2]
 
 
-def _flex_setup():
-    import torch._dynamo
-    from torch.nn.attention.flex_attention import flex_attention
+def _flex_setup() -> tuple[Callable, Callable]:
+    """FlexAttention and its block-mask builder, both compiled with static shapes (peers.md's setup).
 
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-    if hasattr(torch._dynamo.config, "recompile_limit"):
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
-    if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
-        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
-    # Static shapes, one compile per (length, layout), as in peers.md. With automatic dynamic shapes
-    # (the default), the 2026-11-22 run fell back to an eager create_block_mask after its first compile
-    # and ran out of memory at 147K (81 GiB) and 300K (338 GiB): see kernels/NOTES.md.
-    torch._dynamo.config.automatic_dynamic_shapes = False
-    return torch.compile(flex_attention, dynamic=False)
-
-
-def flex_head_mask(meta: LayoutMeta, categories: torch.Tensor):
-    """``masks.head_mask`` (no window) in a form FlexAttention's tracer accepts.
-
-    ``masks.head_category_mask`` compares the traced head category with ``Category`` members; dynamo folds
-    a tensor == IntEnum comparison to a Python bool and flex_attention fails (torch 2.11-2.13). This is the
-    same predicate built from the same parts with plain ints (tests check it equals ``head_mask``).
+    One compile per prompt length; dynamo's limits raised so that no length falls back to the eager path.
+    With automatic dynamic shapes (the default), the 2026-11-22 run recompiled ``create_block_mask``
+    dynamically at its second length, fell back to an eager path and ran out of memory at 147K (81 GiB) and
+    300K (338 GiB): see kernels/NOTES.md.
     """
-    from bsight.harness.sparsity.masks import _parts, and_masks, base_mask
+    import torch._dynamo
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    cats = categories.to(device=meta.device, dtype=torch.int32)
-    sink, dense, intra = Category.SINK.value, Category.DENSE.value, Category.INTRA_IMAGE.value
+    cfg = torch._dynamo.config
+    for name, limit in (("cache_size_limit", 256), ("recompile_limit", 256), ("accumulated_cache_size_limit", 4096), ("accumulated_recompile_limit", 4096)):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), limit))
+    cfg.automatic_dynamic_shapes = False
+    return torch.compile(flex_attention, dynamic=False), torch.compile(create_block_mask, dynamic=False)
 
-    def rule(b, h, q, kv):
-        always, same, other_img, sink_k = _parts(meta, q, kv)
-        c = cats[h]
-        own = torch.where(c == sink, sink_k | (q == kv), torch.ones_like(same))
-        other = torch.where(c == dense, torch.ones_like(sink_k), torch.where(c == intra, torch.zeros_like(sink_k), sink_k))
-        return always | (same & own) | (other_img & other)
 
-    return and_masks(base_mask(meta), rule)
+def _chunk_rows(S: int, heads: int, max_bytes: int, block: int = 128) -> int:
+    """Query rows per ``create_block_mask`` call: a multiple of ``block`` dividing ``S`` whose boolean
+    ``[heads, rows, S]`` mask fits ``max_bytes`` (all of ``S`` when it is no multiple of ``block``)."""
+    if S % block:
+        return S
+    nb = S // block
+    fits = max(1, max_bytes // (heads * block * S))
+    return block * max(d for d in range(1, min(nb, fits) + 1) if nb % d == 0)
 
 
 class _FlexMasks:
-    """Block masks of one prompt for every head map, from ONE ``create_block_mask`` over the four
-    categories (H = 4); a head map's mask takes each head's row from it. One mask_mod object reads the
-    per-head categories from a buffer, so compiled flex code is reused across head maps."""
+    """Block masks of one prompt for every head map, from a compiled ``create_block_mask`` over the four
+    categories (H = 4, head ``c`` = category ``c``, mask :func:`masks.head_mask`); a head map's block mask
+    takes each head's row from it. One mask_mod object reads the per-head categories from a buffer, so
+    compiled flex code is reused across head maps.
 
-    def __init__(self, meta: LayoutMeta, num_heads: int):
-        from torch.nn.attention.flex_attention import create_block_mask
+    The block mask is built in query chunks of at most ``max_bytes`` of boolean mask each (one compile per
+    prompt length: the chunk offset is a tensor): inductor keeps a pointwise mask fused into its block
+    reductions only below ~30 ops, and ``head_mask`` is larger, so it materializes the ``[4, rows, S]``
+    mask - whole, that was 81 GiB at 147K and 338 GiB at 300K (the out-of-memory failures of 2026-11-22).
+    """
+
+    def __init__(self, meta: LayoutMeta, num_heads: int, build: Callable, max_bytes: int = 8 << 30):
+        from torch.nn.attention.flex_attention import BlockMask
+
+        from bsight.harness.sparsity.masks import head_mask
 
         S, dev = meta.length, meta.device
         t0 = time.perf_counter()
-        four = torch.arange(4, dtype=torch.int32, device=dev)
-        self.bm4 = create_block_mask(flex_head_mask(meta, four), None, 4, S, S, device=dev, _compile=True)
-        torch.cuda.synchronize()
+        four = head_mask(meta, torch.arange(4, dtype=torch.int32, device=dev))
+        offset = torch.zeros((), dtype=torch.int64, device=dev)
+
+        def chunk_mask(b, h, q, kv):
+            return four(b, h, q + offset, kv)
+
+        rows = _chunk_rows(S, 4, max_bytes)
+        parts = []
+        for start in range(0, S, rows):
+            offset.fill_(start)
+            parts.append(build(chunk_mask, None, 4, rows, S, device=dev))
+        first = parts[0]
+        cat = lambda name: torch.cat([getattr(p, name) for p in parts], dim=2)  # noqa: E731
+        fields = dict(kv_num_blocks=cat("kv_num_blocks"), kv_indices=cat("kv_indices"), BLOCK_SIZE=first.BLOCK_SIZE, mask_mod=four)
+        if first.full_kv_num_blocks is not None:
+            fields.update(full_kv_num_blocks=cat("full_kv_num_blocks"), full_kv_indices=cat("full_kv_indices"))
+        try:
+            self.bm4 = BlockMask.from_kv_blocks(**fields, seq_lengths=(S, S))
+        except TypeError:  # torch without seq_lengths: the lengths follow from the block counts
+            self.bm4 = BlockMask.from_kv_blocks(**fields)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         self.build_s = time.perf_counter() - t0
+        self.chunks = len(parts)
         self.cats = torch.zeros(num_heads, dtype=torch.int32, device=dev)
-        self.mask_mod = flex_head_mask(meta, self.cats)
+        self.mask_mod = head_mask(meta, self.cats)
         self.S = S
 
     def for_heads(self, cats: list[int]):
@@ -238,14 +318,9 @@ class _FlexMasks:
         idx = torch.tensor(cats, device=self.cats.device)
         self.cats.copy_(idx)
         b = self.bm4
-        parts = dict(
-            kv_num_blocks=b.kv_num_blocks[:, idx].contiguous(),
-            kv_indices=b.kv_indices[:, idx].contiguous(),
-            full_kv_num_blocks=b.full_kv_num_blocks[:, idx].contiguous(),
-            full_kv_indices=b.full_kv_indices[:, idx].contiguous(),
-            BLOCK_SIZE=b.BLOCK_SIZE,
-            mask_mod=self.mask_mod,
-        )
+        parts = dict(kv_num_blocks=b.kv_num_blocks[:, idx].contiguous(), kv_indices=b.kv_indices[:, idx].contiguous(), BLOCK_SIZE=b.BLOCK_SIZE, mask_mod=self.mask_mod)
+        if b.full_kv_num_blocks is not None:
+            parts.update(full_kv_num_blocks=b.full_kv_num_blocks[:, idx].contiguous(), full_kv_indices=b.full_kv_indices[:, idx].contiguous())
         try:
             return BlockMask.from_kv_blocks(**parts, seq_lengths=(self.S, self.S))
         except TypeError:  # torch without seq_lengths: the lengths follow from the block counts
@@ -304,8 +379,9 @@ def run_sweep(
     is recorded in the rows, and timing goes on). ``kernel_dense_upto``: up to this length, also time
     all-dense heads inside our kernel (``dense_in_kernel``: the kernel's own throughput against cuDNN).
     Layout-independent timings (dense baselines, our all-dense head map) are taken once per length, on the
-    first layout, and reported for every layout. ``flex_until_s`` / ``stop_after_s``: seconds after the
-    start past which FlexAttention points / all further points are skipped (and recorded as skipped), so
+    first layout, and reported for every layout; cuDNN and our all-dense head map (which routes to cuDNN)
+    are timed interleaved (:func:`_bench_interleaved`). ``flex_until_s`` / ``stop_after_s``: seconds after
+    the start past which FlexAttention points / all further points are skipped (and recorded as skipped), so
     that a bounded run still returns what it measured. ``on_rows``: called with all rows after each point.
     """
     import torch.nn.functional as F
@@ -315,18 +391,22 @@ def run_sweep(
     elapsed = lambda: time.perf_counter() - t_start  # noqa: E731
     dev = torch.device(device)
     configs = configs or {"default": default_config(head_dim)}
-    first_cfg = next(iter(configs))
     G = num_heads // num_kv_heads
     mixed = mixed_head_map(num_heads)
     head_maps: dict[str, list[int]] = {c.label: [c.value] * num_heads for c in Category}
     head_maps["mixed30"] = mixed
-    flex = _flex_setup() if "flex" in methods else None
+    flex, build_mask = _flex_setup() if "flex" in methods else (None, None)
     rows: list[dict] = []
     variants_before: int | None = None
+    seen_kernels: set[int] = set()
 
     def add(**row) -> dict:
         rows.append(row)
         return row
+
+    def sdpa(q, k, v, backend, gqa=False):
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, **({"enable_gqa": True} if gqa else {}))
 
     for S in lengths:
         if stop_after_s is not None and elapsed() > stop_after_s:
@@ -339,23 +419,17 @@ def run_sweep(
             for _ in range(2)
         ]
         once: dict[tuple[str, str], float] = {}  # layout-independent (method, category) -> ms
+        # K/V expanded to the query heads beforehand, as in peers.md
+        expanded = [(q[None], k.repeat_interleave(G, 0)[None], v.repeat_interleave(G, 0)[None]) for q, k, v in sets] if {"cudnn", "fa2"} & set(methods) else []
         for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
-            if name not in methods:
-                continue
-            expanded = [(q[None], k.repeat_interleave(G, 0)[None], v.repeat_interleave(G, 0)[None]) for q, k, v in sets]
-
-            def sdpa(q, k, v, backend=backend):
-                with sdpa_kernel([backend]):
-                    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
+            if name not in methods or (name == "cudnn" and "ours" in methods):
+                continue  # cuDNN with ours: timed interleaved with our all-dense head map below
             try:
-                once[(name, "dense")] = _bench([lambda s=s: sdpa(*s) for s in expanded])
+                once[(name, "dense")] = _bench([lambda s=s, b=backend: sdpa(*s, b) for s in expanded])
                 log(f"S={S} {name} dense causal {once[(name, 'dense')]:.2f} ms")
             except Exception as e:  # a backend missing on this GPU/torch: say so, go on
                 add(tokens=S, layout="-", method=name, category="dense", ms=None, error=f"{type(e).__name__}: {str(e)[:200]}")
                 log(f"S={S} {name} failed: {e}")
-            del expanded
-            torch.cuda.empty_cache()
         for li, lay_name in enumerate(layouts):
             layout = make_layout(S, mixed_sizes=lay_name == "mixed")
             ctx = {"tokens": S, "layout": lay_name, "images": layout.num_images}
@@ -364,9 +438,29 @@ def run_sweep(
             _ = meta.has_bidirectional
             add(**ctx, method="layout_meta_build", category="-", ms=meta_ms)
             for n, c in configs.items():
-                add(**ctx, method="plan_build", config=n, category="-", ms=_timed_ms(lambda c=c: build_plan(meta, c.block_m, None)))
+                add(**ctx, method="plan_build", config=n, category="-", ms=_timed_ms(lambda c=c, m=meta: build_plan(m, c.block_m, None)))
             log(f"S={S} {lay_name}: {layout.num_images} images; LayoutMeta.build {meta_ms:.2f} ms, plan {rows[-1]['ms']:.2f} ms")
             pairs = {c.label: kept_pairs(meta, c) for c in Category}
+            if "ours" in methods and li == 0:
+                dense_t = torch.tensor(head_maps["dense"], dtype=torch.int32)
+                ours_dense = [lambda s=s, m=meta: blindsight_attention(*s, m, dense_t) for s in sets]
+                if "cudnn" in methods:
+                    try:
+                        calls = {"cudnn": [lambda s=s: sdpa(*s, SDPBackend.CUDNN_ATTENTION) for s in expanded], "ours": ours_dense}
+                        if cudnn_takes_gqa(dev):  # cuDNN on the grouped K/V itself, no expansion
+                            calls["cudnn_gqa"] = [lambda s=s: sdpa(*(t[None] for t in s), SDPBackend.CUDNN_ATTENTION, gqa=True) for s in sets]
+                        pair = _bench_interleaved(calls)
+                        calls = {}  # drop the expanded K/V
+                        for name, ms in pair.items():
+                            once[(name, "dense")] = ms
+                        log(f"S={S} interleaved: " + ", ".join(f"{n} {ms:.2f} ms" for n, ms in pair.items()))
+                    except Exception as e:
+                        add(tokens=S, layout="-", method="cudnn", category="dense", ms=None, error=f"{type(e).__name__}: {str(e)[:200]}")
+                        log(f"S={S} cudnn failed: {e}")
+                if ("ours", "dense") not in once:
+                    once[("ours", "dense")] = _bench(ours_dense)
+                expanded = []
+                torch.cuda.empty_cache()
             if "ours" in methods:
                 for cname, cfg in configs.items():
                     if check:
@@ -374,34 +468,40 @@ def run_sweep(
                         ok = err <= 2e-2
                         add(**ctx, method="ours", config=cname, category="check_mixed30_max_rel_err", ms=None, value=err, passed=ok)
                         log(f"S={S} {lay_name} [{cname}] sampled-row check: max rel err {err:.2e} {'ok' if ok else 'FAILED'}")
-                    maps = {k: v for k, v in head_maps.items() if k != "dense" or li == 0}
+                    maps = {k: v for k, v in head_maps.items() if k != "dense"}
+                    maps["mixed30_overlap"] = mixed  # dense heads on a side stream beside the kernel
                     if S <= kernel_dense_upto and li == 0:
                         maps["dense_in_kernel"] = head_maps["dense"]
                     first_call = None
+                    ms_of: dict[str, float] = {}
                     for hm, cats in maps.items():
                         cats_t = torch.tensor(cats, dtype=torch.int32)
-                        backend = "kernel" if hm == "dense_in_kernel" else "auto"
+                        kw = dict(config=cfg, dense_backend="kernel" if hm == "dense_in_kernel" else "auto", overlap_dense=hm == "mixed30_overlap")
                         t0 = time.perf_counter()
-                        blindsight_attention(*sets[0], meta, cats_t, config=cfg, dense_backend=backend)
+                        blindsight_attention(*sets[0], meta, cats_t, **kw)
                         torch.cuda.synchronize()
                         first_call = first_call or 1e3 * (time.perf_counter() - t0)
-                        ms = _bench([lambda s=s: blindsight_attention(*s, meta, cats_t, config=cfg, dense_backend=backend) for s in sets])
+                        ms = _bench([lambda s=s, m=meta, c=cats_t, kw=kw: blindsight_attention(*s, m, c, **kw) for s in sets])
                         pair_count = sum(pairs[Category(c).label] for c in cats)
                         r = add(**ctx, method="ours", config=cname, category=hm, ms=ms, tflops_kept=4 * head_dim * pair_count / (ms * 1e-3) / 1e12)
-                        if hm in ("dense", "dense_in_kernel"):
-                            once[("ours:" + cname, hm)] = ms
+                        ms_of[hm] = ms
                         log(f"S={S} {lay_name} ours[{cname}] {hm}: {ms:.3f} ms ({r['tflops_kept']:.0f} TFLOP/s on kept pairs)")
+                        if hm == "dense_in_kernel":
+                            once[("ours:" + cname, hm)] = ms
                     if li:
-                        for hm in ("dense", "dense_in_kernel"):
+                        for hm in ("dense_in_kernel",):
                             if ("ours:" + cname, hm) in once:
                                 add(**ctx, method="ours", config=cname, category=hm, ms=once[("ours:" + cname, hm)], measured_on=layouts[0])
+                    if ("ours", "dense") in once:
+                        ms_of["dense"] = once[("ours", "dense")]
+                        add(**ctx, method="amdahl_bound", config=cname, category="mixed30", ms=sum(ms_of[Category(c).label] for c in mixed) / num_heads)
+                    for kern in _compiled_kernels():
+                        if id(kern) not in seen_kernels:
+                            seen_kernels.add(id(kern))
+                            add(**ctx, method="ours", config=cname, category="kernel_resources", ms=None, **_resources(kern))
                     variants = _compiled_variants()
                     variants_before = variants if variants_before is None else variants_before
                     add(**ctx, method="ours", config=cname, category="compiled_variants", ms=first_call, value=variants)
-                ours = {r["category"]: r["ms"] for r in rows if r["tokens"] == S and r["layout"] == lay_name and r["method"] == "ours"
-                        and r.get("config") == first_cfg and r["ms"] is not None}
-                if all(Category(c).label in ours for c in set(mixed)):
-                    add(**ctx, method="amdahl_bound", category="mixed30", ms=sum(ours[Category(c).label] for c in mixed) / num_heads)
             for (name, cat), ms in once.items():
                 if not name.startswith("ours:"):
                     add(**ctx, method=name, category=cat, ms=ms, **({"measured_on": layouts[0]} if li else {}))
@@ -410,9 +510,9 @@ def run_sweep(
                 log(f"S={S} {lay_name} flex skipped (time budget)")
             elif flex is not None:
                 try:
-                    masks = _FlexMasks(meta, num_heads)
-                    add(**ctx, method="flex_block_mask_build", category="-", ms=1e3 * masks.build_s)
-                    log(f"S={S} {lay_name} flex create_block_mask (H=4, compiled) {masks.build_s:.1f} s")
+                    masks = _FlexMasks(meta, num_heads, build_mask)
+                    add(**ctx, method="flex_block_mask_build", category="-", ms=1e3 * masks.build_s, query_chunks=masks.chunks)
+                    log(f"S={S} {lay_name} flex create_block_mask (H=4, compiled, static shapes, {masks.chunks} query chunks) {masks.build_s:.1f} s")
                     for hm in ("sink", "intra_image", "intra_image_sink", "mixed30"):
                         bm = masks.for_heads(head_maps[hm])
                         t0 = time.perf_counter()
@@ -434,7 +534,7 @@ def run_sweep(
             torch.cuda.empty_cache()
             if on_rows is not None:
                 on_rows(rows)
-        del sets
+        del sets, expanded
         torch.cuda.empty_cache()
     if variants_before is not None:
         add(tokens=None, layout="-", method="ours", category="compiled_variants_growth", ms=None, value=_compiled_variants() - variants_before)
@@ -481,13 +581,13 @@ def targets(rows: list[dict]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """Markdown: ms per method and head map, one line per (tokens, layout)."""
-    cols = [("cudnn", "dense"), ("fa2", "dense"), ("ours", "dense")]
+    cols = [("cudnn", "dense"), ("cudnn_gqa", "dense"), ("fa2", "dense"), ("ours", "dense")]
     for cat in ("sink", "intra_image", "intra_image_sink", "mixed30"):
         cols += [("ours", cat), ("flex", cat)]
-    cols.append(("amdahl_bound", "mixed30"))
+    cols += [("ours", "mixed30_overlap"), ("amdahl_bound", "mixed30")]
     head = "| tokens | layout | images | " + " | ".join(f"{m} {c}" for m, c in cols) + " |"
     lines = [head, "|" + "---|" * (3 + len(cols))]
-    keys = sorted({(r["tokens"], r["layout"]) for r in rows if r["tokens"]})
+    keys = sorted({(r["tokens"], r["layout"]) for r in rows if r["tokens"] and r["layout"] != "-"})
     for S, lay in keys:
         sel = {(r["method"], r["category"]): r for r in rows if r["tokens"] == S and r["layout"] == lay and r.get("config", "default") == "default"}
         imgs = next((r.get("images") for r in rows if r["tokens"] == S and r["layout"] == lay), "")
@@ -513,8 +613,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configs = {"default": default_config(128)}
     for item in filter(None, args.configs.split(",")):
         name, spec = item.split("=")
-        bm, bn, w, s = (int(x) for x in spec.split("/"))
-        configs[name] = KernelConfig(bm, bn, w, s)
+        configs[name] = KernelConfig(*(int(x) for x in spec.split("/")))
     given = list(argv if argv is not None else sys.argv[1:])
     # the output file by name only: a machine's absolute paths do not belong in published results
     command = ["python", "-m", "bsight.kernels.sweep", *(Path(a).name if a == args.out else a for a in given)]

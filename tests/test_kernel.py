@@ -63,9 +63,27 @@ def random_layout(rng: random.Random, images: list[int], text: tuple[int, int] =
     return PromptLayout.from_segments(segs, sinks=sinks, bidirectional=bidirectional)
 
 
+def _reference(q, k, v, meta: LayoutMeta, cats: torch.Tensor, window: int | None) -> torch.Tensor:
+    """The float32 reference, one KV group at a time on a GPU: its query chunks grow along the prompt, so the
+    caching allocator keeps a fresh block per chunk (tens of GB for 28 heads at 36K, enough to starve a
+    test in another worker); per group and with the cache emptied after each, it stays a few GB."""
+    if not GPU:
+        return reference_attention(q, k, v, meta, cats, window=window).float()
+    g = q.shape[0] // k.shape[0]
+    parts = []
+    for h in range(k.shape[0]):
+        parts.append(reference_attention(q[h * g:(h + 1) * g], k[h:h + 1], v[h:h + 1], meta, cats[h * g:(h + 1) * g], window=window).float())
+        torch.cuda.empty_cache()
+    return torch.cat(parts)
+
+
 def check(layout: PromptLayout, categories: list[int], hkv: int, d: int = 32, dtype=torch.bfloat16, window: int | None = None,
-          config: KernelConfig | None = SMALL, dense_backend: str = "kernel", probe: bool = True, label: str = "") -> None:
-    """Kernel vs reference on random data (rel. error per head <= 1e-2) and on the uniform probe."""
+          config: KernelConfig | None = SMALL, dense_backend: str = "kernel", probe: bool = True, label: str = "",
+          token_major: bool = False, overlap_dense: bool = False) -> None:
+    """Kernel vs reference on random data (rel. error per head <= 1e-2) and on the uniform probe.
+
+    ``token_major``: q, k, v are ``[S, H, D]`` buffers seen as ``[H, S, D]`` (what a model's projections
+    give after a transpose), not contiguous per head."""
     seed = _seed()
     meta = LayoutMeta.build(layout, DEVICE)
     S, hq = layout.length, len(categories)
@@ -74,14 +92,15 @@ def check(layout: PromptLayout, categories: list[int], hkv: int, d: int = 32, dt
 
     def run(q, k, v):
         out = torch.full_like(q, float("nan"))
-        got = blindsight_attention(q, k, v, meta, cats, window=window, dense_backend=dense_backend, config=config, out=out)
+        got = blindsight_attention(q, k, v, meta, cats, window=window, dense_backend=dense_backend, config=config, out=out, overlap_dense=overlap_dense)
         assert got.data_ptr() == out.data_ptr()
         assert torch.isfinite(out).all(), f"unwritten or non-finite output: {ctx}"
-        return out.float(), reference_attention(q, k, v, meta, cats, window=window).float()
+        return out.float(), _reference(q, k, v, meta, cats, window)
 
-    q = torch.randn(hq, S, d, device=DEVICE, dtype=dtype)
-    k = torch.randn(hkv, S, d, device=DEVICE, dtype=dtype)
-    v = torch.randn(hkv, S, d, device=DEVICE, dtype=dtype)
+    def draw(h: int) -> torch.Tensor:
+        return torch.randn(S, h, d, device=DEVICE, dtype=dtype).transpose(0, 1) if token_major else torch.randn(h, S, d, device=DEVICE, dtype=dtype)
+
+    q, k, v = draw(hq), draw(hkv), draw(hkv)
     out, ref = run(q, k, v)
     rel = (out - ref).norm(dim=(1, 2)) / ref.norm(dim=(1, 2))
     assert (rel <= 1e-2).all(), f"relative error per head {rel.tolist()}: {ctx}"
@@ -149,10 +168,19 @@ def test_text_only_prompt():
     check(layout, [0, 1, 2, 3], hkv=2, label="text only")
 
 
-def test_dense_heads_through_sdpa_match():
+@pytest.mark.parametrize("overlap", [False, True])
+def test_dense_heads_through_sdpa_match(overlap: bool):
+    """Dense heads on SDPA, the rest in the kernel (on a GPU with ``overlap_dense``: on a side stream)."""
     rng = random.Random(_seed())
     layout = random_layout(rng, [rng.randint(1, 50) for _ in range(3)])
-    check(layout, [0, 3, 0, 1], hkv=2, dense_backend="auto", probe=False, label="dense heads on SDPA")
+    check(layout, [0, 3, 0, 1], hkv=2, dense_backend="auto", probe=False, label="dense heads on SDPA", overlap_dense=overlap)
+
+
+def test_token_major_inputs():
+    """q, k, v as ``[S, H, D]`` buffers seen as ``[H, S, D]``: the gathered key list takes K's row stride."""
+    rng = random.Random(_seed())
+    layout = random_layout(rng, [rng.randint(1, 40) for _ in range(4)])
+    check(layout, mixed_categories(rng, 4), hkv=2, token_major=True, probe=False, label="token-major q, k, v")
 
 
 def test_bidirectional_images_with_inner_sinks():
@@ -213,6 +241,8 @@ def test_bad_inputs_are_named():
         blindsight_attention(big, big[:2], big[:2], meta, cats)
     with pytest.raises(ValueError, match="sliding window"):
         blindsight_attention(q, kv, kv, meta, cats, window=0)
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        blindsight_attention(q, kv, kv, meta, cats, scale=-0.1)
     bidir = LayoutMeta.build(PromptLayout.from_segments([("text", 4), ("image", 8), ("text", 4)], bidirectional=True), DEVICE)
     with pytest.raises(ValueError, match="plain causal"):
         blindsight_attention(q, kv, kv, bidir, cats, dense_backend="sdpa")
@@ -220,35 +250,45 @@ def test_bad_inputs_are_named():
 
 @pytest.mark.parametrize("window", [None, 7])
 def test_plan_covers_every_row_once(window: int | None):
-    """Every query row in exactly one tile; image tiles inside one image; tiles ordered by work."""
+    """Every query row in exactly one tile; image tiles inside one image; per-image columns from their image."""
     rng = random.Random(_seed())
     layout = random_layout(rng, [rng.randint(1, 300) for _ in range(rng.randint(0, 12))], text=(0, 50))
-    meta = LayoutMeta.build(layout)
+    meta = LayoutMeta.build(layout, DEVICE)  # the plan is built by a Triton program on the tables' device
     bm = rng.choice([16, 32, 64])
     plan = build_plan(meta, bm, window)
+    meta = LayoutMeta.build(layout)  # host copies for the checks below
     seen = torch.zeros(layout.length, dtype=torch.int64)
     starts, ends = meta.img_start.tolist(), meta.img_end.tolist()
-    for kind, a, cnt, img, lo_text, lo_glob in plan.tiles.tolist():
+    text_idx = meta.text_idx.tolist()
+    per_image = list(zip(meta.text_before.tolist(), meta.glob_before.tolist(), (meta.sink_ptr[1:] - meta.sink_ptr[:-1]).tolist(),
+                         starts, meta.bidir_start.tolist(), meta.bidir_end.tolist()))
+    for kind, a, cnt, img, lo_text, lo_glob, *image_cols, qmin, qmax, _, _ in plan.tiles.tolist():
         if kind < 0:
-            assert cnt == 0
+            assert cnt <= 0 and qmax < qmin, "an empty slot must give the kernel no rows and no keys"
             continue
         assert 1 <= cnt <= bm
         if kind == 0:
             seen[meta.text_idx[a:a + cnt].long()] += 1
+            assert (qmin, qmax) == (text_idx[a], text_idx[a + cnt - 1])
             continue
         assert starts[img] <= a and a + cnt <= ends[img], "an image tile leaves its image"
+        assert tuple(image_cols) == per_image[img], "per-image columns copied from the wrong image"
+        assert (qmin, qmax) == (a, a + cnt - 1)
         seen[a:a + cnt] += 1
         if window is not None:  # first list entries inside the window of the tile's first row
             assert lo_text == int((meta.text_idx < a - window + 1).sum())
             assert lo_glob == int((meta.glob_idx < a - window + 1).sum())
     assert (seen == 1).all(), f"rows covered {seen.min().item()}..{seen.max().item()} times (bm={bm})"
     assert plan.num_tiles == plan.tiles.shape[0]
+    work = [r[7] + r[13] - r[9] if r[0] == 1 else (r[13] if r[0] == 0 else -2) for r in plan.tiles.tolist()]
+    assert work == sorted(work, reverse=True), "tiles not in longest-first order"
 
 
-def test_sweep_layouts_and_flex_mask_match_the_spec():
-    """The sweep's prompts (peers.md layout), its mixed head map, its FLOP counts and its FlexAttention mask."""
+
+def test_sweep_layouts_and_counts_match_the_spec():
+    """The sweep's prompts (peers.md layout), its mixed head map and its FLOP counts."""
     from bsight.harness.sparsity.masks import head_mask, materialize
-    from bsight.kernels.sweep import flex_head_mask, kept_pairs, make_layout, mixed_head_map
+    from bsight.kernels.sweep import kept_pairs, make_layout, mixed_head_map
 
     layout = make_layout(36_864)
     assert layout.length == 36_864 and layout.num_images == 35  # as in peers.md
@@ -260,20 +300,45 @@ def test_sweep_layouts_and_flex_mask_match_the_spec():
     rng = random.Random(_seed())
     small = random_layout(rng, [rng.randint(1, 30) for _ in range(4)])
     meta = LayoutMeta.build(small)
-    four = torch.arange(4, dtype=torch.int32)
-    want = materialize(head_mask(meta, four), small.length, 4)
-    assert torch.equal(materialize(flex_head_mask(meta, four), small.length, 4), want)
+    want = materialize(head_mask(meta, torch.arange(4, dtype=torch.int32)), small.length, 4)
     assert [kept_pairs(meta, c) for c in Category] == want.sum(dim=(1, 2)).tolist()
 
 
-def _compiled_variants() -> int:
-    """Compiled specializations of the kernel on the current device (Triton 3.x caches)."""
-    from bsight.kernels.triton_fwd import bsight_fwd_kernel
+def test_sweep_flex_path_traced_by_dynamo_matches_reference():
+    """The sweep's FlexAttention path - ``masks.head_mask`` block masks over the four categories (built in
+    three query chunks and concatenated), one row per head picked for a head map, ``create_block_mask`` and
+    ``flex_attention`` both traced by dynamo with static shapes (its eager backend here: the GPU compiles
+    the same graphs with inductor) - against the reference. Comparing a traced category with a ``Category``
+    member instead of its int value made dynamo fold it to a Python bool and fail; this traces the mask
+    the sweep uses."""
+    import torch._dynamo
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    caches = getattr(bsight_fwd_kernel, "device_caches", None)
-    if caches is not None:
-        return sum(len(entry[0]) for entry in caches.values())
-    return sum(len(c) for c in bsight_fwd_kernel.cache.values())
+    from bsight.kernels.sweep import _FlexMasks
+
+    rng = random.Random(_seed())
+    images = [rng.randint(20, 90) for _ in range(3)]
+    S = 384  # three 128-row query blocks: the chunked build makes one call per block
+    layout = PromptLayout.from_segments([("text", 5), ("image", images[0]), ("text", 7), ("image", images[1]), ("image", images[2]),
+                                         ("text", S - 12 - sum(images))], sinks=SinkPolicy(kind="offsets", offsets=(0, 1, 2, 3)))
+    meta = LayoutMeta.build(layout)
+    cats = mixed_categories(rng, 8)
+    torch._dynamo.reset()
+    build = torch.compile(create_block_mask, backend="eager", dynamic=False)
+    masks = _FlexMasks(meta, len(cats), build, max_bytes=4 * 128 * S)  # one 128-row query block per chunk
+    assert masks.chunks == 3
+    q, k, v = torch.randn(8, S, 16), torch.randn(2, S, 16), torch.randn(2, S, 16)
+    flex = torch.compile(flex_attention, backend="eager", dynamic=False)
+    out = flex(q[None], k[None], v[None], block_mask=masks.for_heads(cats), enable_gqa=True)[0]
+    ref = reference_attention(q, k, v, meta, torch.tensor(cats, dtype=torch.int32))
+    assert torch.allclose(out, ref.to(out.dtype), atol=1e-4, rtol=1e-4), f"max diff {(out - ref).abs().max().item():.2e}, cats={cats}"
+
+
+def _compiled_variants() -> int:
+    """Compiled specializations of the attention kernel and the tile-plan kernel on the current device."""
+    from bsight.kernels.sweep import _compiled_variants as count
+
+    return count()
 
 
 @pytest.mark.skipif(not GPU, reason="full-size check needs a CUDA GPU (CPU runs the small cases above)")
@@ -299,5 +364,6 @@ def test_new_length_compiles_nothing():
         q = torch.randn(4, layout.length, 128, device=DEVICE, dtype=torch.bfloat16)
         kv = torch.randn(1, layout.length, 128, device=DEVICE, dtype=torch.bfloat16)
         blindsight_attention(q, kv, kv, meta, cats, dense_backend="kernel")
+        torch.cuda.synchronize()
         counts.append(_compiled_variants())
     assert counts[0] == counts[-1], f"compiled variants grew with new lengths: {counts}"
