@@ -30,6 +30,9 @@ def test_tables_match_the_layout(lay: PromptLayout):
     assert m.seg_id.tolist() == seg and m.bidir_group.tolist() == group and m.is_sink.tolist() == sink
     assert m.img_start.tolist() == [s.start for s in lay.spans] and m.img_end.tolist() == [s.end for s in lay.spans]
     assert m.has_bidirectional == any(s.bidir for s in lay.spans)
+    # the host copies primed at build time agree with the device tables they stand for
+    assert m.host_tables == (m.img_start.tolist(), m.img_end.tolist(), m.glob_before.tolist())
+    assert all(t.dtype == torch.int32 for t in (m.text_before, m.glob_before, m.sink_ptr, m.text_idx, m.glob_idx))
     text = [p for p in range(S) if seg[p] < 0]
     assert m.text_idx.tolist() == text
     glob = m.glob_idx.tolist()

@@ -30,7 +30,13 @@ def _rss_bytes() -> int:
 
 
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process image's high-water mark (VmHWM). Not getrusage's ru_maxrss: that survives exec, so a
+    child started by a large parent (a test runner holding models) would report the parent's size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("/proc/self/status has no VmHWM line (not Linux?)")
 
 
 def footprint_layout(num_tokens: int, image_tokens: int = 1024, label_tokens: int = 16, text_tokens: int = 64) -> PromptLayout:
