@@ -13,7 +13,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -36,6 +37,25 @@ def _console(stderr: bool = False) -> Console:
     if not console.is_terminal:  # pipes and logs: wide enough that tables do not wrap names
         console = Console(stderr=stderr, width=200)
     return console
+
+
+@contextmanager
+def _logs_to(console: Console) -> Iterator[None]:
+    """Show bsight's INFO messages (a model's one-time conversion, loading times) on ``console``, above the
+    progress bars, while a command runs."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("bsight")
+    handler = RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _registry(err: Console) -> Registry:
@@ -99,7 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         console = err if dist.is_main else Console(stderr=True, quiet=True)
         processes = f" over {dist.world_size} processes ({dist.backend})" if dist.world_size > 1 else ""
         console.print(f"config {escape(str(path))} -> run folder {escape(str(run_dir))}{' (fresh)' if args.fresh else ''}{processes}")
-        outcome = execute(config, registry, run_dir, fresh=args.fresh, config_file=path, console=console, dist=dist)
+        with _logs_to(console):
+            outcome = execute(config, registry, run_dir, fresh=args.fresh, config_file=path, console=console, dist=dist)
     if outcome.report is None:
         return 1
     if dist.is_main:
@@ -199,7 +220,8 @@ def cmd_characterize(args: argparse.Namespace) -> int:
     }
     config = parse_config(data, registry, source=f"bsight characterize (models and tasks from {path})")
     err.print(f"characterize {escape(args.model)} on {escape(args.task)} (config {escape(str(path))}) -> {escape(str(out))}{' (fresh)' if args.fresh else ''}")
-    outcome = execute(config, registry, out, fresh=args.fresh, console=err)  # the run is this command, not the whole CONFIG
+    with _logs_to(err):
+        outcome = execute(config, registry, out, fresh=args.fresh, console=err)  # the run is this command, not the whole CONFIG
     (rec,) = RunFolder.open(out).manifest().units
     if rec.status != "done":
         err.print(f"[red]characterization failed:[/] {escape(rec.error or rec.status)} (details in {escape(str(out / 'errors.log'))})")

@@ -74,6 +74,10 @@ class Sample(BaseModel):
     parts: list[Part]
     options: list[str] = []  # multiple choice: option texts, lettered A, B, ... in order
     answer: str  # gold: a letter for multiple choice, else the answer text
+    # Text the model's answer starts with, written by the adapter at the end of the prompt (chat models: at the
+    # start of the assistant turn), e.g. the opening words of a quote the model must continue. Teacher-forced
+    # scoring appends the gold continuation (``meta["gold_continuation"]``, else ``answer``) after it.
+    answer_prefix: str = ""
     meta: dict[str, Any] = {}
 
 
@@ -157,14 +161,19 @@ class ModelAdapter(Plugin, ABC):
     def layout_spec(self) -> LayoutSpec: ...
 
     @abstractmethod
-    def prepare(self, sample: Sample) -> Prepared: ...
+    def prepare(self, sample: Sample, continuation: str | None = None) -> Prepared:
+        """The sample as model inputs, ending with its ``answer_prefix``. ``continuation`` (teacher forcing: a
+        gold answer) is appended as tokens after the prompt, whose tokens stay an exact prefix of the result,
+        so positions ``P-1 .. P+n-2`` of the logits score the ``n`` continuation tokens of a ``P``-token prompt."""
 
     @abstractmethod
     def generate(self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int) -> Generation: ...
 
     @abstractmethod
-    def logits(self, prepared: Prepared, method: AttentionMethod) -> torch.Tensor:
-        """Prefill logits ``[B, S, vocab]`` under ``method`` (fidelity metrics, tests)."""
+    def logits(self, prepared: Prepared, method: AttentionMethod, last: int | None = None) -> torch.Tensor:
+        """Prefill logits ``[B, S, vocab]`` under ``method`` (fidelity metrics, tests); ``last=n`` keeps only the
+        last ``n`` positions ``[B, n, vocab]`` (the LM head over every position of a long prompt costs more
+        than the model for large vocabularies)."""
 
     def prefill(self, prepared: Prepared, method: AttentionMethod) -> None:
         """Run the prompt's prefill under ``method`` for what the method records (characterization probes,

@@ -6,6 +6,7 @@ finished on another machine or commit than it started on says so.
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -66,7 +67,10 @@ def now() -> datetime:
 
 
 def git_state(path: Path = SOURCE_ROOT) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout holding ``path``; (None, None) outside a git checkout."""
+    """(commit, dirty) of the checkout holding ``path``; (None, None) outside a git checkout. A copy without
+    ``.git`` (a snapshot shipped to a GPU machine) names its commit in ``$BSIGHT_GIT_COMMIT`` (dirty unknown)."""
+    if os.environ.get("BSIGHT_GIT_COMMIT"):
+        return os.environ["BSIGHT_GIT_COMMIT"], None
     try:
         commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:

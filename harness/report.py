@@ -54,6 +54,33 @@ def fmt_pct(value: Any, digits: int = 1, signed: bool = False) -> str:
     return text + (" pp" if signed else "%")
 
 
+def portable_path(path: str | Path) -> str:
+    """A path as a report may print it: relative to the working directory when inside it, else only its last
+    part after an ellipsis, so a published report names no folder of the machine that rendered it."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return f"…/{p.name}"
+
+
+def portable_command(argv: list[str]) -> str:
+    """A recorded command line with the program by name only and absolute paths made :func:`portable_path`
+    (``--out=/x/y`` too)."""
+    if not argv:
+        return ""
+    parts = [Path(argv[0]).name]
+    for arg in argv[1:]:
+        flag, eq, value = arg.partition("=")
+        if eq and value.startswith("/"):
+            parts.append(f"{flag}={portable_path(value)}")
+        else:
+            parts.append(portable_path(arg) if arg.startswith("/") else arg)
+    return " ".join(parts)
+
+
 def environment(kind: Literal["html", "md"]) -> jinja2.Environment:
     """Template environment: HTML autoescapes; Markdown does not (its templates escape table pipes)."""
     env = jinja2.Environment(
@@ -64,7 +91,9 @@ def environment(kind: Literal["html", "md"]) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(num=fmt_num, pct=fmt_pct, mdcell=lambda s: str(s).replace("|", "\\|").replace("\n", " "))
+    env.filters.update(
+        num=fmt_num, pct=fmt_pct, mdcell=lambda s: str(s).replace("|", "\\|").replace("\n", " "), portable=portable_path, command=portable_command
+    )
     return env
 
 

@@ -186,9 +186,7 @@ def sweep_length(length: int, shape: Shape, args: argparse.Namespace, device: to
         raise_compile_limits()  # one compiled block-mask builder per mask and length
 
     def flex_case(rec: dict, build_mod: Callable, kept: int) -> None:
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        build = lambda: create_block_mask(build_mod(), None, None, length, length, device=device, BLOCK_SIZE=128, _compile=compiled)  # noqa: E731
+        build = lambda: runner.build(build_mod(), None, length, device)  # noqa: E731
         rec["first_mask_build_s"], bm = timer.first(build)
         mask_ms = timer.ms(build)
         fn = lambda: runner.attend(q, k, v, bm, scale)  # noqa: E731

@@ -255,59 +255,28 @@ def _flex_setup() -> tuple[Callable, Callable]:
     return torch.compile(flex_attention, dynamic=False), torch.compile(create_block_mask, dynamic=False)
 
 
-def _chunk_rows(S: int, heads: int, max_bytes: int, block: int = 128) -> int:
-    """Query rows per ``create_block_mask`` call: a multiple of ``block`` dividing ``S`` whose boolean
-    ``[heads, rows, S]`` mask fits ``max_bytes`` (all of ``S`` when it is no multiple of ``block``)."""
-    if S % block:
-        return S
-    nb = S // block
-    fits = max(1, max_bytes // (heads * block * S))
-    return block * max(d for d in range(1, min(nb, fits) + 1) if nb % d == 0)
-
-
 class _FlexMasks:
     """Block masks of one prompt for every head map, from a compiled ``create_block_mask`` over the four
     categories (H = 4, head ``c`` = category ``c``, mask :func:`masks.head_mask`); a head map's block mask
     takes each head's row from it. One mask_mod object reads the per-head categories from a buffer, so
     compiled flex code is reused across head maps.
 
-    The block mask is built in query chunks of at most ``max_bytes`` of boolean mask each (one compile per
-    prompt length: the chunk offset is a tensor): inductor keeps a pointwise mask fused into its block
-    reductions only below ~30 ops, and ``head_mask`` is larger, so it materializes the ``[4, rows, S]``
-    mask - whole, that was 81 GiB at 147K and 338 GiB at 300K (the out-of-memory failures of 2026-11-22).
+    The block mask is built in query chunks of at most ``max_bytes`` of boolean mask each
+    (:func:`~bsight.plugins.methods.flex.chunked_block_mask` says why).
     """
 
     def __init__(self, meta: LayoutMeta, num_heads: int, build: Callable, max_bytes: int = 8 << 30):
-        from torch.nn.attention.flex_attention import BlockMask
-
         from bsight.harness.sparsity.masks import head_mask
+        from bsight.plugins.methods.flex import chunk_rows, chunked_block_mask
 
         S, dev = meta.length, meta.device
         t0 = time.perf_counter()
         four = head_mask(meta, torch.arange(4, dtype=torch.int32, device=dev))
-        offset = torch.zeros((), dtype=torch.int64, device=dev)
-
-        def chunk_mask(b, h, q, kv):
-            return four(b, h, q + offset, kv)
-
-        rows = _chunk_rows(S, 4, max_bytes)
-        parts = []
-        for start in range(0, S, rows):
-            offset.fill_(start)
-            parts.append(build(chunk_mask, None, 4, rows, S, device=dev))
-        first = parts[0]
-        cat = lambda name: torch.cat([getattr(p, name) for p in parts], dim=2)  # noqa: E731
-        fields = dict(kv_num_blocks=cat("kv_num_blocks"), kv_indices=cat("kv_indices"), BLOCK_SIZE=first.BLOCK_SIZE, mask_mod=four)
-        if first.full_kv_num_blocks is not None:
-            fields.update(full_kv_num_blocks=cat("full_kv_num_blocks"), full_kv_indices=cat("full_kv_indices"))
-        try:
-            self.bm4 = BlockMask.from_kv_blocks(**fields, seq_lengths=(S, S))
-        except TypeError:  # torch without seq_lengths: the lengths follow from the block counts
-            self.bm4 = BlockMask.from_kv_blocks(**fields)
+        self.bm4 = chunked_block_mask(four, 4, S, dev, build, max_bytes=max_bytes)
+        self.chunks = S // chunk_rows(S, 4, max_bytes)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         self.build_s = time.perf_counter() - t0
-        self.chunks = len(parts)
         self.cats = torch.zeros(num_heads, dtype=torch.int32, device=dev)
         self.mask_mod = head_mask(meta, self.cats)
         self.S = S

@@ -39,7 +39,7 @@ from bsight.kernels import baselines_sweep  # noqa: E402
 from bsight.kernels.reference import reference_attention  # noqa: E402
 from bsight.kernels.vertical_slash import keep_mask  # noqa: E402
 from bsight.plugins.methods.blindsight import Blindsight  # noqa: E402
-from bsight.plugins.methods.flex import Flex  # noqa: E402
+from bsight.plugins.methods.flex import Flex, categories_mask, chunked_block_mask  # noqa: E402
 from bsight.plugins.methods.mminference import (  # noqa: E402
     HeadPattern,
     LayerPairs,
@@ -315,6 +315,31 @@ def test_flex_equals_the_reference_per_head(tmp_path, bidirectional, window, lay
         out = method.prefill(q, k, v, meta, LayerCall(layer, 0.3, window))
         torch.testing.assert_close(out, reference_attention(q, k, v, meta, cats, scale=0.3, window=window), rtol=1e-10, atol=1e-10)
     assert "mask_building" in method.overhead.take()
+
+
+def test_flex_block_mask_in_query_chunks_equals_the_whole_one(tmp_path):
+    """Long prompts build the block mask in query chunks (whole, the mask materialized 81 GiB at 147K): the
+    joined mask has the same blocks as one built whole, and the method's output still equals the reference."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    gen = torch.Generator().manual_seed(int(torch.randint(1 << 20, (1,))))
+    images = torch.randint(40, 120, (3,), generator=gen).tolist()
+    S = 512
+    layout = PromptLayout.from_segments([("text", 9), ("image", images[0]), ("text", 4), ("image", images[1]), ("image", images[2]),
+                                         ("text", S - 13 - sum(images))], sinks=SinkPolicy(fraction=0.05))
+    meta = LayoutMeta.build(layout)
+    hm = _random_map(1, int(torch.randint(1 << 20, (1,), generator=gen)), SinkPolicy(fraction=0.05))
+    cats = hm.layer_categories(0)
+    mod = categories_mask(meta, cats)
+    whole = create_block_mask(mod, None, HQ, S, S, device="cpu", BLOCK_SIZE=128, _compile=False)
+    chunked = chunked_block_mask(mod, HQ, S, torch.device("cpu"), create_block_mask, 128, max_bytes=HQ * 128 * S)  # 4 chunks
+    assert chunked.shape == whole.shape and torch.equal(chunked.to_dense(), whole.to_dense())
+    method = Flex({"head_map": str(hm.save(tmp_path / "map.json")), "compile": "never"})
+    method.runner.max_mask_bytes = HQ * 256 * S  # 2 chunks
+    method.setup(_info(1))
+    q, k, v = _qkv(S, 16, gen)
+    out = method.prefill(q, k, v, meta, LayerCall(0, 0.25, None))
+    torch.testing.assert_close(out, reference_attention(q, k, v, meta, cats, scale=0.25), rtol=1e-10, atol=1e-10)
 
 
 def test_flex_options_and_uniform():

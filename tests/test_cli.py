@@ -1,4 +1,4 @@
-"""The ``bsight`` command: the default run, dry runs, exit statuses, failing units."""
+"""The ``bsight`` command: dry runs, exit statuses, failing units."""
 
 from __future__ import annotations
 
@@ -24,17 +24,6 @@ def test_version(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.startswith("bsight ")
 
 
-def test_default_config_runs_and_says_where_the_report_is(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # no benchmarks.yaml here: the checkout's default is used
-    assert main(["run", "--out", "out"]) == 0
-    out = capsys.readouterr().out
-    assert out.strip().splitlines()[-1] == f"report: {tmp_path / 'out' / 'index.html'}"
-    html = (tmp_path / "out" / "index.html").read_text()
-    assert html.count("No data in this run.") == 2  # accuracy and FLOPs: the default run loads no model
-    # the planted-structure proof runs; the H100 kernel sweep is read from the installed package, labelled as published
-    assert "Planted-structure check" in html and "Published results, <strong>not measured in this run</strong>" in html
-
-
 def test_dry_run_lists_units_and_writes_nothing(ext_registry, tmp_path, capsys):
     cfg = write_yaml(tmp_path / "c.yaml", ext_config(tmp_path / "runs", name="dry"))
     assert main(["run", str(cfg), "--dry-run"]) == 0
@@ -51,7 +40,7 @@ def test_bad_config_exits_2_without_traceback(ext_paths, tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("bsight: error:")]
     assert errors == [
-        f"bsight: error: {tmp_path / 'bad.yaml'}: jobs[0].type: unknown job type 'acc'; allowed: accuracy, characterize, flops, planted, timing, ttft",
+        f"bsight: error: {tmp_path / 'bad.yaml'}: jobs[0].type: unknown job type 'acc'; allowed: accuracy, baselines, characterize, flops, planted, tau_sweep, timing, ttft",
         f"bsight: error: {tmp_path / 'bad.yaml'}: methods.sw.options.windw: unknown key; allowed: sinks, window",
     ]
     assert not (tmp_path / "runs").exists()

@@ -93,8 +93,8 @@ def test_bad_names_are_rejected(good, ext_registry):
 def test_job_type_errors(good, ext_registry):
     good["jobs"] = [{"type": "acuracy"}, {"max_new_tokens": 3}, "accuracy"]
     found = dict(problems(good, ext_registry))
-    assert found["jobs[0].type"] == "unknown job type 'acuracy'; allowed: accuracy, characterize, flops, planted, timing, ttft"
-    assert found["jobs[1].type"] == "missing; allowed: accuracy, characterize, flops, planted, timing, ttft"
+    assert found["jobs[0].type"] == "unknown job type 'acuracy'; allowed: accuracy, baselines, characterize, flops, planted, tau_sweep, timing, ttft"
+    assert found["jobs[1].type"] == "missing; allowed: accuracy, baselines, characterize, flops, planted, tau_sweep, timing, ttft"
     assert "must be a mapping" in found["jobs[2]"]
 
 

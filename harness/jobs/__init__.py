@@ -2,10 +2,13 @@
 
 Built in: ``accuracy`` (model x method x task, greedy answers vs a baseline), ``flops`` (exact attention FLOPs
 per prompt and method), ``characterize`` (a model's head map from a task's prompts, resumable per prompt),
-``planted`` (characterization recovers planted head categories), ``timing`` (the kernel sweep, measured on a
-GPU or shown from a published JSON) and ``ttft`` (time to first token, likewise). Jobs that run prompts
-through a model without generating call ``adapter.prefill(prepared, method)``
-(:meth:`~bsight.harness.interfaces.ModelAdapter.prefill`), which skips the ``S x vocab`` logits.
+``planted`` (characterization recovers planted head categories), ``tau_sweep`` (each tau's head map on
+held-out prompts: FLOPs reduction vs answer agreement and KL; the default tau chosen by a stated rule),
+``timing`` (the kernel sweep, measured on a GPU or shown from a published JSON) and ``ttft`` (time to first
+token, likewise). Jobs that run prompts through a model without generating call
+``adapter.prefill(prepared, method)`` (:meth:`~bsight.harness.interfaces.ModelAdapter.prefill`), which skips
+the ``S x vocab`` logits.
+``baselines`` puts methods side by side (per-layer NMSE against dense, FLOPs, overhead, GPU timing).
 
 Adding a job type is one module here and one line in :data:`JOB_TYPES`. The module defines a subclass of
 :class:`~bsight.harness.jobs.base.JobType` with:
@@ -64,10 +67,12 @@ Adding a job type is one module here and one line in :data:`JOB_TYPES`. The modu
 from __future__ import annotations
 
 from .accuracy import AccuracyJob
+from .baselines import BaselinesJob
 from .base import JobSpec, JobType, Metric, ResultRow, SectionData, Unit
 from .characterize import CharacterizeJob
 from .flops import FlopsJob
 from .planted import PlantedJob
+from .tau_sweep import TauSweepJob
 from .timing import TimingJob
 from .ttft import TTFTJob
 
@@ -76,8 +81,10 @@ JOB_TYPES: dict[str, JobType] = {
     FlopsJob.type: FlopsJob(),
     CharacterizeJob.type: CharacterizeJob(),
     PlantedJob.type: PlantedJob(),
+    TauSweepJob.type: TauSweepJob(),
     TimingJob.type: TimingJob(),
     TTFTJob.type: TTFTJob(),
+    BaselinesJob.type: BaselinesJob(),
 }
 
 __all__ = ["JOB_TYPES", "JobSpec", "JobType", "Metric", "ResultRow", "SectionData", "Unit"]

@@ -12,6 +12,7 @@ the scores). On CPU the eager path runs (tests, small prompts). Block-mask build
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Hashable
 from typing import Literal
@@ -41,6 +42,51 @@ def raise_compile_limits(limit: int = _COMPILE_LIMIT) -> None:
             setattr(cfg, name, max(getattr(cfg, name), limit))
 
 
+def chunk_rows(S: int, heads: int, max_bytes: int, block: int = 128) -> int:
+    """Query rows per ``create_block_mask`` call: a multiple of ``block`` dividing ``S`` whose boolean
+    ``[heads, rows, S]`` mask fits ``max_bytes`` (all of ``S`` when it is no multiple of ``block``)."""
+    if S % block:
+        return S
+    nb = S // block
+    fits = max(1, max_bytes // (heads * block * S))
+    return block * max(d for d in range(1, min(nb, fits) + 1) if nb % d == 0)
+
+
+def chunked_block_mask(mask_mod: MaskMod, num_heads: int | None, S: int, device: torch.device, build: Callable,
+                       block_size: int = 128, max_bytes: int = 8 << 30):
+    """``build(mask_mod, None, num_heads, S, S)`` (``create_block_mask``, compiled or not) in query chunks of at
+    most ``max_bytes`` of boolean mask each, joined with ``BlockMask.from_kv_blocks``.
+
+    Why: inductor keeps a pointwise mask fused into its block reductions only below ~30 ops; larger mask mods
+    (per-head category rules) materialize the ``[heads, rows, S]`` mask - whole, 81 GiB at 147K and 338 GiB
+    at 300K (the out-of-memory failures of 2026-11-22). The chunk offset is a tensor, so the compiled builder
+    is reused by every chunk of a prompt."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    heads = num_heads or 1
+    rows = chunk_rows(S, heads, max_bytes, block_size)
+    if rows == S:
+        return build(mask_mod, None, num_heads, S, S, device=device, BLOCK_SIZE=block_size)
+    offset = torch.zeros((), dtype=torch.int64, device=device)
+
+    def chunk_mask(b, h, q, kv):
+        return mask_mod(b, h, q + offset, kv)
+
+    parts = []
+    for start in range(0, S, rows):
+        offset.fill_(start)
+        parts.append(build(chunk_mask, None, num_heads, rows, S, device=device, BLOCK_SIZE=block_size))
+    first = parts[0]
+    cat = lambda name: torch.cat([getattr(p, name) for p in parts], dim=2)  # noqa: E731
+    fields = dict(kv_num_blocks=cat("kv_num_blocks"), kv_indices=cat("kv_indices"), BLOCK_SIZE=first.BLOCK_SIZE, mask_mod=mask_mod)
+    if first.full_kv_num_blocks is not None:
+        fields.update(full_kv_num_blocks=cat("full_kv_num_blocks"), full_kv_indices=cat("full_kv_indices"))
+    try:
+        return BlockMask.from_kv_blocks(**fields, seq_lengths=(S, S))
+    except TypeError:  # torch without seq_lengths: the lengths follow from the block counts
+        return BlockMask.from_kv_blocks(**fields)
+
+
 def categories_mask(meta: LayoutMeta, categories: torch.Tensor, window: int | None = None) -> MaskMod:
     """The model's own mask intersected with head ``h``'s category rule, from the foundation predicates.
 
@@ -65,9 +111,11 @@ def categories_mask(meta: LayoutMeta, categories: torch.Tensor, window: int | No
 class FlexRunner:
     """FlexAttention with a per-prompt block-mask cache: compiled on CUDA (``auto``), eager elsewhere."""
 
-    def __init__(self, compile: CompileMode = "auto", block_size: int = 128, overhead: OverheadMeter | None = None) -> None:
+    def __init__(self, compile: CompileMode = "auto", block_size: int = 128, overhead: OverheadMeter | None = None,
+                 max_mask_bytes: int = 8 << 30) -> None:
         self.compile = compile
         self.block_size = block_size
+        self.max_mask_bytes = max_mask_bytes
         self.overhead = overhead or OverheadMeter()
         self._meta: LayoutMeta | None = None
         self._masks: dict[Hashable, object] = {}
@@ -76,21 +124,24 @@ class FlexRunner:
     def compiled(self, device: torch.device) -> bool:
         return self.compile == "always" or (self.compile == "auto" and device.type == "cuda")
 
-    def block_mask(self, meta: LayoutMeta, key: Hashable, build_mod: Callable[[], MaskMod], num_heads: int | None):
-        """The block mask for ``key`` on this prompt, built once (``num_heads=None`` broadcasts over heads)."""
+    def build(self, mask_mod: MaskMod, num_heads: int | None, S: int, device: torch.device):
+        """A block mask of ``mask_mod`` over ``S x S``, in query chunks (:func:`chunked_block_mask`), with the
+        builder compiled where ``flex_attention`` is."""
         from torch.nn.attention.flex_attention import create_block_mask
 
+        compiled = self.compiled(device)
+        if compiled:
+            raise_compile_limits()
+        build = functools.partial(create_block_mask, _compile=compiled)
+        return chunked_block_mask(mask_mod, num_heads, S, device, build, self.block_size, self.max_mask_bytes)
+
+    def block_mask(self, meta: LayoutMeta, key: Hashable, build_mod: Callable[[], MaskMod], num_heads: int | None):
+        """The block mask for ``key`` on this prompt, built once (``num_heads=None`` broadcasts over heads)."""
         if meta is not self._meta:
             self._meta, self._masks = meta, {}
         if key not in self._masks:
-            compiled = self.compiled(meta.device)
-            if compiled:
-                raise_compile_limits()
             with self.overhead.measure("mask_building", meta.device):
-                S = meta.length
-                self._masks[key] = create_block_mask(
-                    build_mod(), None, num_heads, S, S, device=meta.device, BLOCK_SIZE=self.block_size, _compile=compiled
-                )
+                self._masks[key] = self.build(build_mod(), num_heads, meta.length, meta.device)
         return self._masks[key]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float) -> torch.Tensor:

@@ -125,18 +125,27 @@ class PatternConfig(BaseModel):
         return self
 
     def save(self, path: str | Path) -> Path:
+        """JSON with one line per layer (its heads' patterns), so that published configs diff layer by layer."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=1) + "\n")
+        data = self.model_dump(mode="json")
+        layers = data.pop("patterns")
+        head = json.dumps(data, indent=1)[: -len("\n}")]
+        body = ",\n".join("  " + json.dumps(layer, separators=(",", ":")) for layer in layers)
+        path.write_text(f'{head},\n "patterns": [\n{body}\n ]\n}}\n')
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> PatternConfig:
-        path = Path(path)
-        if not path.is_file():
+        """Read a config: ``path`` as given, else (for ``reports/...``) the file the installed ``bsight.reports``
+        package ships, so configs naming published pattern configs run outside a source checkout too."""
+        from bsight.harness.jobs.timing import published_file
+
+        found = published_file(str(path))
+        if found is None:
             raise FileNotFoundError(f"MMInference pattern config not found: {path}")
         try:
-            return cls.model_validate(json.loads(path.read_text()))
+            return cls.model_validate(json.loads(found.read_text()))
         except (json.JSONDecodeError, ValidationError) as e:
             raise ValueError(f"invalid MMInference pattern config {path}: {e}") from None
 
@@ -519,10 +528,13 @@ class PatternSearch(AttentionMethod):
 
 def search_pattern_config(adapter: ModelAdapter, sample: Sample, options: SearchOptions | dict | None = None) -> PatternConfig:
     """Offline per-head pattern choice from one sample through a loaded adapter; save the result with
-    ``.save(path)`` and pass the path as method ``mminference``'s ``pattern_config``."""
+    ``.save(path)`` and pass the path as method ``mminference``'s ``pattern_config``. From a config: the
+    ``search_patterns`` step of job ``baselines`` (:mod:`bsight.harness.jobs.baselines`). The prefill skips the
+    LM head (``adapter.prefill``): only the attention layers matter here."""
     search = PatternSearch(options)
     search.setup(adapter.info)
-    adapter.logits(adapter.prepare(sample), search)
+    with torch.no_grad():
+        adapter.prefill(adapter.prepare(sample), search)
     return search.result(sample.id)
 
 

@@ -144,6 +144,25 @@ def sample_content(sample: Sample) -> tuple[list[dict[str, str]], list[Any]]:
     return content, images
 
 
+def append_tokens(inputs: dict[str, torch.Tensor], ids: list[int]) -> dict[str, torch.Tensor]:
+    """One-row processor outputs with text tokens ``ids`` appended: every per-token tensor (``[1, S]``, like
+    ``input_ids``) grows by ``len(ids)`` - the ids themselves, 1 in ``attention_mask``, 0 (text) in token-type
+    tensors such as Gemma 3's ``token_type_ids`` and Qwen's ``mm_token_type_ids``; pixels and grids stay."""
+    input_ids = inputs["input_ids"]
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"a continuation is appended to one prompt at a time, got a batch of {input_ids.shape[0]}")
+    if not ids:
+        return dict(inputs)
+    new = torch.tensor([ids], dtype=input_ids.dtype, device=input_ids.device)
+    out = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.shape == input_ids.shape:
+            tail = new if key == "input_ids" else torch.full_like(new, 1 if key == "attention_mask" else 0, dtype=value.dtype)
+            value = torch.cat([value, tail.to(value.device)], dim=1)
+        out[key] = value
+    return out
+
+
 class _FirstCall(LogitsProcessor):
     """Records when generation first asks for next-token scores, i.e. when prefill (TTFT) is done."""
 
@@ -287,20 +306,26 @@ class HFVLMAdapter(ModelAdapter):
     def layout_spec(self) -> LayoutSpec:
         return self.spec_from_config(self._require().config, self.options.sinks or self.default_sinks)
 
-    def prompt_text(self, content: list[dict[str, str]]) -> str:
-        """The prompt through the checkpoint's chat template (generation prompt added), or plain text with the
-        model's image placeholder when the checkpoint has no template."""
+    def prompt_text(self, content: list[dict[str, str]], answer_prefix: str = "") -> str:
+        """The prompt through the checkpoint's chat template (generation prompt added, then ``answer_prefix`` as
+        the start of the assistant's turn), or plain text with the model's image placeholder when the checkpoint
+        has no template (``answer_prefix`` on a new line)."""
         if self.chat_template is None:
-            return "".join(item["text"] if item["type"] == "text" else self.image_placeholder for item in content)
+            text = "".join(item["text"] if item["type"] == "text" else self.image_placeholder for item in content)
+            return f"{text}\n{answer_prefix}" if answer_prefix else text
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
-        )
+        ) + answer_prefix
 
-    def prepare(self, sample: Sample) -> Prepared:
+    def prepare(self, sample: Sample, continuation: str | None = None) -> Prepared:
+        """Processor inputs of the sample's prompt; ``continuation`` is tokenized on its own and appended, so the
+        prompt's tokens stay an exact prefix (teacher forcing)."""
         if self.processor is None:
             raise RuntimeError(f"adapter {self.name!r} has no processor (attached without one); build inputs by hand")
         content, images = sample_content(sample)
-        inputs = self.encode(self.prompt_text(content), images, add_special_tokens=self.chat_template is None)
+        inputs = self.encode(self.prompt_text(content, sample.answer_prefix), images, add_special_tokens=self.chat_template is None)
+        if continuation:
+            inputs = append_tokens(inputs, self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
         return self.prepared(inputs)
 
     def prepared(self, inputs: dict[str, torch.Tensor]) -> Prepared:
@@ -336,8 +361,8 @@ class HFVLMAdapter(ModelAdapter):
         with torch.inference_mode(), attention_bridge.active_method(method, prepared.layouts, timer):
             return model(**prepared.inputs, logits_to_keep=logits_to_keep, **kwargs)
 
-    def logits(self, prepared: Prepared, method: AttentionMethod) -> torch.Tensor:
-        return self.forward(prepared, method, use_cache=False).logits.float()
+    def logits(self, prepared: Prepared, method: AttentionMethod, last: int | None = None) -> torch.Tensor:
+        return self.forward(prepared, method, use_cache=False, logits_to_keep=last or 0).logits.float()
 
     def prefill(self, prepared: Prepared, method: AttentionMethod) -> None:
         """The prefill under ``method`` with the LM head on the last position only (``logits_to_keep=1``, which

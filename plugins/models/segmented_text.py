@@ -47,7 +47,6 @@ from bsight.harness.sparsity.layout import LayoutSpec, SinkPolicy, layout_from_i
 log = logging.getLogger(__name__)
 
 ModelKey = Literal["gemma3-270m", "smollm2-135m"]
-ANSWER_PREFIX_KEY = "answer_prefix"  # Sample.meta key: text the answer starts with (prefilled assistant turn)
 
 
 class ModelPackageError(RuntimeError):
@@ -271,7 +270,7 @@ class SegmentedText(ModelAdapter):
 
     def prompt_ids(self, sample: Sample) -> list[int]:
         """Token ids of a sample's prompt: text parts as text, passages wrapped in the marker tokens, then the
-        sample's answer prefix (``meta["answer_prefix"]``) on a new line, as the start of the model's answer.
+        sample's ``answer_prefix`` on a new line, as the start of the model's answer.
         Chat models get the parts as one user turn and the answer prefix as the start of the assistant turn."""
         self._need_loaded()
         spec = self.layout_spec()
@@ -285,7 +284,7 @@ class SegmentedText(ModelAdapter):
                 pieces += [spec.start_ids[0], body, spec.end_ids[0]]
             elif isinstance(part, ImagePart):
                 raise ValueError(f"sample {sample.id!r}: part {i} is an image; segmented_text takes text and passage parts only")
-        answer_prefix = str(sample.meta.get(ANSWER_PREFIX_KEY, ""))
+        answer_prefix = sample.answer_prefix
         if self.checkpoint.chat:
             head, tail = self._chat_frame()
             pieces = [head, *pieces, tail + answer_prefix]
@@ -365,6 +364,11 @@ class SegmentedText(ModelAdapter):
         with active_method(method, prepared.layouts):
             out = self.model(**prepared.inputs, use_cache=False, logits_to_keep=last or 0)
         return out.logits.float()
+
+    def prefill(self, prepared: Prepared, method: AttentionMethod) -> None:
+        """The prefill under ``method`` with the LM head on the last position only (characterization, pair
+        counting and sink discovery need the attention calls, not ``S x vocab`` logits)."""
+        self.logits(prepared, method, last=1)
 
 
 @hookimpl

@@ -8,6 +8,9 @@ passage that holds the quote); "which document says X?" questions were tried and
 models, so they are not offered. ``closed_book`` drops the passage that holds the answer: its accuracy is the
 guessing baseline (legal boilerplate is partly predictable without the passage).
 
+A sample's ``answer_prefix`` is the quote's opening (the adapter writes it where the model's answer starts);
+``meta["gold_continuation"]`` is the answer as the document continues it, for teacher-forced scoring.
+
 The samples are a pure function of the task version, the options and the hash-pinned sources: the same on
 every machine. Every fourth sample forms the ``characterization`` split; the others form ``heldout``.
 """
@@ -136,7 +139,6 @@ def build_samples(passages: list[Passage], options: MultiDocOptions, task: str =
         split = "characterization" if i % CHARACTERIZATION_EVERY == 0 else "heldout"
         meta = {
             "split": split,
-            "answer_prefix": f'"{prefix}',
             "gold_continuation": f" {answer}",
             "answer_passage": None if o.closed_book else slot + 1,
             "answer_passage_id": target.id,
@@ -144,7 +146,7 @@ def build_samples(passages: list[Passage], options: MultiDocOptions, task: str =
             "source": target.source,
         }
         digest = hashlib.sha256(f"{target.id}|{prefix}".encode()).hexdigest()[:8]
-        out.append(Sample(id=f"{task}-{i:03d}-{digest}", task=task, subtask="quote", parts=parts, answer=answer, meta=meta))
+        out.append(Sample(id=f"{task}-{i:03d}-{digest}", task=task, subtask="quote", parts=parts, answer=answer, answer_prefix=f'"{prefix}', meta=meta))
     return out
 
 

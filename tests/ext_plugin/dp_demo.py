@@ -55,8 +55,8 @@ class TinyLlamaOnDevice(TinyLlama):
         super().load()
         self.model.to(self.device)
 
-    def prepare(self, sample: Sample) -> Prepared:
-        prepared = super().prepare(sample)
+    def prepare(self, sample: Sample, continuation: str | None = None) -> Prepared:
+        prepared = super().prepare(sample, continuation)
         return Prepared({k: v.to(self.device) for k, v in prepared.inputs.items()}, prepared.layouts)
 
 

@@ -61,7 +61,9 @@ class TinyLlama(ModelAdapter):
     def layout_spec(self) -> LayoutSpec:
         return LayoutSpec(start_ids=(tok.IMG_START,), end_ids=(tok.IMG_END,), sinks=SinkPolicy(fraction=self.options.sink_fraction))
 
-    def prepare(self, sample: Sample) -> Prepared:
+    def prepare(self, sample: Sample, continuation: str | None = None) -> Prepared:
+        """Character tokens of the prompt, ending with "Answer:" and the sample's answer prefix; ``continuation``
+        (teacher forcing) appended after it."""
         ids = [tok.BOS]
         for part in sample.parts:
             if isinstance(part, ImagePart):
@@ -70,7 +72,8 @@ class TinyLlama(ModelAdapter):
                 ids += tok.encode_text(part.text)
         for letter, option in zip("ABCDEFGH", sample.options):
             ids += tok.encode_text(f"\n{letter}. {option}")
-        ids += tok.encode_text("\nAnswer:")
+        ids += tok.encode_text("\nAnswer:" + sample.answer_prefix)
+        ids += tok.encode_text(continuation or "")
         input_ids = torch.tensor([ids])
         mask = torch.ones_like(input_ids)
         return Prepared(inputs={"input_ids": input_ids, "attention_mask": mask}, layouts=layouts_from_batch(input_ids, self.layout_spec(), mask))
@@ -98,7 +101,7 @@ class TinyLlama(ModelAdapter):
         return Generation(text=tok.decode(new), prompt_tokens=int(ids.shape[1]), prefill_s=prefill_s, total_s=time.perf_counter() - t0)
 
     @torch.no_grad()
-    def logits(self, prepared: Prepared, method: AttentionMethod) -> torch.Tensor:
+    def logits(self, prepared: Prepared, method: AttentionMethod, last: int | None = None) -> torch.Tensor:
         assert self.model is not None, "load() first"
         with attention_bridge.active_method(method, prepared.layouts):
-            return self.model(**prepared.inputs).logits
+            return self.model(**prepared.inputs, logits_to_keep=last or 0).logits

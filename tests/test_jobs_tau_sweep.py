@@ -1,0 +1,260 @@
+"""Job ``tau_sweep`` on the example plugin's random-weight tiny Llama (images are its segments): each tau's head map
+is the library's re-aggregation of the stored characterization, every stored number (KL over the teacher-forced
+answer positions, FLOPs reduction, agreement) matches a hand computation, the section's numbers follow from the
+rows, the default-tau rule picks what it says, a killed run resumes without redoing or losing a row, and config
+mistakes are clear errors. Also: teacher forcing and answer prefixes on the transformers VLM adapters."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bsight.harness import stats
+from bsight.harness.config import ConfigError, parse_config
+from bsight.harness.interfaces import Sample, TextPart
+from bsight.harness.jobs.tau_sweep import SETUP_KEY, DefaultRule, TauSweepJob, TauSweepRow, choose_tau, sample_key, tau_key
+from bsight.harness.runner import execute
+from bsight.harness.sparsity.aggregate import build_head_map
+from bsight.harness.sparsity.characterize import CharacterizationResult
+from bsight.harness.sparsity.flops import model_flops
+from bsight.harness.sparsity.headmap import CharacterizationParams, HeadMap
+from bsight.harness.sparsity.metadata import LayoutMeta
+from bsight.harness.store import RunFolder
+from bsight.plugins.methods.blindsight import Blindsight
+from bsight.plugins.methods.dense import Dense
+
+from conftest import REPO, env_with, quiet, write_yaml
+
+sys.path.insert(0, str(REPO / "tests" / "fixtures" / "checkpoints"))
+import prompts  # noqa: E402
+import tiny_vlms  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+TAUS = [0.003, 0.03, 0.3, 3.0]
+
+
+def model_options() -> dict:
+    return {"layers": 2, "heads": 4, "kv_heads": 2, "head_dim": 16, "image_grid": 4, "seed": random.randrange(1000)}
+
+
+def config(root: Path, name: str, taus: list[float], model: dict, held: int = 8, limit: int = 5, rule: dict | None = None) -> dict:
+    return {
+        "run": {"name": name, "output_dir": str(root), "seed": 0},
+        "models": {"tiny": {"plugin": "tiny-llama", "options": model}},
+        "methods": {"dense": {"plugin": "dense"}, "bs": {"plugin": "blindsight", "options": {"uniform": "dense", "kernel": "reference"}}},
+        "tasks": {"char": {"plugin": "brightest-image", "options": {"n": 4, "max_images": 4, "seed": 1}},
+                  "held": {"plugin": "brightest-image", "options": {"n": held, "max_images": 4, "seed": 2}}},
+        "jobs": [
+            {"type": "characterize", "task": "char", "tau": taus[1]},
+            {"type": "tau_sweep", "taus": taus, "limit": limit, "max_new_tokens": 3, "method": "bs", "rule": rule or {"min_agreement": 0.6, "max_kl": 0.05}},
+        ],
+    }
+
+
+def sweep_record(folder: RunFolder):
+    return next(r for r in folder.manifest().units if r.unit.type == "tau_sweep")
+
+
+@pytest.fixture(scope="module")
+def swept(ext_registry, tmp_path_factory):
+    """A finished run: characterize on one task, the sweep on another (random weights)."""
+    root = tmp_path_factory.mktemp("sweep")
+    model = model_options()
+    taus = sorted(random.sample(TAUS, 3))
+    data = config(root, "s", taus, model)
+    out = execute(parse_config(data, ext_registry), ext_registry, root / "s", console=quiet())
+    assert not out.failed, (root / "s" / "errors.log").read_text()
+    return out.run_dir, data, taus
+
+
+def test_rows_match_a_hand_computation(swept, ext_registry):
+    run_dir, data, taus = swept
+    folder = RunFolder.open(run_dir)
+    rec = sweep_record(folder)
+    rows = {r.key: r for r in folder.rows(rec.unit, TauSweepRow)}
+    samples = list(ext_registry.get("task", "brightest-image")(data["tasks"]["held"]["options"]).samples())[:5]
+    assert set(rows) == {SETUP_KEY} | {f"#{tau_key(t)}" for t in taus} | {sample_key(s.id, t) for s in samples for t in [None, *taus]}
+    assert (rec.status, rec.rows, rec.expected) == ("done", len(rows), len(rows))
+
+    # each tau's head map is the characterization re-aggregated with the characterize job's delta and gamma
+    char = next(r for r in folder.manifest().units if r.unit.type == "characterize")
+    result = CharacterizationResult.load(run_dir / char.info["files"]["characterization"])
+    for tau in taus:
+        row = rows[f"#{tau_key(tau)}"]
+        expected = build_head_map(result, CharacterizationParams(tau=tau, delta=0.2, gamma=0.5))
+        assert HeadMap.load(run_dir / row.head_map.file).categories == expected.categories
+        assert row.head_map.sweep.shares == pytest.approx(expected.shares())
+
+    # one random (sample, tau) recomputed by hand: greedy answer, KL over the teacher-forced answer, FLOPs
+    adapter = ext_registry.get("model", "tiny-llama")(data["models"]["tiny"]["options"])
+    adapter.load()
+    task = ext_registry.get("task", "brightest-image")(data["tasks"]["held"]["options"])
+    sample, tau = random.choice(samples), random.choice(taus)
+    row, dense_row = rows[sample_key(sample.id, tau)], rows[sample_key(sample.id, None)]
+    hm = HeadMap.load(run_dir / rows[f"#{tau_key(tau)}"].head_map.file)
+    bs, dense = Blindsight({"head_map": hm, "kernel": "reference"}), Dense()
+    bs.setup(adapter.info)
+    dense.setup(adapter.info)
+    prepared = adapter.prepare(sample)
+    forced = adapter.prepare(sample, continuation=sample.answer)
+    n = forced.num_tokens - prepared.num_tokens
+    assert n == row.answer_tokens == len(sample.answer)
+    p = torch.softmax(adapter.logits(forced, dense).double()[0, -n - 1 : -1], -1)
+    q = torch.softmax(adapter.logits(forced, bs).double()[0, -n - 1 : -1], -1)
+    kl = (p * (p.log() - q.log())).sum(-1)
+    assert row.fidelity.kl_mean == pytest.approx(float(kl.mean()), rel=1e-6, abs=1e-12)
+    assert row.fidelity.kl_max == pytest.approx(float(kl.max()), rel=1e-6, abs=1e-12)
+    assert row.fidelity.top1_match == pytest.approx(float((p.argmax(-1) == q.argmax(-1)).double().mean()))
+    layout = prepared.layouts[0].with_sinks(hm.sink_policy)
+    info = adapter.info
+    counted = model_flops(LayoutMeta.build(layout.unpadded()), hm.category_array(), info.sliding_windows, info.head_dim)
+    assert row.fidelity.flops_reduction == pytest.approx(counted["reduction"])
+    text = adapter.generate(prepared, bs, 3).text
+    assert row.answer.generation == text and row.answer.extracted == task.extract(text, sample).answer
+    assert row.fidelity.agrees == ((row.answer.extracted or "").lower() == (dense_row.answer.extracted or "").lower())
+    assert dense_row.answer.generation == adapter.generate(prepared, dense, 3).text and dense_row.fidelity is None
+
+
+def test_section_numbers_follow_from_the_rows(swept):
+    run_dir, data, taus = swept
+    folder = RunFolder.open(run_dir)
+    rec = sweep_record(folder)
+    rows = folder.rows(rec.unit, TauSweepRow)
+    section = TauSweepJob().report(folder, [rec])
+    (unit,) = section.context["units"]
+    dense = {r.answer.sample_id: r.answer for r in rows if r.kind == "sample" and r.tau is None}
+    rule = DefaultRule(**data["jobs"][1]["rule"])
+    by_hand = []
+    for tau, point in zip(taus, unit["points"]):
+        mine = [r for r in rows if r.kind == "sample" and r.tau == tau]
+        assert point["tau"] == tau and point["n"] == len(mine) == len(dense)
+        assert point["agreement"] == pytest.approx(np.mean([r.fidelity.agrees for r in mine]))
+        assert point["kl_mean"] == pytest.approx(np.mean([r.fidelity.kl_mean for r in mine]))
+        assert point["flops_heldout"] == pytest.approx(np.mean([r.fidelity.flops_reduction for r in mine]))
+        assert point["accuracy"] == pytest.approx(np.mean([r.answer.correct for r in mine]))
+        delta = stats.paired_bootstrap([r.answer.correct for r in mine], [dense[r.answer.sample_id].correct for r in mine], seed=0)
+        assert (point["delta"].delta, point["delta"].lo, point["delta"].hi) == pytest.approx((delta.delta, delta.lo, delta.hi))
+        ok = point["agreement"] >= rule.min_agreement and point["kl_mean"] <= rule.max_kl
+        assert point["qualifies"] == ok
+        by_hand.append((point["flops_heldout"], -tau, tau, ok))
+    best = max((b for b in by_hand if b[3]), default=None)
+    assert unit["chosen"] == (best[2] if best else None)
+    assert unit["used_tau"] == data["jobs"][0]["tau"]
+    md = (run_dir / "report.md").read_text()
+    assert "Tau sweep" in md and "Rule: the largest mean FLOPs reduction" in md
+    assert f"{unit['dense_accuracy'] * 100:.1f}% over {len(dense)} samples" in md
+    if best is not None:
+        chosen = HeadMap.load(run_dir / rec.info["files"]["chosen"])
+        assert chosen.categories == HeadMap.load(run_dir / f"headmaps/tau_sweep/tiny.tau{best[2]:g}.json").categories
+        assert "**chosen**" in md
+    else:
+        assert "none of the swept taus meets the rule" in md
+
+
+def test_default_tau_rule():
+    rule = DefaultRule(min_agreement=random.uniform(0.5, 0.9), max_kl=random.uniform(0.01, 0.1))
+    for _ in range(200):
+        points = [{"tau": t, "n": random.randint(0, 3), "agreement": random.random(), "kl_mean": random.uniform(0, 0.2),
+                   "flops_heldout": random.choice([0.1, 0.2, 0.3])} for t in sorted(random.sample(TAUS + [0.01, 0.1], 4))]
+        ok = [p for p in points if p["n"] and p["agreement"] >= rule.min_agreement and p["kl_mean"] <= rule.max_kl]
+        chosen = choose_tau(points, rule)
+        if not ok:
+            assert chosen is None
+            continue
+        top = max(p["flops_heldout"] for p in ok)
+        assert chosen == min(p["tau"] for p in ok if p["flops_heldout"] == top)  # ties: the smaller tau
+
+
+def test_killed_run_resumes_without_redoing_a_row(ext_registry, ext_paths, tmp_path):
+    taus = [0.03, 3.0]
+    data = config(tmp_path / "runs", "killed", taus, model_options(), held=24, limit=24)
+    cfg = write_yaml(tmp_path / "c.yaml", data)
+    run_dir = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "bsight.harness.cli", "run", str(cfg)], env=env_with(ext_paths),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    files: list[Path] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            files = list((run_dir / "results" / "tau_sweep").glob("*.jsonl")) if (run_dir / "results").exists() else []
+            if files and files[0].read_bytes().count(b"\n") >= 1 + len(taus) + 6:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished (or died) before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    (path,) = files
+    written = path.read_bytes()
+    before = written[: written.rfind(b"\n") + 1]
+    done = before.count(b"\n")
+    total = 1 + len(taus) + 24 * (1 + len(taus))
+    assert done < total
+
+    out = execute(parse_config(data, ext_registry), ext_registry, run_dir, console=quiet())
+    assert not out.failed and out.rows_written == total - done
+    after = path.read_bytes()
+    assert after.startswith(before)  # finished rows kept byte for byte, not redone
+    keys = [json.loads(line)["key"] for line in after.splitlines()]
+    assert len(keys) == len(set(keys)) == total
+
+
+def test_config_errors(ext_registry, tmp_path):
+    def problems(edit) -> str:
+        data = config(tmp_path, "e", TAUS, model_options())
+        edit(data)
+        with pytest.raises(ConfigError) as e:
+            parse_config(data, ext_registry)
+        return str(e.value)
+
+    assert "jobs[0].characterize: no characterize job before this one (characterize jobs in the config: characterize)" in problems(lambda d: d["jobs"].reverse())
+    assert "jobs[1].characterize: no characterize job named 'other'" in problems(lambda d: d["jobs"][1].update(characterize="other"))
+    assert "jobs[1].task: 'char' is the task job 'characterize' characterizes on" in problems(lambda d: d["jobs"][1].update(task="char"))
+    assert "jobs[1].method: 'dense' uses plugin 'dense'" in problems(lambda d: d["jobs"][1].update(method="dense"))
+    assert "jobs[1].models[0]: 'big' is not defined" in problems(lambda d: d["jobs"][1].update(models=["big"]))
+    assert "jobs[1].baseline: 'nope' is not defined under `methods:`" in problems(lambda d: d["jobs"][1].update(baseline="nope"))
+    assert "jobs[1].taus" in problems(lambda d: d["jobs"][1].update(taus=[0.1, 0.1]))
+    assert "jobs[1].taus" in problems(lambda d: d["jobs"][1].update(taus=[0.0]))
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "gemma3"])
+def test_vlm_adapters_teacher_force_after_the_answer_prefix(kind, tmp_path):
+    """HF VLM adapters: the answer prefix ends the prompt, a continuation is appended with the prompt as an exact
+    prefix (token types and layout unchanged), and ``last`` keeps the tail of the full logits."""
+    from bsight.plugins.models.gemma3 import Gemma3
+    from bsight.plugins.models.qwen2_vl import Qwen2VL
+
+    if kind == "gemma3":
+        adapter = Gemma3({"checkpoint": str(tiny_vlms.gemma_checkpoint(tmp_path / kind)), "device": "cpu"})
+    else:
+        adapter = Qwen2VL({"checkpoint": str(tiny_vlms.qwen_checkpoint(tmp_path / kind, seed=random.randrange(100))), "device": "cpu"})
+    adapter.load()
+    rng = np.random.default_rng()
+    sample: Sample = prompts.interleaved_sample(rng, [(56, 56), (56, 84)])
+    sample = sample.model_copy(update={"answer_prefix": " the dog", "parts": [*sample.parts, TextPart(text=" Tell me.")]})
+    prepared = adapter.prepare(sample)
+    ids = prepared.inputs["input_ids"][0]
+    assert adapter.tokenizer.decode(ids).endswith(" the dog")
+    forced = adapter.prepare(sample, continuation=" red car")
+    more = forced.inputs["input_ids"][0]
+    n = more.shape[0] - ids.shape[0]
+    assert n > 0 and torch.equal(more[: ids.shape[0]], ids) and adapter.tokenizer.decode(more[ids.shape[0] :]) == " red car"
+    for key, value in prepared.inputs.items():
+        if key != "input_ids" and value.shape[:2] == ids[None].shape:  # per-token tensors: text after the prompt
+            tail = forced.inputs[key][0, ids.shape[0] :]
+            assert torch.equal(forced.inputs[key][0, : ids.shape[0]], value[0]) and bool((tail == (1 if key == "attention_mask" else 0)).all())
+    assert forced.layouts[0].spans == prepared.layouts[0].spans
+    dense = Dense()
+    full = adapter.logits(forced, dense)
+    tail = adapter.logits(forced, dense, last=n + 1)
+    assert tail.shape[1] == n + 1 and torch.allclose(tail, full[:, -n - 1 :], atol=1e-5)
