@@ -6,9 +6,11 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -176,3 +178,19 @@ def synthetic_accuracy_run(
     finally:
         store.close()
     return RunFolder.open(root)
+
+
+def kill_run_when(config: Path, env: dict[str, str], ready: Callable[[], bool], timeout: float = 240) -> None:
+    """Start ``bsight run CONFIG`` in a subprocess and SIGKILL it once ``ready()`` holds: a real interruption
+    midway (no clean shutdown), for the tests that check what a resumed run redoes."""
+    proc = subprocess.Popen([sys.executable, "-m", "bsight.harness.cli", "run", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished (or died) before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from bsight.harness.config import ConfigError, parse_config
-from bsight.harness.interfaces import AttentionMethod, LayerCall
+from bsight.harness.interfaces import AttentionMethod
 from bsight.harness.jobs.accuracy import AccuracyJob
 from bsight.harness.jobs.baselines import BaselinesJob, BaselinesRow, SweepMethod
 from bsight.harness.plugins import load_registry
@@ -30,7 +30,7 @@ from bsight.harness.store import RunFolder
 from bsight.kernels import baselines_sweep
 from bsight.kernels.reference import reference_attention
 from bsight.plugins.methods.dense import dense_prefill
-from bsight.plugins.methods.mminference import PatternConfig
+from bsight.plugins.methods.mminference import HeadPattern, PatternConfig
 from bsight.plugins.methods.streaming import streaming_mask
 from bsight.plugins.models.qwen2_vl import Qwen2VL
 from bsight.plugins.tasks.offline_images import OfflineImages
@@ -183,7 +183,10 @@ def test_rows_match_a_recomputation_from_the_layer_inputs(registry, checkpoint, 
 def test_pattern_search_from_a_config_and_resume(registry, checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     methods = {"mm": {"plugin": "mminference", "options": {"pattern_config": "pub/qwen.json", "backend": "reference"}}}
-    search = {"task": "search", "sample": random.randint(0, 3), "max_density": random.choice([0.3, 0.5]), "publish": "pub/{model}.json"}
+    candidates = [{"pattern": "vertical_slash", "boundary": "none", "vertical_size": random.randint(4, 16), "slash_size": random.randint(16, 64)},
+                  {"pattern": "block_sparse", "boundary": "2d_boundary", "top_k": random.randint(1, 3)}]
+    search = {"task": "search", "sample": random.randint(0, 3), "max_density": random.choice([0.3, 0.5]), "publish": "pub/{model}.json",
+              "candidates": candidates}
     job = {"type": "baselines", "methods": ["mm"], "tasks": ["offline"], "limit": 1, "search_patterns": search, "gpu": None}
 
     with pytest.raises(ConfigError, match=r"jobs\[0\]\.methods\[0\]: method 'mm' reads pattern_config 'pub/qwen.json', which does not exist"):
@@ -191,14 +194,18 @@ def test_pattern_search_from_a_config_and_resume(registry, checkpoint, tmp_path,
     with pytest.raises(ConfigError, match=r"search_patterns\.task: 'nope' is not defined"):
         parse_config(config(tmp_path, checkpoint, methods, [{**job, "search_patterns": {**search, "task": "nope"}}]), registry)
 
-    def fingerprints(**change) -> dict[str, str]:
-        cfg = parse_config(config(tmp_path, checkpoint, methods, [{**job, **change}]), registry)
+    answers = {"type": "accuracy", "methods": ["mm"], "tasks": ["offline"], "baseline": None, "limit": 1}
+
+    def fingerprints(**change) -> dict[str, str]:  # the accuracy job reads the searched patterns too
+        cfg = parse_config(config(tmp_path, checkpoint, methods, [{**job, **change}, answers]), registry)
         return {u.id: u.fingerprint for _, u in plan(cfg)}
 
     first = fingerprints()
     assert fingerprints(limit=2) == first  # raising the limit resumes
     changed = fingerprints(search_patterns={**search, "max_density": 0.9})
     assert all(changed[k] != first[k] for k in first)  # another search redoes the patterns and the comparison
+    changed = fingerprints(search_patterns={**search, "candidates": candidates[:1]})
+    assert all(changed[k] != first[k] for k in first)
 
     calls = []
     import bsight.harness.jobs.baselines as module
@@ -213,6 +220,8 @@ def test_pattern_search_from_a_config_and_resume(registry, checkpoint, tmp_path,
     cfg = PatternConfig.model_validate(stored.patterns)
     sample = list(OfflineImages({**TASK["options"], "per_subtask": 1}).samples())[search["sample"]]
     assert cfg.search.sample == sample.id and cfg.search.max_density == search["max_density"]
+    tried = [HeadPattern.model_validate(c) for c in candidates]
+    assert all(h.model_copy(update={"nmse": None, "density": None}) in tried for layer in cfg.patterns for h in layer)  # only the given candidates
     assert PatternConfig.load(tmp_path / "pub" / "qwen.json") == cfg == PatternConfig.load(out.run_dir / search_rec.info["files"]["patterns"])
     assert mm_rec.info["patterns"] == {"source": "searched", "sample": sample.id, "max_density": search["max_density"]}
     (row,) = folder.rows(mm_rec.unit, BaselinesRow)

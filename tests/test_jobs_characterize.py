@@ -5,12 +5,10 @@ are discovered on Gemma 3, a killed run resumes without redoing or losing a prom
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ from bsight.harness.store import RunFolder
 from bsight.plugins.models.qwen2_vl import Qwen2VL
 from bsight.plugins.tasks.offline_images import OfflineImages
 
-from conftest import REPO, quiet, write_yaml
+from conftest import REPO, kill_run_when, quiet, write_yaml
 
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "checkpoints"))
 import tiny_vlms  # noqa: E402
@@ -146,21 +144,10 @@ def test_killed_run_resumes_without_redoing_a_prompt(registry, checkpoints, tmp_
     data = config(tmp_path / "runs", checkpoints, [{"type": "characterize", "models": ["qwen"], "limit": n}], name="killed")
     cfg = write_yaml(tmp_path / "c.yaml", data)
     run_dir = tmp_path / "runs" / "killed"
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bsight.harness.cli", "run", str(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        files: list[Path] = []
-        while time.monotonic() < deadline and proc.poll() is None:
-            files = list((run_dir / "results").rglob("*.jsonl")) if (run_dir / "results").exists() else []
-            if files and files[0].read_bytes().count(b"\n") >= 4:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished (or died) before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rows = lambda: list((run_dir / "results").rglob("*.jsonl")) if (run_dir / "results").exists() else []  # noqa: E731
+    kill_run_when(cfg, env, lambda: any(f.read_bytes().count(b"\n") >= 4 for f in rows()))
+    files = rows()
     (path,) = files
     data_before = path.read_bytes()
     before = data_before[: data_before.rfind(b"\n") + 1]

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +29,7 @@ from bsight.harness.store import RunFolder
 from bsight.plugins.methods.blindsight import Blindsight
 from bsight.plugins.methods.dense import Dense
 
-from conftest import REPO, env_with, quiet, write_yaml
+from conftest import REPO, env_with, kill_run_when, quiet, write_yaml
 
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "checkpoints"))
 import prompts  # noqa: E402
@@ -179,21 +176,9 @@ def test_killed_run_resumes_without_redoing_a_row(ext_registry, ext_paths, tmp_p
     data = config(tmp_path / "runs", "killed", taus, model_options(), held=24, limit=24)
     cfg = write_yaml(tmp_path / "c.yaml", data)
     run_dir = tmp_path / "runs" / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "bsight.harness.cli", "run", str(cfg)], env=env_with(ext_paths),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    files: list[Path] = []
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            files = list((run_dir / "results" / "tau_sweep").glob("*.jsonl")) if (run_dir / "results").exists() else []
-            if files and files[0].read_bytes().count(b"\n") >= 1 + len(taus) + 6:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished (or died) before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    rows = lambda: list((run_dir / "results" / "tau_sweep").glob("*.jsonl")) if (run_dir / "results").exists() else []  # noqa: E731
+    kill_run_when(cfg, env_with(ext_paths), lambda: any(f.read_bytes().count(b"\n") >= 1 + len(taus) + 6 for f in rows()))
+    files = rows()
     (path,) = files
     written = path.read_bytes()
     before = written[: written.rfind(b"\n") + 1]

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,7 @@ from bsight.harness.jobs.accuracy import AccuracyRow
 from bsight.harness.runner import execute
 from bsight.harness.store import RunFolder, UnitRows
 
-from conftest import env_with, ext_config, quiet, write_yaml
+from conftest import env_with, ext_config, kill_run_when, quiet, write_yaml
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -44,20 +40,8 @@ def check_complete(run_dir: Path, n: int) -> None:
 def test_kill_and_resume(ext_paths, ext_registry, tmp_path):
     cfg = write_yaml(tmp_path / "ext.yaml", ext_config(tmp_path / "runs", name="killed", n=N, max_new_tokens=4))
     run_dir = tmp_path / "runs" / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bsight.harness.cli", "run", str(cfg)], env=env_with(ext_paths), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (run_dir / "results").exists() and sum(p.count(b"\n") for p in complete_rows(run_dir).values()) >= 5:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run finished (or died) before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    ready = lambda: (run_dir / "results").exists() and sum(p.count(b"\n") for p in complete_rows(run_dir).values()) >= 5  # noqa: E731
+    kill_run_when(cfg, env_with(ext_paths), ready)
     before = complete_rows(run_dir)
     n_before = sum(b.count(b"\n") for b in before.values())
     assert 5 <= n_before < 2 * N

@@ -101,6 +101,7 @@ class AccuracyJob(JobType):
         return issues
 
     def expand(self, spec: AccuracySpec, config: BenchmarkConfig) -> list[Unit]:
+        from .baselines import method_pattern_identity
         from .flops import method_head_map_identity
 
         units = []
@@ -111,11 +112,12 @@ class AccuracyJob(JobType):
         for model in _selected(spec, config, "models"):
             for task in _selected(spec, config, "tasks"):
                 for method in methods:
-                    # a head map re-characterized by an earlier job of this run makes the method's answers stale
-                    head_map = method_head_map_identity(config, method, index)
+                    # a head map re-characterized (or patterns re-searched) by an earlier job of this run makes the
+                    # method's answers stale
+                    inputs = [i for i in (method_head_map_identity(config, method, index), method_pattern_identity(config, method, index)) if i is not None]
                     fp = fingerprint(
                         self.type, config.models[model].model_dump(), config.methods[method].model_dump(),
-                        config.tasks[task].model_dump(), spec.max_new_tokens, *([head_map] if head_map is not None else []),
+                        config.tasks[task].model_dump(), spec.max_new_tokens, *inputs,
                     )
                     units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}/{method}/{task}", model=model, method=method, task=task, fingerprint=fp))
         return units

@@ -32,9 +32,7 @@ task (never recomputed), a per-layer NMSE plot, and the GPU timing table and plo
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import os
 import tempfile
 import time
@@ -47,6 +45,7 @@ from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bsight.plugins.methods.dense import dense_prefill
+from bsight.plugins.methods.mminference import HeadPattern
 
 from ..interfaces import AttentionMethod, LayerCall
 from ..plots import line_plot, make_plot, new_figure
@@ -55,16 +54,15 @@ from ..sparsity.flops import attention_flops, layer_pair_table, model_flops
 from ..sparsity.headmap import HeadMap
 from ..sparsity.metadata import LayoutMeta
 from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
-from .characterize import name_issues, publish_path, selected
-from .flops import method_head_map_identity, static_categories
-from .timing import PROVENANCE_KEYS, Source, jsonable, load_published, published_file
+from .characterize import name_issues, selected
+from .flops import method_head_map_identity, option_file_identity, static_categories
+from .timing import PROVENANCE_KEYS, Source, append_published, jsonable, load_published, published_file
 
 if TYPE_CHECKING:
     from ..config import BenchmarkConfig
-    from ..interfaces import ModelAdapter, ModelInfo, Sample
+    from ..interfaces import ModelAdapter, Sample
     from ..runner import RunContext
     from ..store import RunFolder, UnitRecord, UnitRowSet
-    from bsight.plugins.methods.mminference import PatternConfig
 
 PATTERNS_DIR = "patterns"
 MMINFERENCE = "mminference"
@@ -85,6 +83,9 @@ class PatternSearchStep(BaseModel):
     task: str = Field(description="name from `tasks:` whose sample is searched (a characterization split, not the compared prompts)")
     sample: int = Field(0, ge=0, description="index of the one sample searched")
     max_density: float = Field(0.25, gt=0, le=1, description="per head: kept pairs / the model's own mask pairs allowed")
+    candidates: list[HeadPattern] | None = Field(
+        None, min_length=1, description="patterns tried per head; default MInference's, sized for 100K-token prompts (on short prompts they keep everything)"
+    )
     publish: str | None = Field(None, description="also write the pattern config here ('{model}' = config model name)")
 
 
@@ -306,21 +307,14 @@ def _search_fingerprint(spec: BaselinesSpec, config: BenchmarkConfig, model: str
     step = spec.search_patterns
     assert step is not None
     return fingerprint(BaselinesJob.type, "patterns", config.models[model].model_dump(), config.tasks[step.task].model_dump(),
-                       step.sample, step.max_density)
+                       step.sample, step.max_density, [c.model_dump() for c in step.candidates or []])
 
 
 def method_pattern_identity(config: BenchmarkConfig, method: str, before: int) -> Any:
-    """What decides the pattern config an ``mminference`` method reads: the search's parameters when a
-    search step among the first ``before`` jobs writes the file, else the file's content hash (``absent``
-    when missing); None for a method without a pattern file."""
-    path = _pattern_option(config, method)
-    if path is None:
-        return None
-    writer = pattern_writers(config, before).get(os.path.normpath(path))
-    if writer is not None:
-        return _search_fingerprint(writer[0], config, writer[1])
-    file = published_file(path)
-    return hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file is not None else "absent"
+    """:func:`~.flops.option_file_identity` of an ``mminference`` method's ``pattern_config`` file: written by
+    the search step of one of the config's first ``before`` jobs (its parameters), else its content."""
+    return option_file_identity(_pattern_option(config, method), pattern_writers(config, before),
+                                lambda spec, model: _search_fingerprint(spec, config, model))
 
 
 # ------------------------------------------------------------------------------------------ GPU sweep
@@ -488,7 +482,7 @@ class BaselinesJob(JobType):
             if len(samples) <= step.sample:
                 raise ValueError(f"search_patterns.sample is {step.sample} but task {step.task!r} has {len(samples)} samples")
             with ctx.progress(f"{unit.id} (sample {samples[step.sample].id})", total=1) as bar:
-                found = search_pattern_config(adapter, samples[step.sample], SearchOptions(max_density=step.max_density))
+                found = search_pattern_config(adapter, samples[step.sample], SearchOptions(max_density=step.max_density, **({'candidates': step.candidates} if step.candidates else {})))
                 bar.advance()
             stored = BaselinesRow(key=PATTERNS_KEY, kind="patterns", patterns=found.model_dump(mode="json"))
             rows.append(stored)
@@ -507,18 +501,12 @@ class BaselinesJob(JobType):
         gpu = spec.gpu
         assert gpu is not None
         if gpu.mode() == "published":
-            found = load_published(gpu.published) if gpu.published else None
-            if found is None:
-                ctx.expect(0)
-                ctx.note(source="none", missing=gpu.published, why="source: published" if gpu.source == "published" else "this machine has no CUDA device")
-                return
-            doc, digest = found
-            sweep = published_sweep_rows(doc, gpu.published)
-            ctx.expect(len(sweep))
-            ctx.note(source="published", file=gpu.published, sha256=digest, meta=jsonable(_sweep_meta(doc)))
-            for r in sweep:
-                if str(r.tokens) not in rows.done:
-                    rows.append(BaselinesRow(key=str(r.tokens), kind="timing", timing=r, source="published"))
+            def parse(doc: dict[str, Any]) -> tuple[list[BaselinesRow], dict[str, Any]]:
+                sweep = published_sweep_rows(doc, gpu.published)
+                return [BaselinesRow(key=str(r.tokens), kind="timing", timing=r, source="published") for r in sweep], _sweep_meta(doc)
+
+            why = "source: published" if gpu.source == "published" else "this machine has no CUDA device"
+            append_published(ctx, rows, gpu.published, why, parse)
             return
         if not (gpu.small or torch.cuda.is_available()):
             raise RuntimeError(f"job {spec.name!r}: gpu.source is 'measure' but this machine has no CUDA device (gpu.small measures the CPU shape)")
@@ -806,12 +794,15 @@ def layer_nmse_figure(methods: list[dict[str, Any]], model: str):
     fig = new_figure(width=9.0, height=3.4)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, key, label in zip(axes, ("nmse_all", "nmse_segment"), ("all query rows", "image/passage query rows")):
-        for m in methods:
+        for i, m in enumerate(methods):
             s = m[key]
             if s is None:
                 continue
             y = np.maximum(np.asarray(s["per_layer"]), FLOOR)
-            ax.plot(np.arange(len(y)), y, marker="o", markersize=3, label=m["method"])
+            # methods with the same mask (blindsight and flex from one head map) coincide: dashes and hollow
+            # markers of different shapes keep every line visible
+            ax.plot(np.arange(len(y)), y, label=m["method"], linestyle=("-", "--", ":", "-.")[i % 4], marker="osD^v"[i % 5],
+                    markersize=6 - i % 3, markerfacecolor="none", linewidth=1.2)
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer")

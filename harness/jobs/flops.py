@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,6 +34,7 @@ from ..sparsity.headmap import HeadMap
 from ..sparsity.metadata import LayoutMeta
 from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
 from .characterize import head_map_identity, head_map_writers, name_issues, selected
+from .timing import published_file
 
 if TYPE_CHECKING:
     from ..config import BenchmarkConfig
@@ -85,18 +87,24 @@ def static_categories(method: AttentionMethod, info: ModelInfo) -> np.ndarray | 
     return cats
 
 
-def method_head_map_identity(config: BenchmarkConfig, method: str, before: int) -> Any:
-    """What decides the head map a method's ``head_map`` option names, for the fingerprint of units that use
-    it: the writing characterize job's parameters when one of the config's first ``before`` jobs writes the
-    file, else the file's content hash (``absent`` when missing); None for a method without a head map file."""
-    path = _head_map_option(config, method)
+def option_file_identity(path: str | None, writers: dict[str, tuple[Any, str]], identity: Callable[[Any, str], Any]) -> Any:
+    """What decides the content of a file a method option names, for the fingerprint of units that use it:
+    ``identity(job spec, model)`` of the earlier job that writes it (``writers``, by normalized path), else the
+    file's content hash (``absent`` when missing); None for a method without such a file."""
     if path is None:
         return None
-    writer = head_map_writers(config, before=before).get(os.path.normpath(path))
+    writer = writers.get(os.path.normpath(path))
     if writer is not None:
-        return head_map_identity(writer[0], config, writer[1])
-    file = Path(path)
-    return hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file.is_file() else "absent"
+        return identity(*writer)
+    file = published_file(path)
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file is not None else "absent"
+
+
+def method_head_map_identity(config: BenchmarkConfig, method: str, before: int) -> Any:
+    """:func:`option_file_identity` of a method's ``head_map`` file: written by one of the config's first
+    ``before`` jobs (a characterize job: its parameters), else its content."""
+    return option_file_identity(_head_map_option(config, method), head_map_writers(config, before=before),
+                                lambda spec, model: head_map_identity(spec, config, model))
 
 
 class FlopsJob(JobType):

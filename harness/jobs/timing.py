@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 from abc import abstractmethod
+from collections.abc import Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -75,6 +76,25 @@ def load_published(path: str) -> tuple[dict[str, Any], str] | None:
     if not isinstance(doc, dict):
         raise ValueError(f"published result {path}: expected a JSON object, got {type(doc).__name__}")
     return doc, hashlib.sha256(data).hexdigest()[:16]
+
+
+def append_published(ctx: RunContext, rows: UnitRowSet, path: str | None, why_missing: str,
+                     parse: Callable[[dict[str, Any]], tuple[list[ResultRow], dict[str, Any]]]) -> None:
+    """A unit's rows from a published JSON (``parse``: its rows and the measurement's metadata): the rows not
+    stored yet are appended and the file, its hash and the metadata noted; an absent file is noted as
+    missing (``why_missing``), with no rows expected, so the section says "not measured"."""
+    found = load_published(path) if path else None
+    if found is None:
+        ctx.expect(0)
+        ctx.note(source="none", missing=path, why=why_missing)
+        return
+    doc, digest = found
+    published, meta = parse(doc)
+    ctx.expect(len(published))
+    ctx.note(source="published", file=path, sha256=digest, meta=jsonable(meta))
+    for row in published:
+        if row.key not in rows.done:
+            rows.append(row)
 
 
 def jsonable(value: Any) -> Any:
@@ -155,18 +175,8 @@ class MeasuredOrPublished(JobType):
             ctx.note(source="measured")
             self.measure(spec, unit, ctx, rows)
             return
-        found = load_published(spec.published) if spec.published else None
-        if found is None:
-            ctx.expect(0)
-            ctx.note(source="none", missing=spec.published, why="source: published" if spec.source == "published" else "this machine cannot run it")
-            return
-        doc, digest = found
-        published, meta = self.published_rows(doc)
-        ctx.expect(len(published))
-        ctx.note(source="published", file=spec.published, sha256=digest, meta=jsonable(meta))
-        for row in published:
-            if row.key not in rows.done:
-                rows.append(row)
+        why = "source: published" if spec.source == "published" else "this machine cannot run it"
+        append_published(ctx, rows, spec.published, why, self.published_rows)
 
     @staticmethod
     def origin(record: UnitRecord) -> dict[str, Any]:
