@@ -67,18 +67,17 @@ def now() -> datetime:
 
 
 def git_state(path: Path = SOURCE_ROOT) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout holding ``path``; (None, None) outside a git checkout. A copy without
-    ``.git`` (a snapshot shipped to a GPU machine) names its commit in ``$BSIGHT_GIT_COMMIT`` (dirty unknown)."""
-    if os.environ.get("BSIGHT_GIT_COMMIT"):
-        return os.environ["BSIGHT_GIT_COMMIT"], None
+    """(commit, dirty) of the checkout holding ``path``; outside a git checkout ``$BSIGHT_GIT_COMMIT`` (a
+    snapshot shipped to a GPU machine names its commit there; dirty unknown), else (None, None)."""
+    outside = (os.environ.get("BSIGHT_GIT_COMMIT") or None, None)
     try:
         commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
-            return None, None
+            return outside
         status = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
         return commit.stdout.strip(), bool(status.stdout.strip()) if status.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
-        return None, None
+        return outside
 
 
 def package_versions(extra: dict[str, str] | None = None) -> dict[str, str]:

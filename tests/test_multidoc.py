@@ -67,7 +67,7 @@ def test_samples_are_deterministic_and_splits_disjoint():
     held = list(MultiDoc({"split": "heldout"}).samples())
     assert len(char) + len(held) == NUM_SAMPLES and len(char) == NUM_SAMPLES // 4
     assert not {s.id for s in char} & {s.id for s in held}
-    assert len({s["meta"]["answer_prefix"] for s in a}) == NUM_SAMPLES  # no question asked twice
+    assert len({s["answer_prefix"] for s in a}) == NUM_SAMPLES  # no question asked twice
     assert [s.id for s in MultiDoc({"limit": 5}).samples()] == [s.id for s in held[:5]]
 
 
@@ -80,7 +80,7 @@ def test_answer_sits_in_exactly_one_passage_at_the_recorded_slot(passages, num_p
     for s in samples:
         docs = [p for p in s.parts if isinstance(p, PassagePart)]
         assert len(docs) == num_passages and isinstance(s.parts[-1], TextPart)
-        quote = s.meta["answer_prefix"].lstrip('"') + s.meta["gold_continuation"]
+        quote = s.answer_prefix.lstrip('"') + s.meta["gold_continuation"]
         holders = [i + 1 for i, d in enumerate(docs) if quote in d.text]
         assert holders == [s.meta["answer_passage"]]
         assert docs[holders[0] - 1].text == by_id[s.meta["answer_passage_id"]].text
@@ -96,9 +96,9 @@ def test_closed_book_drops_the_answer_passage(passages):
     closed = build_samples(passages, MultiDocOptions(closed_book=True))
     opened = build_samples(passages, MultiDocOptions())
     for c, o in zip(closed, opened):
-        assert c.answer == o.answer and c.meta["answer_prefix"] == o.meta["answer_prefix"]
+        assert c.answer == o.answer and c.answer_prefix == o.answer_prefix
         docs = [p.text for p in c.parts if isinstance(p, PassagePart)]
-        assert len(docs) == 5 and not any(c.meta["answer_prefix"].lstrip('"') in d for d in docs)
+        assert len(docs) == 5 and not any(c.answer_prefix.lstrip('"') in d for d in docs)
 
 
 def test_revision_names_corpus_version_and_options():

@@ -85,7 +85,7 @@ def test_info_and_layout_match_the_prompt(adapter: SegmentedText, sample: Sample
         assert inner == f"{passage.title}\n{passage.text}"
         assert span.sinks == tuple(span.start + o for o in spec.sinks.offsets)
     # the prompt ends with the answer prefix; a continuation keeps the prompt as an exact prefix
-    assert adapter.tokenizer.decode(ids).endswith(sample.meta["answer_prefix"])
+    assert adapter.tokenizer.decode(ids).endswith(sample.answer_prefix)
     longer = adapter.prepare(sample, continuation=sample.meta["gold_continuation"])
     more = longer.inputs["input_ids"][0].tolist()
     assert more[: len(ids)] == ids and adapter.tokenizer.decode(more[len(ids) :]) == sample.meta["gold_continuation"]

@@ -13,6 +13,7 @@ breakdown.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -24,6 +25,7 @@ from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData,
 
 if TYPE_CHECKING:
     from ..config import BenchmarkConfig
+    from ..interfaces import AttentionMethod, ModelAdapter, Prepared, Sample, Task
     from ..runner import RunContext
     from ..store import RunFolder, UnitRecord, UnitRowSet
 
@@ -127,26 +129,15 @@ class AccuracyJob(JobType):
         method.setup(adapter.info)
         samples = ctx.samples(unit.task, spec.limit)
         max_new_tokens = spec.max_new_tokens or task.default_max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        _check_budget(rows, max_new_tokens, unit)
+        check_budget(rows, max_new_tokens, unit)
         ctx.expect(len(samples))
         ctx.note(headline=task.headline, max_new_tokens=max_new_tokens)
         mine = ctx.shard(samples, key=lambda s: s.id)
         todo = [s for s in mine if s.id not in rows.done]
         with ctx.progress(unit.id, total=len(mine), completed=len(mine) - len(todo)) as bar:
             for sample in todo:
-                prepared = adapter.prepare(sample)
-                method.overhead.take()  # count only this sample's overhead
-                gen = adapter.generate(prepared, method, max_new_tokens)
-                extraction = task.extract(gen.text, sample)
-                rows.append(
-                    AccuracyRow(
-                        key=sample.id, sample_id=sample.id, task=unit.task, subtask=sample.subtask, model=unit.model,
-                        method=unit.method, weights=adapter.info.weights, prompt_tokens=gen.prompt_tokens,
-                        generation=gen.text, extracted=extraction.answer, rule=extraction.rule, gold=sample.answer,
-                        correct=bool(task.score(extraction, sample)), prefill_s=gen.prefill_s, total_s=gen.total_s,
-                        overhead_ms=method.overhead.take(), max_new_tokens=max_new_tokens,
-                    )
-                )
+                rows.append(greedy_answer(adapter, method, task, sample, adapter.prepare(sample), max_new_tokens,
+                                          key=sample.id, model=unit.model, method_name=unit.method, task_name=unit.task))
                 bar.advance()
 
     # ------------------------------------------------------------------------------------- reporting
@@ -249,7 +240,22 @@ class AccuracyJob(JobType):
         return out
 
 
-def _check_budget(rows: UnitRowSet[AccuracyRow], max_new_tokens: int, unit: Unit) -> None:
+def greedy_answer(adapter: ModelAdapter, method: AttentionMethod, task: Task, sample: Sample, prepared: Prepared,
+                  max_new_tokens: int, *, key: str, model: str, method_name: str, task_name: str) -> AccuracyRow:
+    """Greedy generation under ``method``, extracted and scored by the task: one accuracy row (also the tau
+    sweep's answers)."""
+    method.overhead.take()  # count only this sample's overhead
+    gen = adapter.generate(prepared, method, max_new_tokens)
+    extraction = task.extract(gen.text, sample)
+    return AccuracyRow(
+        key=key, sample_id=sample.id, task=task_name, subtask=sample.subtask, model=model, method=method_name,
+        weights=adapter.info.weights, prompt_tokens=gen.prompt_tokens, generation=gen.text, extracted=extraction.answer,
+        rule=extraction.rule, gold=sample.answer, correct=bool(task.score(extraction, sample)), prefill_s=gen.prefill_s,
+        total_s=gen.total_s, overhead_ms=method.overhead.take(), max_new_tokens=max_new_tokens,
+    )
+
+
+def check_budget(rows: Iterable[AccuracyRow], max_new_tokens: int, unit: Unit) -> None:
     """Refuse to extend rows generated with another budget (the task's default changed since): a unit's rows
     must all answer under the same conditions."""
     used = sorted({r.max_new_tokens for r in rows if r.max_new_tokens is not None and r.max_new_tokens != max_new_tokens})

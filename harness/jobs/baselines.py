@@ -384,7 +384,8 @@ class BaselinesJob(JobType):
         tasks = self.tasks_of(spec, config)
         defined = ", ".join(config.tasks) or "none"
         if not tasks:
-            issues.append(ConfigIssue(("tasks",), f"no task to compare on (the search task is not one by default); defined under `tasks:`: {defined}"))
+            hint = " (the search task is not one by default)" if spec.tasks is None else ""
+            issues.append(ConfigIssue(("tasks",), f"no task to compare on{hint}; defined under `tasks:`: {defined}"))
         issues += [ConfigIssue(("tasks", i), f"{t!r} is not defined under `tasks:`; defined: {defined}") for i, t in enumerate(tasks) if t not in config.tasks]
         index = next((i for i, s in enumerate(config.jobs) if s is spec), len(config.jobs))
         maps, patterns = head_map_writers(config, before=index), pattern_writers(config, before=index + 1)
@@ -714,7 +715,7 @@ def summarize_prompts(prompts: list[PromptFidelity]) -> dict[str, Any]:
     """A method's numbers over its prompts: FLOPs reduction, NMSE (all queries; image/passage queries), overhead."""
     if not prompts:
         return {"reduction": None, "flops_source": [], "nmse_all": None, "nmse_segment": None, "overhead_ms": None, "overhead": [],
-                "attention_ms": None, "device": None, "tokens_mean": None, "segments_mean": None}
+                "attention_ms": None, "device": None}
     kinds = sorted({k for p in prompts for k in p.overhead_ms})
     return {
         "reduction": float(np.mean([p.reduction for p in prompts])),
@@ -725,8 +726,6 @@ def summarize_prompts(prompts: list[PromptFidelity]) -> dict[str, Any]:
         "overhead": [(k, float(np.mean([p.overhead_ms.get(k, 0.0) for p in prompts]))) for k in kinds],
         "attention_ms": float(np.mean([p.attention_ms for p in prompts])),
         "device": ", ".join(sorted({p.device for p in prompts})),
-        "tokens_mean": float(np.mean([p.tokens for p in prompts])),
-        "segments_mean": float(np.mean([p.segments for p in prompts])),
     }
 
 

@@ -132,6 +132,8 @@ class FlopsJob(JobType):
         return issues
 
     def expand(self, spec: FlopsSpec, config: BenchmarkConfig) -> list[Unit]:
+        from .baselines import method_pattern_identity
+
         index = next((i for i, s in enumerate(config.jobs) if s is spec), len(config.jobs))
         units = []
         for model in selected(spec, config, "models"):
@@ -140,6 +142,8 @@ class FlopsJob(JobType):
                     fp = fingerprint(
                         self.type, config.models[model].model_dump(), config.methods[method].model_dump(), config.tasks[task].model_dump(),
                         spec.run_model, method_head_map_identity(config, method, index),
+                        # patterns searched again by an earlier job change what a dynamic method computes
+                        *([p] if (p := method_pattern_identity(config, method, index)) is not None else []),
                     )
                     units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}/{method}/{task}", model=model, method=method, task=task, fingerprint=fp))
         return units

@@ -44,9 +44,9 @@ from ..sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
 from ..sparsity.layout import SinkPolicy
 from ..sparsity.metadata import LayoutMeta
 from ..sparsity.sweep import SweepRow, sweep
-from .accuracy import DEFAULT_MAX_NEW_TOKENS, AccuracyRow, run_seed
+from .accuracy import DEFAULT_MAX_NEW_TOKENS, AccuracyRow, check_budget, greedy_answer, run_seed
 from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
-from .characterize import HEADMAP_DIR, CharacterizeJob, CharacterizeRow, CharacterizeSpec, summarize
+from .characterize import HEADMAP_DIR, CharacterizeJob, CharacterizeRow, CharacterizeSpec, selected, summarize
 
 if TYPE_CHECKING:
     from ..config import BenchmarkConfig
@@ -93,8 +93,8 @@ class TauSweepSpec(JobSpec):
     def _taus(cls, values: list[float]) -> list[float]:
         if any(t <= 0 for t in values):
             raise ValueError(f"every tau must be > 0, got {values}")
-        if len(set(values)) != len(values):
-            raise ValueError(f"taus must be distinct, got {values}")
+        if len({tau_key(t) for t in values}) != len(values):  # rows and files are keyed by tau_key
+            raise ValueError(f"taus must be distinct (to 6 significant digits), got {values}")
         return sorted(values)
 
 
@@ -159,20 +159,6 @@ def sample_key(sample_id: str, tau: float | None) -> str:
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def greedy_answer(adapter: ModelAdapter, method: AttentionMethod, task: Task, sample: Sample, prepared: Prepared,
-                  max_new_tokens: int, *, key: str, model: str, method_name: str, task_name: str) -> AccuracyRow:
-    """Greedy generation under ``method``, extracted and scored by the task: the accuracy job's row."""
-    method.overhead.take()  # count only this sample's overhead
-    gen = adapter.generate(prepared, method, max_new_tokens)
-    extraction = task.extract(gen.text, sample)
-    return AccuracyRow(
-        key=key, sample_id=sample.id, task=task_name, subtask=sample.subtask, model=model, method=method_name,
-        weights=adapter.info.weights, prompt_tokens=gen.prompt_tokens, generation=gen.text, extracted=extraction.answer,
-        rule=extraction.rule, gold=sample.answer, correct=bool(task.score(extraction, sample)), prefill_s=gen.prefill_s,
-        total_s=gen.total_s, overhead_ms=method.overhead.take(), max_new_tokens=max_new_tokens,
-    )
-
-
 def gold_continuation(sample: Sample) -> str:
     """What teacher forcing appends to the prompt: the task's ``meta["gold_continuation"]`` (the gold answer as
     the text continues it, e.g. with its leading space), else the gold ``answer``."""
@@ -213,12 +199,8 @@ def choose_tau(points: list[dict[str, Any]], rule: DefaultRule) -> float | None:
     return min(ok, key=lambda p: (-p["flops_heldout"], p["tau"]))["tau"]
 
 
-def _char_models(char: CharacterizeSpec, config: BenchmarkConfig) -> list[str]:
-    return list(config.models) if char.models is None else list(char.models)
-
-
 def _selected_models(spec: TauSweepSpec, config: BenchmarkConfig, char: CharacterizeSpec) -> list[str]:
-    return _char_models(char, config) if spec.models is None else list(spec.models)
+    return selected(char, config, "models") if spec.models is None else list(spec.models)
 
 
 class TauSweepJob(JobType):
@@ -260,7 +242,7 @@ class TauSweepJob(JobType):
             listed = ", ".join(s.name for s in config.jobs if s.type == "characterize") or "none"
             issues.append(ConfigIssue(("characterize",), f"{which} (characterize jobs in the config: {listed}); a sweep reads one listed before it"))
             return issues
-        char_models = _char_models(char, config)
+        char_models = selected(char, config, "models")
         for i, name in enumerate(_selected_models(spec, config, char)):
             if name not in config.models:
                 issues.append(ConfigIssue(("models", i), f"{name!r} is not defined under `models:`; defined: {', '.join(config.models) or 'none'}"))
@@ -341,6 +323,7 @@ class TauSweepJob(JobType):
         taus = spec.taus
         ctx.expect(1 + len(taus) + len(samples) * (1 + len(taus)))
         max_new_tokens = spec.max_new_tokens or task.default_max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        check_budget([r.answer for r in rows if r.answer is not None], max_new_tokens, unit)
         stored = rows.rows.get(SETUP_KEY)
         if stored is None:
             medians, gain = nmse_structure(result)
@@ -370,7 +353,7 @@ class TauSweepJob(JobType):
         todo = [s for s in samples if any(sample_key(s.id, t) not in rows.done for t in variants)]
         with ctx.progress(unit.id, total=len(samples), completed=len(samples) - len(todo)) as bar:
             for sample in todo:
-                self._sample(spec, unit, ctx, rows, adapter, task, sample, baseline, methods, head_maps, max_new_tokens)
+                self._sample(spec, unit, rows, adapter, task, sample, baseline, methods, head_maps, max_new_tokens)
                 bar.advance()
         chosen = choose_tau(self._points(list(rows), spec, ctx.seed), spec.rule)
         files = {"head_maps": str(folder)}
@@ -381,7 +364,7 @@ class TauSweepJob(JobType):
         ctx.note(chosen_tau=chosen, files=files)
 
     def _sample(
-        self, spec: TauSweepSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet[TauSweepRow], adapter: ModelAdapter, task: Task,
+        self, spec: TauSweepSpec, unit: Unit, rows: UnitRowSet[TauSweepRow], adapter: ModelAdapter, task: Task,
         sample: Sample, baseline: AttentionMethod, methods: dict[float, AttentionMethod], head_maps: dict[float, HeadMap], max_new_tokens: int,
     ) -> None:
         """Every missing row of one sample: the baseline's answer, then each tau's answer and fidelity."""
@@ -392,6 +375,8 @@ class TauSweepJob(JobType):
         dense_key = sample_key(sample.id, None)
         forced = adapter.prepare(sample, continuation=gold_continuation(sample))
         n = forced.num_tokens - prepared.num_tokens
+        if n < 1 and forced.num_tokens == prepared.num_tokens:
+            raise ValueError(f"sample {sample.id!r}: its gold continuation {gold_continuation(sample)!r} gives no tokens to score")
         if n < 1 or not torch.equal(forced.inputs["input_ids"][0, : prepared.num_tokens], prepared.inputs["input_ids"][0]):
             raise ValueError(f"sample {sample.id!r}: adapter {adapter.name!r} did not append the gold continuation after the prompt's tokens "
                              f"({prepared.num_tokens} prompt tokens, {forced.num_tokens} with the continuation)")
@@ -429,7 +414,8 @@ class TauSweepJob(JobType):
         """Per tau with a head map row: its summary over the samples answered under both it and the baseline."""
         dense = {r.answer.sample_id: r.answer for r in rows if r.kind == "sample" and r.tau is None}
         out = []
-        for head in sorted((r for r in rows if r.kind == "tau"), key=lambda r: r.tau):
+        # only the job's taus: rows of a tau since removed from the config stay in the file but are not shown
+        for head in sorted((r for r in rows if r.kind == "tau" and r.tau in spec.taus), key=lambda r: r.tau):
             mine = {r.answer.sample_id: r for r in rows if r.kind == "sample" and r.tau == head.tau}
             keys = stats.paired(mine, dense)
             fid = [mine[k].fidelity for k in keys]
