@@ -49,13 +49,11 @@ from bsight.plugins.methods.mminference import HeadPattern
 
 from ..interfaces import AttentionMethod, LayerCall
 from ..plots import line_plot, make_plot, new_figure
-from ..sparsity.categories import Category
-from ..sparsity.flops import attention_flops, layer_pair_table, model_flops
 from ..sparsity.headmap import HeadMap
 from ..sparsity.metadata import LayoutMeta
 from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
 from .characterize import name_issues, selected
-from .flops import method_head_map_identity, option_file_identity, static_categories
+from .flops import method_head_map_identity, option_file_identity, prompt_flops, static_categories
 from .timing import PROVENANCE_KEYS, Source, append_published, jsonable, load_published, published_file
 
 if TYPE_CHECKING:
@@ -247,18 +245,7 @@ def measure_prompt(adapter: ModelAdapter, method: AttentionMethod, cats: np.ndar
     overhead = method.overhead.take()
     if sorted(layers) != list(range(info.num_layers)) or meta is None:
         raise RuntimeError(f"sample {sample.id!r}: the probe saw layers {sorted(layers)}, expected all {info.num_layers} (attn_implementation not 'bsight'?)")
-    if cats is not None:
-        counted = model_flops(meta, cats, info.sliding_windows, info.head_dim)
-        dense, sparse, source = counted["dense_flops"], counted["sparse_flops"], "layout"
-    else:
-        kept = method.take_kept()
-        seen = sorted(lp.layer for lp in kept)
-        if seen != list(range(info.num_layers)):
-            raise RuntimeError(f"sample {sample.id!r}: method {method.name!r} logged pairs for layers {seen}, expected each of {info.num_layers} once")
-        dense_pairs = int(layer_pair_table(meta, info.sliding_windows)[:, Category.DENSE].sum()) * info.num_heads
-        dense = float(attention_flops(dense_pairs, info.head_dim))
-        sparse = float(attention_flops(sum(int(lp.pairs.sum()) for lp in kept), info.head_dim))
-        source = "measured"
+    dense, sparse, source = prompt_flops(meta, info, cats, None if cats is not None else method.take_kept(), f"sample {sample.id!r}: method {method.name!r}")
     seg_rows = int((meta.seg_id >= 0).sum())
     order = [layers[i] for i in range(info.num_layers)]
     return PromptFidelity(

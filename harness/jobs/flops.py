@@ -87,6 +87,21 @@ def static_categories(method: AttentionMethod, info: ModelInfo) -> np.ndarray | 
     return cats
 
 
+def prompt_flops(meta: LayoutMeta, info: ModelInfo, cats: np.ndarray | None, kept: list | None, who: str) -> tuple[float, float, str]:
+    """(dense FLOPs, method FLOPs, source) of one prompt: static head categories are counted from the layout
+    (``layout``); a dynamic method's are the pairs it logged during the prefill (``kept``, one entry per layer:
+    ``measured``). ``who`` names the sample and method in errors."""
+    if cats is not None:
+        counted = model_flops(meta, cats, info.sliding_windows, info.head_dim)
+        return counted["dense_flops"], counted["sparse_flops"], "layout"
+    kept = kept or []
+    seen = sorted({lp.layer for lp in kept})
+    if seen != list(range(info.num_layers)) or len(kept) != info.num_layers:
+        raise RuntimeError(f"{who} logged pairs for layers {seen} in {len(kept)} calls, expected each of {info.num_layers} layers once")
+    dense_pairs = int(layer_pair_table(meta, info.sliding_windows)[:, Category.DENSE].sum()) * info.num_heads
+    return float(attention_flops(dense_pairs, info.head_dim)), float(attention_flops(sum(int(lp.pairs.sum()) for lp in kept), info.head_dim)), "measured"
+
+
 def option_file_identity(path: str | None, writers: dict[str, tuple[Any, str]], identity: Callable[[Any, str], Any]) -> Any:
     """What decides the content of a file a method option names, for the fingerprint of units that use it:
     ``identity(job spec, model)`` of the earlier job that writes it (``writers``, by normalized path), else the
@@ -184,20 +199,12 @@ class FlopsJob(JobType):
         if method.sink_policy is not None:  # the sinks the method attends to, as the attention bridge applies them
             layout = layout.with_sinks(method.sink_policy)
         meta = LayoutMeta.build(layout.unpadded())
-        if cats is not None:
-            counted = model_flops(meta, cats, info.sliding_windows, info.head_dim)
-            dense, sparse, source = counted["dense_flops"], counted["sparse_flops"], "layout"
-        else:
+        kept = None
+        if cats is None:
             method.take_kept()  # drop anything logged outside this prompt
             adapter.prefill(prepared, method)
             kept = method.take_kept()
-            seen = sorted({lp.layer for lp in kept})
-            if seen != list(range(info.num_layers)) or len(kept) != info.num_layers:
-                raise RuntimeError(f"sample {sample.id!r}: method {unit.method!r} logged pairs for layers {seen} in {len(kept)} calls, expected each of {info.num_layers} layers once")
-            dense_pairs = int(layer_pair_table(meta, info.sliding_windows)[:, Category.DENSE].sum()) * info.num_heads
-            dense = float(attention_flops(dense_pairs, info.head_dim))
-            sparse = float(attention_flops(sum(int(lp.pairs.sum()) for lp in kept), info.head_dim))
-            source = "measured"
+        dense, sparse, source = prompt_flops(meta, info, cats, kept, f"sample {sample.id!r}: method {unit.method!r}")
         return FlopsRow(
             key=sample.id, sample_id=sample.id, task=unit.task, subtask=sample.subtask, model=unit.model, method=unit.method,
             tokens=layout.num_valid, images=layout.num_images, image_tokens=layout.num_image_tokens, dense_flops=dense, sparse_flops=sparse,
