@@ -25,8 +25,8 @@ def test_real_run_report_is_self_contained(ext_run):
     assert not re.search(r"<script|<link|<img|<iframe|@import|src=", html, re.I)  # nothing loads from anywhere
     assert not re.search(r'(href|url\()\s*=?\s*"?(https?:)?//', html)
     s = sections_of(html)
-    assert list(s) == ["accuracy", "flops", "characterization", "timing", "units", "provenance"]
-    for key in ("flops", "characterization", "timing"):
+    assert list(s) == ["accuracy", "flops", "characterization", "timing", "tau_sweep", "baselines", "units", "provenance"]
+    for key in ("flops", "characterization", "timing", "tau_sweep", "baselines"):
         assert "No data in this run." in s[key]
     assert "tiny on bright" in s["accuracy"] and "Random-weight model" in s["accuracy"]
     assert s["accuracy"].count("<svg") == 1 and "sw" in s["accuracy"]
@@ -34,9 +34,9 @@ def test_real_run_report_is_self_contained(ext_run):
     md = (ext_run / "report.md").read_text()
     link = re.search(r"!\[[^\]]*\]\((plots/[^)]+\.svg)\)", md).group(1)
     assert (ext_run / link).read_text().startswith("<svg")
-    for title in ("## Accuracy", "## FLOPs", "## Characterization", "## Kernel timing", "## Provenance"):
+    for title in ("## Accuracy", "## FLOPs", "## Characterization", "## Kernel timing", "## Tau sweep", "## Baseline comparison", "## Provenance"):
         assert title in md
-    assert md.count("_No data in this run._") == 3
+    assert md.count("_No data in this run._") == 5
 
 
 def test_accuracy_numbers_match_the_rows(tmp_path):
