@@ -1,7 +1,7 @@
 """End-to-end time to first token (TTFT) of Qwen2-VL-7B on one GPU: dense vs method ``blindsight``.
 
     python -m bsight.harness.ttft --out reports/published/ttft_h100.json
-    python -m bsight.harness.ttft --small --out /tmp/ttft_small.json      # the whole path on CPU, tiny model
+    python -m bsight.harness.ttft --small --out ttft_small.json           # the whole path on CPU, tiny model
 
 What is real and what is not (also written into the JSON):
 
