@@ -145,6 +145,15 @@ def test_section_numbers_follow_from_the_rows(swept):
         by_hand.append((point["flops_heldout"], -tau, tau, ok))
     best = max((b for b in by_hand if b[3]), default=None)
     assert unit["chosen"] == (best[2] if best else None)
+    assert rec.info["headline"] == unit["headline"] == "micro"  # the task's own headline score
+    # a task scored by the mean of its subtasks (MMIU, BLINK) gets that score and a within-subtask bootstrap
+    spec = TauSweepJob().spec_of(rec)
+    for tau, point in zip(taus, TauSweepJob._points(rows, spec, 0, "macro")):
+        mine = [r for r in rows if r.kind == "sample" and r.tau == tau]
+        subtasks = [r.answer.subtask for r in mine]
+        assert point["accuracy"] == pytest.approx(stats.macro_accuracy(subtasks, [r.answer.correct for r in mine]))
+        delta = stats.paired_bootstrap([r.answer.correct for r in mine], [dense[r.answer.sample_id].correct for r in mine], seed=0, groups=subtasks)
+        assert (point["delta"].delta, point["delta"].lo, point["delta"].hi) == pytest.approx((delta.delta, delta.lo, delta.hi))
     assert unit["used_tau"] == data["jobs"][0]["tau"]
     md = (run_dir / "report.md").read_text()
     assert "Tau sweep" in md and "Rule: the largest mean FLOPs reduction" in md

@@ -44,7 +44,7 @@ from ..sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
 from ..sparsity.layout import SinkPolicy
 from ..sparsity.metadata import LayoutMeta
 from ..sparsity.sweep import SweepRow, sweep
-from .accuracy import DEFAULT_MAX_NEW_TOKENS, AccuracyRow, check_budget, greedy_answer, run_seed
+from .accuracy import DEFAULT_MAX_NEW_TOKENS, AccuracyRow, Headline, check_budget, greedy_answer, run_seed
 from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
 from .characterize import HEADMAP_DIR, CharacterizeJob, CharacterizeRow, CharacterizeSpec, selected, summarize
 
@@ -355,13 +355,13 @@ class TauSweepJob(JobType):
             for sample in todo:
                 self._sample(spec, unit, rows, adapter, task, sample, baseline, methods, head_maps, max_new_tokens)
                 bar.advance()
-        chosen = choose_tau(self._points(list(rows), spec, ctx.seed), spec.rule)
+        chosen = choose_tau(self._points(list(rows), spec, ctx.seed, task.headline), spec.rule)
         files = {"head_maps": str(folder)}
         if chosen is not None:
             files["chosen"] = str(head_maps[chosen].save(ctx.run_dir / folder / f"{unit.model}.json").relative_to(ctx.run_dir))
             if spec.publish is not None:
                 files["published"] = str(head_maps[chosen].save(Path(spec.publish.replace("{model}", unit.model))))
-        ctx.note(chosen_tau=chosen, files=files)
+        ctx.note(chosen_tau=chosen, files=files, headline=task.headline)
 
     def _sample(
         self, spec: TauSweepSpec, unit: Unit, rows: UnitRowSet[TauSweepRow], adapter: ModelAdapter, task: Task,
@@ -410,8 +410,10 @@ class TauSweepJob(JobType):
     # ---------------------------------------------------------------------------------------- reporting
 
     @staticmethod
-    def _points(rows: list[TauSweepRow], spec: TauSweepSpec, seed: int = 0) -> list[dict[str, Any]]:
-        """Per tau with a head map row: its summary over the samples answered under both it and the baseline."""
+    def _points(rows: list[TauSweepRow], spec: TauSweepSpec, seed: int = 0, headline: Headline = "micro") -> list[dict[str, Any]]:
+        """Per tau with a head map row: its summary over the samples answered under both it and the baseline;
+        accuracy as the task's headline score (``macro``: mean of per-subtask accuracies, the bootstrap
+        resampling within subtasks), as the accuracy job reports it."""
         dense = {r.answer.sample_id: r.answer for r in rows if r.kind == "sample" and r.tau is None}
         out = []
         # only the job's taus: rows of a tau since removed from the config stay in the file but are not shown
@@ -420,8 +422,10 @@ class TauSweepJob(JobType):
             keys = stats.paired(mine, dense)
             fid = [mine[k].fidelity for k in keys]
             nan = float("nan")
+            subtasks = [dense[k].subtask for k in keys]
             delta = stats.paired_bootstrap([mine[k].answer.correct for k in keys], [dense[k].correct for k in keys],
-                                           resamples=spec.bootstrap, confidence=spec.confidence, seed=seed)
+                                           resamples=spec.bootstrap, confidence=spec.confidence, seed=seed,
+                                           groups=subtasks if headline == "macro" else None)
             shares = head.head_map.sweep.shares
             out.append({
                 "tau": head.tau, "n": len(keys), "sweep": head.head_map.sweep, "file": head.head_map.file, "shares": shares,
@@ -432,8 +436,8 @@ class TauSweepJob(JobType):
                 "kl_mean": float(np.mean([f.kl_mean for f in fid])) if fid else nan,
                 "kl_max": float(np.max([f.kl_max for f in fid])) if fid else nan,
                 "top1_match": float(np.mean([f.top1_match for f in fid])) if fid else nan,
-                "accuracy_dense": stats.accuracy([dense[k].correct for k in keys]),
-                "accuracy": stats.accuracy([mine[k].answer.correct for k in keys]),
+                "accuracy_dense": stats.headline_accuracy(headline, subtasks, [dense[k].correct for k in keys]),
+                "accuracy": stats.headline_accuracy(headline, subtasks, [mine[k].answer.correct for k in keys]),
                 "unparsed": stats.unparsed([mine[k].answer.extracted for k in keys]), "delta": delta,
             })
         return out
@@ -444,7 +448,8 @@ class TauSweepJob(JobType):
         setup = next((r.setup for r in rows if r.kind == "setup"), None)
         if setup is None:
             return None
-        points = self._points(rows, spec, seed)
+        headline = rec.info.get("headline", "micro")
+        points = self._points(rows, spec, seed, headline)
         chosen = choose_tau(points, spec.rule)
         for p in points:
             p["qualifies"] = bool(p["n"]) and p["agreement"] >= spec.rule.min_agreement and p["kl_mean"] <= spec.rule.max_kl
@@ -456,7 +461,8 @@ class TauSweepJob(JobType):
             "job": rec.unit.job, "model": rec.unit.model, "task": rec.unit.task, "model_id": model.model_id, "weights": model.weights,
             "layers": model.num_layers, "heads": model.num_heads, "setup": setup, "status": rec.status,
             "samples": len(dense), "expected_samples": None if rec.expected is None else (rec.expected - 1 - len(spec.taus)) // (1 + len(spec.taus)),
-            "dense_accuracy": stats.accuracy([a.correct for a in dense]), "dense_unparsed": stats.unparsed([a.extracted for a in dense]),
+            "dense_accuracy": stats.headline_accuracy(headline, [a.subtask for a in dense], [a.correct for a in dense]),
+            "dense_unparsed": stats.unparsed([a.extracted for a in dense]), "headline": headline,
             "points": points, "chosen": chosen, "chosen_point": next((p for p in points if p["chosen"]), None),
             "rule": spec.rule, "rule_text": spec.rule.text(), "confidence": spec.confidence, "used_tau": used,
             "sink_gain_share": setup.sink_gain_heads / setup.heads, "files": rec.info.get("files", {}),
