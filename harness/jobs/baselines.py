@@ -623,12 +623,14 @@ class BaselinesJob(JobType):
                     series_over[name][0].append(t.tokens)
                     series_over[name][1].append(sum(over.values()))
         stem = f"baselines-gpu-{rec.unit.job}"
+        # one colour per method in both plots (the overhead plot has no dense line)
+        styles = {name: {"color": f"C{i % 10}"} for i, name in enumerate(dict.fromkeys([*series_ms, *series_over]))}
         if series_ms:
             part["plots"].append(make_plot(f"{stem}-ms", "Attention time per method vs prompt tokens (one layer, batch 1)",
-                                           line_plot(series_ms, "prompt tokens", "attention forward, ms", logx=True, logy=True)))
+                                           line_plot(series_ms, "prompt tokens", "attention forward, ms", logx=True, logy=True, styles=styles)))
         if series_over:
             part["plots"].append(make_plot(f"{stem}-overhead", "Run-time overhead per method vs prompt tokens (outside attention)",
-                                           line_plot(series_over, "prompt tokens", "overhead, ms", logx=True, logy=True)))
+                                           line_plot(series_over, "prompt tokens", "overhead, ms", logx=True, logy=True, styles=styles)))
         return part
 
     def metrics(self, run: RunFolder, records: list[UnitRecord]) -> list[Metric]:
