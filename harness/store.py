@@ -112,7 +112,23 @@ def _read_lines(path: Path) -> tuple[list[bytes], int]:
     return data[:end].splitlines(), end
 
 
-class UnitRows(Generic[R]):
+class _KeyedRows(Generic[R]):
+    """A unit's stored rows by key (``rows``), as the runner and the jobs read them."""
+
+    rows: dict[str, R]
+
+    @property
+    def done(self) -> set[str]:
+        return set(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[R]:
+        return iter(self.rows.values())
+
+
+class UnitRows(_KeyedRows[R]):
     """The rows of one file (a unit's, or one shard of it): read on open, then appended one durable line at
     a time."""
 
@@ -135,16 +151,6 @@ class UnitRows(Generic[R]):
                 with open(path, "r+b") as f:  # cut the line a killed writer left half-written
                     f.truncate(good_bytes)
             self._file = open(path, "ab")
-
-    @property
-    def done(self) -> set[str]:
-        return set(self.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[R]:
-        return iter(self.rows.values())
 
     def append(self, row: R) -> None:
         """Write one row durably. A key already present is a caller bug: it would duplicate a result."""
@@ -179,7 +185,7 @@ class Shard:
         return f"rank{self.rank}-of-{self.world_size}.jsonl"
 
 
-class UnitRowSet(Generic[R]):
+class UnitRowSet(_KeyedRows[R]):
     """A unit's rows as one process sees them: every row stored for the unit (its file, then shard files
     that earlier or parallel sessions left, in a fixed order) plus the one file this process appends to."""
 
@@ -189,16 +195,6 @@ class UnitRowSet(Generic[R]):
         for f in files:
             for row in f:
                 self.rows.setdefault(row.key, row)
-
-    @property
-    def done(self) -> set[str]:
-        return set(self.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[R]:
-        return iter(self.rows.values())
 
     def append(self, row: R) -> None:
         """Write one row durably to this process's file. A key stored anywhere in the unit is refused."""
