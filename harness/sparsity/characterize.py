@@ -24,8 +24,9 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from bsight.harness.artifacts import load_json_model
 from bsight.harness.interfaces import AttentionMethod, LayerCall, ModelAdapter, Prepared
 from bsight.kernels.reference import accumulation_dtype, check_shapes
 from bsight.plugins.methods.dense import dense_prefill
@@ -196,13 +197,7 @@ class CharacterizationResult(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> CharacterizationResult:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"characterization result not found: {path}")
-        try:
-            return cls.model_validate_json(path.read_text())
-        except ValidationError as e:
-            raise ValueError(f"invalid characterization result {path}: {e}") from None
+        return load_json_model(cls, Path(path), "characterization result")
 
 
 def select_categories(nmse: np.ndarray, pairs: np.ndarray, tau: float) -> np.ndarray:

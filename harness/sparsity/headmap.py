@@ -7,15 +7,15 @@ needs no run-time statistics.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..artifacts import load_json_model
 from .categories import Category
 from .layout import SinkPolicy
 
@@ -122,13 +122,7 @@ class HeadMap(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> HeadMap:
         """Load and validate; errors name the file and what is wrong with it."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"head map not found: {path}")
-        try:
-            return cls.model_validate(json.loads(path.read_text()))
-        except (json.JSONDecodeError, ValidationError) as e:
-            raise ValueError(f"invalid head map {path}: {e}") from None
+        return load_json_model(cls, Path(path), "head map")
 
 
 def _tool_version() -> str:

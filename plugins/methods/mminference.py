@@ -50,8 +50,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from bsight.harness.artifacts import load_json_model
 from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import AttentionMethod, LayerCall, ModelAdapter, ModelInfo, Sample
 from bsight.harness.sparsity.metadata import LayoutMeta
@@ -141,13 +142,7 @@ class PatternConfig(BaseModel):
         package ships, so configs naming published pattern configs run outside a source checkout too."""
         from bsight.harness.jobs.timing import published_file
 
-        found = published_file(str(path))
-        if found is None:
-            raise FileNotFoundError(f"MMInference pattern config not found: {path}")
-        try:
-            return cls.model_validate(json.loads(found.read_text()))
-        except (json.JSONDecodeError, ValidationError) as e:
-            raise ValueError(f"invalid MMInference pattern config {path}: {e}") from None
+        return load_json_model(cls, published_file(str(path)) or Path(path), "MMInference pattern config", shown=path)
 
 
 @dataclass(frozen=True)
