@@ -55,6 +55,19 @@ def single_thread() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    """The installed plugins: built-ins and whatever else is registered through the entry-point group."""
+    return load_registry()
+
+
+@pytest.fixture(scope="module")
+def single_thread_module() -> Iterator[None]:
+    """``single_thread`` for a whole module of many small tensor ops."""
+    with torch_threads(1):
+        yield
+
+
 def write_dist_info(site: Path, dist: str, version: str, entry_points: dict[str, str]) -> None:
     """Make ``site`` hold an installed-distribution record whose ``bsight`` entry points are given, as pip
     would write it: importlib.metadata (hence bsight's plugin loader) finds it on sys.path."""

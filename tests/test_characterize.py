@@ -50,13 +50,7 @@ def fresh_seed() -> int:
 SPEC = LayoutSpec(start_ids=(START,), end_ids=(END,), inner_ids=(PAD_IMG,), sinks=SinkPolicy(fraction=0.2))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many small tensor ops: on a shared 2-core machine, OpenMP's second thread costs more than it gives."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread_module")  # many small tensor ops: a second thread only contends
 
 
 def brute_nmse(q, k, v, lay: PromptLayout, window, scale) -> torch.Tensor:

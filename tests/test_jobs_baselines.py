@@ -21,7 +21,6 @@ from bsight.harness.config import ConfigError, parse_config
 from bsight.harness.interfaces import AttentionMethod
 from bsight.harness.jobs.accuracy import AccuracyJob
 from bsight.harness.jobs.baselines import BaselinesJob, BaselinesRow, SweepMethod
-from bsight.harness.plugins import load_registry
 from bsight.harness.runner import execute, plan
 from bsight.harness.sparsity.layout import SinkPolicy
 from bsight.harness.sparsity.masks import head_mask, materialize
@@ -43,11 +42,6 @@ import tiny_vlms  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TASK = {"plugin": "offline_images", "options": {"image_size": 64, "per_subtask": 2}}
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_registry()
 
 
 @pytest.fixture(scope="module")

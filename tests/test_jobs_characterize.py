@@ -17,7 +17,6 @@ import torch
 
 from bsight.harness.config import ConfigError, parse_config
 from bsight.harness.jobs.characterize import SETUP_KEY, CharacterizeJob, CharacterizeRow
-from bsight.harness.plugins import load_registry
 from bsight.harness.runner import execute
 from bsight.harness.sparsity.aggregate import build_head_map
 from bsight.harness.sparsity.characterize import characterize_model
@@ -35,11 +34,6 @@ import tiny_vlms  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TASK = {"plugin": "offline_images", "options": {"image_size": 64, "per_subtask": 40}}
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_registry()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import torch
 
 from bsight.harness.config import ConfigError, parse_config
 from bsight.harness.jobs.flops import FlopsJob, FlopsRow
-from bsight.harness.plugins import load_registry
 from bsight.harness.runner import execute, plan
 from bsight.harness.sparsity.categories import Category
 from bsight.harness.sparsity.headmap import HeadMap
@@ -39,11 +38,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 TASK = {"plugin": "offline_images", "options": {"image_size": 64, "per_subtask": 2}}
 LIMIT = 4
 ADAPTERS = {"qwen": Qwen2VL, "gemma": Gemma3}
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_registry()
 
 
 @pytest.fixture(scope="module")

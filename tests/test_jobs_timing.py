@@ -13,7 +13,6 @@ import pytest
 from bsight.harness.config import ConfigError, parse_config
 from bsight.harness.jobs.timing import TimingJob, TimingRow, load_published, published_file
 from bsight.harness.jobs.ttft import TTFTRow
-from bsight.harness.plugins import load_registry
 from bsight.harness.report import render_report
 from bsight.harness.runner import execute
 from bsight.harness.store import RunFolder
@@ -22,11 +21,6 @@ from conftest import REPO, quiet
 
 PUBLISHED = "reports/published/kernel_sweep_h100.json"
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_registry()
 
 
 def run(registry, root: Path, jobs: list[dict], name: str = "t"):

@@ -22,13 +22,7 @@ from bsight.harness.sparsity.sinks import SinkOffsetProbe, sink_offset_votes, to
 LAYERS, HEADS, KV_HEADS, HEAD_DIM = 4, 16, 4, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many small tensor ops: on a shared 2-core machine, OpenMP's second thread costs more than it gives."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread_module")  # many small tensor ops: a second thread only contends
 
 
 @pytest.fixture(scope="module")
