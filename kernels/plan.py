@@ -76,7 +76,12 @@ def _search(TABLE, n, steps, x, mask):
     return lo
 
 
-@triton.jit(do_not_specialize=["num_text", "num_glob", "num_images", "n_text_tiles", "n_slots", "steps_img", "steps_text", "steps_glob", "window"])
+@triton.jit(
+    do_not_specialize=["num_text", "num_glob", "num_images", "n_text_tiles", "n_slots", "steps_img", "steps_text", "steps_glob", "window"],
+    # the metadata tables are slices of one packed buffer, 16-byte aligned or not depending on the image
+    # count: specializing on their alignment would compile a new variant for some new layouts
+    do_not_specialize_on_alignment=["TEXT_IDX", "GLOB_IDX", "IMG_START", "IMG_END", "TEXT_BEFORE", "GLOB_BEFORE", "SINK_PTR", "BIDIR_START", "BIDIR_END"],
+)
 def _plan_kernel(
     TILES, WORK, CUM, TEXT_IDX, GLOB_IDX, IMG_START, IMG_END, TEXT_BEFORE, GLOB_BEFORE, SINK_PTR, BIDIR_START, BIDIR_END,
     num_text, num_glob, num_images, n_text_tiles, n_slots, steps_img, steps_text, steps_glob, window,

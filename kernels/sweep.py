@@ -6,8 +6,9 @@ tokens per image. Image sizes: 1024 tokens (``peers``) or uniform in [256, 1600]
 Heads: Qwen2-VL-7B (28 query heads, 4 KV heads, head_dim 128), bf16, batch 1.
 
 Methods, for each category (all heads in it) and for ``mixed30`` (30% dense heads, the rest spread over the
-three sparse categories, GQA groups mixed; ``mixed30_overlap``: the same with ``overlap_dense=True``, the
-dense heads' SDPA on a side stream beside the kernel):
+three sparse categories, GQA groups mixed, the dense heads' SDPA on a side stream beside the kernel, the
+default; ``mixed30_serial``: the same with ``overlap_dense=False``, one after the other; ``mixed30_dense_part``
+and ``mixed30_kernel_part``: its two halves timed apart):
 
 * ``ours``     - :func:`bsight.kernels.blindsight_attention` (dense heads on cuDNN SDPA, the rest in one launch);
 * ``cudnn``    - SDPA dense causal, cuDNN backend (K/V expanded to 28 heads beforehand, as in peers.md);
@@ -224,6 +225,22 @@ def _resources(kernel) -> dict:
     return out
 
 
+def _mixed_part_calls(sets, meta: LayoutMeta, cats: list[int], cfg: KernelConfig) -> dict[str, list[Callable[[], object]]]:
+    """The two halves of a mixed head map's call, timed apart to attribute its distance from the Amdahl
+    bound: SDPA on the dense heads alone (with its copies of q and K/V) and the kernel on the other heads."""
+    from .blindsight_attention import _dense_sdpa, _launch
+
+    dense = [h for h, c in enumerate(cats) if c == Category.DENSE.value]
+    rest = [h for h in range(len(cats)) if h not in dense]
+    scale = sets[0][0].shape[-1] ** -0.5
+    group = sets[0][0].shape[0] // sets[0][1].shape[0]
+    outs = [torch.empty_like(q) for q, _, _ in sets]
+    return {
+        "mixed30_dense_part": [lambda s=s: _dense_sdpa(*s, dense, group, scale) for s in sets],
+        "mixed30_kernel_part": [lambda s=s, o=o: _launch(*s, o, meta, cats, rest, group, scale, None, cfg) for s, o in zip(sets, outs)],
+    }
+
+
 def _timed_ms(fn: Callable[[], object], reps: int = 5) -> float:
     """Median wall ms of a host-side routine that launches device work (synchronized)."""
     out = []
@@ -438,14 +455,14 @@ def run_sweep(
                         add(**ctx, method="ours", config=cname, category="check_mixed30_max_rel_err", ms=None, value=err, passed=ok)
                         log(f"S={S} {lay_name} [{cname}] sampled-row check: max rel err {err:.2e} {'ok' if ok else 'FAILED'}")
                     maps = {k: v for k, v in head_maps.items() if k != "dense"}
-                    maps["mixed30_overlap"] = mixed  # dense heads on a side stream beside the kernel
+                    maps["mixed30_serial"] = mixed  # dense heads' SDPA, then the kernel
                     if S <= kernel_dense_upto and li == 0:
                         maps["dense_in_kernel"] = head_maps["dense"]
                     first_call = None
                     ms_of: dict[str, float] = {}
                     for hm, cats in maps.items():
                         cats_t = torch.tensor(cats, dtype=torch.int32)
-                        kw = dict(config=cfg, dense_backend="kernel" if hm == "dense_in_kernel" else "auto", overlap_dense=hm == "mixed30_overlap")
+                        kw = dict(config=cfg, dense_backend="kernel" if hm == "dense_in_kernel" else "auto", overlap_dense=hm != "mixed30_serial")
                         t0 = time.perf_counter()
                         blindsight_attention(*sets[0], meta, cats_t, **kw)
                         torch.cuda.synchronize()
@@ -457,6 +474,10 @@ def run_sweep(
                         log(f"S={S} {lay_name} ours[{cname}] {hm}: {ms:.3f} ms ({r['tflops_kept']:.0f} TFLOP/s on kept pairs)")
                         if hm == "dense_in_kernel":
                             once[("ours:" + cname, hm)] = ms
+                        if hm == "mixed30":
+                            for part, calls in _mixed_part_calls(sets, meta, cats, cfg).items():
+                                add(**ctx, method="ours", config=cname, category=part, ms=_bench(calls))
+                                log(f"S={S} {lay_name} ours[{cname}] {part}: {rows[-1]['ms']:.3f} ms")
                     if li:
                         for hm in ("dense_in_kernel",):
                             if ("ours:" + cname, hm) in once:
@@ -548,30 +569,80 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _pivot(rows: list[dict], cols: Sequence[tuple[str, str]], cell: Callable[[dict, tuple[str, str]], str]) -> list[str]:
+    """Markdown lines: one line per (tokens, layout) with its image count, a cell per (method, category)
+    column; ``cell(sel, col)`` gets that line's default-config rows keyed by (method, category)."""
+    lines = ["| tokens | layout | images | " + " | ".join(f"{m} {c}" for m, c in cols) + " |", "|" + "---|" * (3 + len(cols))]
+    for S, lay in sorted({(r["tokens"], r["layout"]) for r in rows if r["tokens"] and r["layout"] != "-"}):
+        line = [r for r in rows if r["tokens"] == S and r["layout"] == lay]
+        sel = {(r["method"], r["category"]): r for r in line if r.get("config", "default") == "default"}
+        imgs = next((r["images"] for r in line if "images" in r), "")
+        lines.append(f"| {S:,} | {lay} | {imgs} | " + " | ".join(cell(sel, c) for c in cols) + " |")
+    return lines
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: ms per method and head map, one line per (tokens, layout)."""
     cols = [("cudnn", "dense"), ("cudnn_gqa", "dense"), ("fa2", "dense"), ("ours", "dense")]
     for cat in ("sink", "intra_image", "intra_image_sink", "mixed30"):
         cols += [("ours", cat), ("flex", cat)]
-    cols += [("ours", "mixed30_overlap"), ("amdahl_bound", "mixed30")]
-    head = "| tokens | layout | images | " + " | ".join(f"{m} {c}" for m, c in cols) + " |"
-    lines = [head, "|" + "---|" * (3 + len(cols))]
-    keys = sorted({(r["tokens"], r["layout"]) for r in rows if r["tokens"] and r["layout"] != "-"})
-    for S, lay in keys:
-        sel = {(r["method"], r["category"]): r for r in rows if r["tokens"] == S and r["layout"] == lay and r.get("config", "default") == "default"}
-        imgs = next((r.get("images") for r in rows if r["tokens"] == S and r["layout"] == lay), "")
-        cells = [f"{sel[k]['ms']:.2f}" if k in sel and sel[k]["ms"] is not None else "-" for k in cols]
-        lines.append(f"| {S:,} | {lay} | {imgs} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cols += [("ours", "mixed30_serial"), ("amdahl_bound", "mixed30")]
+    return "\n".join(_pivot(rows, cols, lambda sel, c: f"{sel[c]['ms']:.2f}" if c in sel and sel[c]["ms"] is not None else "-"))
+
+
+def markdown(doc: dict) -> str:
+    """The sweep document (:func:`main`'s JSON) as a page: times, speedups, kernel throughput, targets."""
+    rows, prov = doc["rows"], doc["provenance"]
+    cats = ("sink", "intra_image", "intra_image_sink", "mixed30")
+
+    def ms(sel, key):
+        return sel[key]["ms"] if key in sel and sel[key].get("ms") else None
+
+    def speedup(sel, col):  # cuDNN dense, or FlexAttention on the same mask, over ours
+        other = ("cudnn", "dense") if col[0] == "cudnn/ours" else ("flex", col[1])
+        a, b = ms(sel, other), ms(sel, ("ours", col[1]))
+        return f"{a / b:.2f}" if a and b else "-"
+
+    commit = (prov.get("git_commit") or "unknown")[:12] + (" (uncommitted changes)" if prov.get("git_dirty") else "")
+    out = [
+        f"# BlindSight kernel timing sweep, {prov.get('gpu')}",
+        "",
+        f"Written by `{' '.join(prov.get('command', []))}` on {prov.get('date')} at commit {commit}: torch {prov.get('torch')}, "
+        f"Triton {prov.get('triton')}, CUDA {prov.get('cuda')}, cuDNN {prov.get('cudnn')}. Rows, targets and provenance: the JSON "
+        "beside this page. Setup and methods: the docstring of `bsight.kernels.sweep`; analysis: kernels/NOTES.md.",
+        "",
+        "## Times, ms",
+        "",
+        table(rows),
+        "",
+        "## Speedups over cuDNN dense causal (same run), and FlexAttention on the same mask over ours",
+        "",
+        *_pivot(rows, [("cudnn/ours", c) for c in cats] + [("flex/ours", c) for c in cats], speedup),
+        "",
+        "## Kernel throughput on kept (query, key) pairs, TFLOP/s",
+        "",
+        *_pivot(rows, [("ours", c) for c in (*cats, "dense_in_kernel")],
+                lambda sel, c: f"{sel[c]['tflops_kept']:.0f}" if c in sel and sel[c].get("tflops_kept") else "-"),
+        "",
+        "## Targets",
+        "",
+        "| target | tokens | layout | category | measured | need | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in doc["targets"]:
+        r = "-" if t["ratio"] is None else f"{t['ratio']:.2f}"
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        out.append(f"| {t['target']} | {t['tokens']:,} | {t['layout']} | {t.get('category', '')} | {r} | {t['need']} | {met} |")
+    return "\n".join(out) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bsight.kernels.sweep", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="JSON file to write (rows, targets, provenance)")
+    ap.add_argument("--out", required=True, help="JSON file to write (rows, targets, provenance); a Markdown page goes beside it (.md)")
     ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     ap.add_argument("--layouts", default=",".join(LAYOUTS))
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--configs", default="", help="extra kernel configs to time: name=BM/BN/warps/stages,...")
+    ap.add_argument("--configs", default="", help="extra kernel configs to time: name=BM/BN/warps/stages[/maxnreg],...")
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--kernel-dense-upto", type=int, default=0, help="also time dense heads inside our kernel up to this length")
     ap.add_argument("--flex-until", type=float, default=None, help="skip FlexAttention points after this many seconds")
@@ -596,6 +667,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                "rows": rows, "targets": targets(rows)}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1, default=str))
+        out.with_suffix(".md").write_text(markdown(json.loads(out.read_text())))
 
     rows = run_sweep(
         lengths=[int(x) for x in args.lengths.split(",")],

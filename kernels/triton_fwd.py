@@ -96,7 +96,10 @@ def _keep(cols, in_list, hi, pos_list, qpos, q_bidir, bs, be, window, HAS_BIDIR:
     return keep & inb[None, :]
 
 
-@triton.jit(do_not_specialize=["num_heads_run", "group", "num_text", "window"])
+@triton.jit(
+    do_not_specialize=["num_heads_run", "group", "num_text", "window"],
+    do_not_specialize_on_alignment=["TEXT_IDX", "KEY_POS", "IS_SINK"],  # metadata tables: alignment varies by layout
+)
 def bsight_fwd_kernel(
     Q, K, V, KG, VG, O,
     HEADS, CATS, TILES, KEY_POS, TEXT_IDX, IS_SINK,

@@ -304,6 +304,26 @@ def test_sweep_layouts_and_counts_match_the_spec():
     assert [kept_pairs(meta, c) for c in Category] == want.sum(dim=(1, 2)).tolist()
 
 
+def test_sweep_page_shows_speedups_and_verdicts():
+    """The published page is rendered from the rows: speedups are cuDNN (or Flex) over ours, and each target's
+    verdict follows its measured ratio (random times, so a swapped ratio or verdict shows)."""
+    from bsight.kernels.sweep import markdown, targets
+
+    rng = random.Random(_seed())
+    cudnn, ours, flex = rng.uniform(10, 20), rng.uniform(1, 3), rng.uniform(10, 20)
+    rows = [{"tokens": 36_864, "layout": "peers", "images": 35, "method": m, "category": c, "ms": t}
+            for m, c, t in (("cudnn", "dense", cudnn), ("ours", "intra_image_sink", ours), ("flex", "intra_image_sink", flex))]
+    doc = {"rows": rows, "targets": targets(rows), "provenance": {"gpu": "GPU", "git_commit": "0" * 40, "git_dirty": False, "command": ["x"]}}
+    page = markdown(doc)
+    speedups = page.split("## Speedups")[1].split("##")[0]
+    assert f"| {cudnn / ours:.2f} |" in speedups and f"| {flex / ours:.2f} |" in speedups
+    eight = next(t for t in doc["targets"] if t["target"].startswith("intra_image_sink >= 8x"))
+    assert eight["met"] is (cudnn / ours >= 8.0)
+    verdict = "yes" if eight["met"] else "**no**"
+    assert f"| {eight['target']} | 36,864 | peers |  | {cudnn / ours:.2f} | 8.0 | {verdict} |" in page
+    assert "| 301,056 | peers |  | - | 20.0 | not measured |" in page
+
+
 def test_sweep_flex_path_traced_by_dynamo_matches_reference():
     """The sweep's FlexAttention path - ``masks.head_mask`` block masks over the four categories (built in
     three query chunks and concatenated), one row per head picked for a head map, ``create_block_mask`` and
@@ -355,11 +375,13 @@ def test_full_size_on_gpu(mixed_sizes: bool):
 
 @pytest.mark.skipif(not GPU, reason="compilation happens only on a GPU")
 def test_new_length_compiles_nothing():
+    """New lengths and image counts 1 to 5: the metadata tables (slices of one packed buffer) then start at
+    every 4-byte offset mod 16, so a kernel specialized on a table's alignment would compile again."""
     rng = random.Random(_seed())
     cats = torch.tensor([1, 2, 3, 0], dtype=torch.int32)
     counts = []
-    for _ in range(3):
-        layout = random_layout(rng, [rng.randint(100, 900) for _ in range(rng.randint(1, 6))], text=(1, 99))
+    for n_images in (1, 2, 3, 4, 5):
+        layout = random_layout(rng, [rng.randint(100, 900) for _ in range(n_images)], text=(1, 99))
         meta = LayoutMeta.build(layout, DEVICE)
         q = torch.randn(4, layout.length, 128, device=DEVICE, dtype=torch.bfloat16)
         kv = torch.randn(1, layout.length, 128, device=DEVICE, dtype=torch.bfloat16)
@@ -367,3 +389,11 @@ def test_new_length_compiles_nothing():
         torch.cuda.synchronize()
         counts.append(_compiled_variants())
     assert counts[0] == counts[-1], f"compiled variants grew with new lengths: {counts}"
+
+
+def test_register_capped_config():
+    """``maxnreg`` (two programs per SM on an H100 at 128 registers, 8 warps) computes the same attention."""
+    rng = random.Random(_seed())
+    layout = random_layout(rng, [rng.randint(1, 60) for _ in range(4)])
+    cfg = KernelConfig(128, 32, 8, 3, maxnreg=128) if GPU else KernelConfig(16, 16, 4, 1, maxnreg=128)
+    check(layout, mixed_categories(rng, 4), hkv=1, config=cfg, label="register-capped config")
