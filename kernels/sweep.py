@@ -609,7 +609,8 @@ def markdown(doc: dict) -> str:
         "",
         f"Written by `{' '.join(prov.get('command', []))}` on {prov.get('date')} at commit {commit}: torch {prov.get('torch')}, "
         f"Triton {prov.get('triton')}, CUDA {prov.get('cuda')}, cuDNN {prov.get('cudnn')}. Rows, targets and provenance: the JSON "
-        "beside this page. Setup and methods: the docstring of `bsight.kernels.sweep`; analysis: kernels/NOTES.md.",
+        "beside this page. Setup and methods: the docstring of `bsight.kernels.sweep`; analysis: kernels/NOTES.md."
+        + (f" Note: {prov['provenance_note']}." if prov.get("provenance_note") else ""),
         "",
         "## Times, ms",
         "",
@@ -630,7 +631,7 @@ def markdown(doc: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for t in doc["targets"]:
-        r = "-" if t["ratio"] is None else f"{t['ratio']:.2f}"
+        r = "-" if t["ratio"] is None else f"{t['ratio']:.3f}"
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
         out.append(f"| {t['target']} | {t['tokens']:,} | {t['layout']} | {t.get('category', '')} | {r} | {t['need']} | {met} |")
     return "\n".join(out) + "\n"

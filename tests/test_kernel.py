@@ -320,7 +320,7 @@ def test_sweep_page_shows_speedups_and_verdicts():
     eight = next(t for t in doc["targets"] if t["target"].startswith("intra_image_sink >= 8x"))
     assert eight["met"] is (cudnn / ours >= 8.0)
     verdict = "yes" if eight["met"] else "**no**"
-    assert f"| {eight['target']} | 36,864 | peers |  | {cudnn / ours:.2f} | 8.0 | {verdict} |" in page
+    assert f"| {eight['target']} | 36,864 | peers |  | {cudnn / ours:.3f} | 8.0 | {verdict} |" in page
     assert "| 301,056 | peers |  | - | 20.0 | not measured |" in page
 
 
