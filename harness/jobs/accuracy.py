@@ -21,7 +21,7 @@ from pydantic import Field
 
 from .. import stats
 from ..plots import Plot, interval_plot, make_plot
-from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
+from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint, name_issues, selected
 
 if TYPE_CHECKING:
     from ..config import BenchmarkConfig
@@ -74,11 +74,6 @@ def run_seed(run: RunFolder) -> int:
     return int(run.config_data().get("run", {}).get("seed", 0))
 
 
-def _selected(spec: AccuracySpec, config: BenchmarkConfig, section: str) -> list[str]:
-    chosen = getattr(spec, section)
-    return list(getattr(config, section)) if chosen is None else chosen
-
-
 class AccuracyJob(JobType):
     type = "accuracy"
     Spec = AccuracySpec
@@ -88,16 +83,8 @@ class AccuracyJob(JobType):
     shardable = True
 
     def check(self, spec: AccuracySpec, config: BenchmarkConfig) -> list[ConfigIssue]:
-        issues = []
-        for section in ("models", "methods", "tasks"):
-            defined = list(getattr(config, section))
-            chosen = _selected(spec, config, section)
-            if not chosen:
-                issues.append(ConfigIssue((section,), f"no {section} to run; define some under `{section}:` (defined: {', '.join(defined) or 'none'})"))
-            for i, name in enumerate(chosen):
-                if name not in defined:
-                    issues.append(ConfigIssue((section, i), f"{name!r} is not defined under `{section}:`; defined: {', '.join(defined) or 'none'}"))
-        methods = _selected(spec, config, "methods")
+        issues = name_issues(spec, config, ("models", "methods", "tasks"))
+        methods = selected(spec, config, "methods")
         if spec.baseline is not None and spec.baseline not in methods:
             issues.append(ConfigIssue(("baseline",), f"{spec.baseline!r} is not among this job's methods ({', '.join(methods) or 'none'}); add it or set baseline: null"))
         return issues
@@ -108,11 +95,11 @@ class AccuracyJob(JobType):
 
         units = []
         index = next((i for i, s in enumerate(config.jobs) if s is spec), len(config.jobs))
-        methods = _selected(spec, config, "methods")
+        methods = selected(spec, config, "methods")
         if spec.baseline is not None:  # the baseline first, so partial runs have something to compare with
             methods = [spec.baseline] + [m for m in methods if m != spec.baseline]
-        for model in _selected(spec, config, "models"):
-            for task in _selected(spec, config, "tasks"):
+        for model in selected(spec, config, "models"):
+            for task in selected(spec, config, "tasks"):
                 for method in methods:
                     # a head map re-characterized (or patterns re-searched) by an earlier job of this run makes the
                     # method's answers stale

@@ -72,6 +72,26 @@ class ConfigIssue:
     message: str
 
 
+def selected(spec: JobSpec, config: BenchmarkConfig, section: str) -> list[str]:
+    """The config names a job lists under ``section`` (``models``, ``methods``, ``tasks``); None = all defined."""
+    chosen = getattr(spec, section)
+    return list(getattr(config, section)) if chosen is None else list(chosen)
+
+
+def name_issues(spec: JobSpec, config: BenchmarkConfig, sections: tuple[str, ...]) -> list[ConfigIssue]:
+    """Names a job lists that the config does not define, and sections left empty."""
+    issues = []
+    for section in sections:
+        defined = list(getattr(config, section))
+        chosen = selected(spec, config, section)
+        if not chosen:
+            issues.append(ConfigIssue((section,), f"no {section} to run; define some under `{section}:` (defined: {', '.join(defined) or 'none'})"))
+        for i, name in enumerate(chosen):
+            if name not in defined:
+                issues.append(ConfigIssue((section, i), f"{name!r} is not defined under `{section}:`; defined: {', '.join(defined) or 'none'}"))
+    return issues
+
+
 @dataclass
 class SectionData:
     """What a job type hands the report for its section: a template context plus figures to embed."""

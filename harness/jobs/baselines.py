@@ -51,8 +51,7 @@ from ..interfaces import AttentionMethod, LayerCall
 from ..plots import line_plot, make_plot, new_figure
 from ..sparsity.headmap import HeadMap
 from ..sparsity.metadata import LayoutMeta
-from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
-from .characterize import name_issues, selected
+from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint, name_issues, selected
 from .flops import method_head_map_identity, option_file_identity, prompt_flops, static_categories
 from .timing import PROVENANCE_KEYS, Source, append_published, jsonable, load_published, published_file
 

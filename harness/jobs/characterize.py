@@ -39,7 +39,7 @@ from ..sparsity.figures import category_heatmap, layer_shares, pareto_figure
 from ..sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
 from ..sparsity.layout import SinkPolicy
 from ..sparsity.sweep import SweepRow, pareto_front, sweep
-from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
+from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint, name_issues, selected
 
 if TYPE_CHECKING:
     from ..config import BenchmarkConfig
@@ -49,26 +49,6 @@ if TYPE_CHECKING:
 
 SETUP_KEY = "#setup"
 HEADMAP_DIR = "headmaps"
-
-
-def selected(spec: JobSpec, config: BenchmarkConfig, section: str) -> list[str]:
-    """The config names a job lists under ``section`` (``models``, ``methods``, ``tasks``); None = all defined."""
-    chosen = getattr(spec, section)
-    return list(getattr(config, section)) if chosen is None else list(chosen)
-
-
-def name_issues(spec: JobSpec, config: BenchmarkConfig, sections: tuple[str, ...]) -> list[ConfigIssue]:
-    """Names a job lists that the config does not define, and sections left empty."""
-    issues = []
-    for section in sections:
-        defined = list(getattr(config, section))
-        chosen = selected(spec, config, section)
-        if not chosen:
-            issues.append(ConfigIssue((section,), f"no {section} to run; define some under `{section}:` (defined: {', '.join(defined) or 'none'})"))
-        for i, name in enumerate(chosen):
-            if name not in defined:
-                issues.append(ConfigIssue((section, i), f"{name!r} is not defined under `{section}:`; defined: {', '.join(defined) or 'none'}"))
-    return issues
 
 
 class DiscoverSinks(BaseModel):

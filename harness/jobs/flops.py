@@ -32,8 +32,8 @@ from ..sparsity.figures import flops_cdf
 from ..sparsity.flops import attention_flops, layer_pair_table, model_flops
 from ..sparsity.headmap import HeadMap
 from ..sparsity.metadata import LayoutMeta
-from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
-from .characterize import head_map_identity, head_map_writers, name_issues, selected
+from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint, name_issues, selected
+from .characterize import head_map_identity, head_map_writers
 from .timing import published_file
 
 if TYPE_CHECKING:

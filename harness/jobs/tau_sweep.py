@@ -45,8 +45,8 @@ from ..sparsity.layout import SinkPolicy
 from ..sparsity.metadata import LayoutMeta
 from ..sparsity.sweep import SweepRow, sweep
 from .accuracy import DEFAULT_MAX_NEW_TOKENS, AccuracyRow, Headline, check_budget, greedy_answer, run_seed
-from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
-from .characterize import HEADMAP_DIR, CharacterizeJob, CharacterizeRow, CharacterizeSpec, selected, summarize
+from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint, selected
+from .characterize import HEADMAP_DIR, CharacterizeJob, CharacterizeRow, CharacterizeSpec, summarize
 
 if TYPE_CHECKING:
     from ..config import BenchmarkConfig
