@@ -17,7 +17,15 @@ from bsight.kernels.hopper_probe import SHAPES, TIMED, Variant
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.mark.parametrize("variant", TIMED + SHAPES[3:4], ids=lambda v: v.name)
+def _cases() -> list:
+    """Every timed variant, and the one-loop masked shape. On a GPU, warp-specialized code with 3 stages is
+    expected to fail: Triton 3.6 on an H100 returned non-finite outputs for it (the probe reports this)."""
+    miscompiled = pytest.mark.xfail(reason="Triton 3.6, H100: warp-specialized loop with 3 stages returns non-finite outputs (kernels/NOTES.md, round 4)")
+    return [pytest.param(v, id=v.name, marks=[miscompiled] if DEVICE == "cuda" and v.warp_specialize and v.num_stages > 2 else [])
+            for v in TIMED + SHAPES[3:4]]
+
+
+@pytest.mark.parametrize("variant", _cases())
 def test_probe_variant_matches_its_mask(variant: Variant) -> None:
     """Causal variants against causal attention; full-block variants against keys before each 128-row tile."""
     import triton
