@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from bsight.plugins.methods.dense import dense_prefill
 from bsight.plugins.methods.mminference import HeadPattern
@@ -53,7 +53,7 @@ from ..sparsity.headmap import HeadMap
 from ..sparsity.metadata import LayoutMeta
 from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint, name_issues, selected
 from .flops import method_head_map_identity, option_file_identity, prompt_flops, static_categories
-from .timing import PROVENANCE_KEYS, Source, append_published, jsonable, load_published, published_file
+from .timing import PROVENANCE_KEYS, PublishedSource, append_published, jsonable, published_file
 
 if TYPE_CHECKING:
     from ..config import BenchmarkConfig
@@ -86,27 +86,18 @@ class PatternSearchStep(BaseModel):
     publish: str | None = Field(None, description="also write the pattern config here ('{model}' = config model name)")
 
 
-class GpuTiming(BaseModel):
+class GpuTiming(PublishedSource):
     """The GPU part: :mod:`bsight.kernels.baselines_sweep` measured here, or its published JSON."""
 
     model_config = ConfigDict(extra="forbid")
-    source: Source = Field("auto", description="auto: measure on CUDA (or with small), else load `published`; measure; published")
     published: str | None = Field(PUBLISHED_SWEEP, description="published sweep shown where none is measured; null: none")
     small: bool = Field(False, description="measure the sweep's reduced CPU shape (checks the path; not a GPU timing)")
     lengths: list[int] | None = Field(None, min_length=1, description="prompt lengths to measure; default the sweep's (36K-300K; small: 1K, 2K)")
     reps: int = Field(5, ge=1, description="timed runs per point (median)")
     methods: list[SweepMethod] | None = Field(None, min_length=1, description="methods to measure; default all")
 
-    @model_validator(mode="after")
-    def _need_file(self) -> GpuTiming:
-        if self.source == "published" and self.published is None:
-            raise ValueError("source 'published' needs a `published` file")
-        return self
-
     def mode(self) -> Literal["measure", "published"]:
-        if self.source != "auto":
-            return self.source
-        return "measure" if self.small or torch.cuda.is_available() else "published"
+        return self.resolve(self.small or torch.cuda.is_available())
 
 
 class BaselinesSpec(JobSpec):
@@ -398,9 +389,8 @@ class BaselinesJob(JobType):
                 rest = step.publish.replace("{model}", "")
                 if "{" in rest or "}" in rest:
                     issues.append(ConfigIssue(("search_patterns", "publish"), "the only placeholder allowed is '{model}'"))
-        gpu = spec.gpu
-        if gpu is not None and gpu.published is not None and "published" in gpu.model_fields_set and gpu.mode() == "published" and published_file(gpu.published) is None:
-            issues.append(ConfigIssue(("gpu", "published"), f"{gpu.published!r} not found (looked in the working directory and in the installed bsight.reports package)"))
+        if spec.gpu is not None:
+            issues += spec.gpu.file_issues(spec.gpu.mode(), ("gpu",))
         return issues
 
     def expand(self, spec: BaselinesSpec, config: BenchmarkConfig) -> list[Unit]:
@@ -419,11 +409,7 @@ class BaselinesJob(JobType):
                     units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}/{method}/{task}", model=model, method=method, task=task, fingerprint=fp))
         if spec.gpu is not None:
             mode = spec.gpu.mode()
-            if mode == "measure":
-                what: Any = spec.gpu.model_dump(include={"small", "lengths", "reps", "methods"})
-            else:
-                found = load_published(spec.gpu.published) if spec.gpu.published else None
-                what = {"published": spec.gpu.published, "sha256": found[1] if found else None}
+            what = spec.gpu.identity(mode, spec.gpu.model_dump(include={"small", "lengths", "reps", "methods"}))
             units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/gpu/{mode}", fingerprint=fingerprint(self.type, "gpu", mode, what)))
         return units
 

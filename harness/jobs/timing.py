@@ -23,7 +23,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..plots import line_plot, make_plot
 from ..sparsity.categories import Category
@@ -102,8 +102,9 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-class MeasuredSpec(JobSpec):
-    """Common fields of a GPU benchmark that can also show published results."""
+class PublishedSource(BaseModel):
+    """Where a GPU benchmark's numbers come from: measured on this machine, or a published result JSON. The
+    ``timing`` and ``ttft`` jobs have these fields at the top level, the ``baselines`` job under ``gpu:``."""
 
     source: Source = Field(
         "auto",
@@ -113,10 +114,36 @@ class MeasuredSpec(JobSpec):
     published: str | None = Field(None, description="published result JSON (default per job type); null: none")
 
     @model_validator(mode="after")
-    def _need_file(self) -> MeasuredSpec:
+    def _need_file(self) -> PublishedSource:
         if self.source == "published" and self.published is None:
             raise ValueError("source 'published' needs a `published` file")
         return self
+
+    def resolve(self, can_measure: bool) -> Mode:
+        """``measure`` or ``published``: ``auto`` measures where the benchmark can run."""
+        if self.source != "auto":
+            return self.source
+        return "measure" if can_measure else "published"
+
+    def file_issues(self, mode: Mode, at: tuple[str, ...] = ()) -> list[ConfigIssue]:
+        """A published file the user named must exist when it is the one loaded (a default may not exist yet)."""
+        if self.published is None or "published" not in self.model_fields_set or mode != "published":
+            return []
+        if published_file(self.published) is None:
+            return [ConfigIssue((*at, "published"), f"{self.published!r} not found (looked in the working directory and in the installed {PUBLISHED_PACKAGE} package)")]
+        return []
+
+    def identity(self, mode: Mode, measure_params: dict[str, Any]) -> dict[str, Any]:
+        """What a unit's numbers depend on (for its fingerprint): the measuring parameters, or the published
+        file and its hash, so that an updated file is loaded again."""
+        if mode == "measure":
+            return measure_params
+        found = load_published(self.published) if self.published else None
+        return {"published": self.published, "sha256": found[1] if found else None}
+
+
+class MeasuredSpec(PublishedSource, JobSpec):
+    """Common fields of a GPU benchmark job that can also show published results."""
 
 
 class MeasuredOrPublished(JobType):
@@ -146,25 +173,14 @@ class MeasuredOrPublished(JobType):
         """The rows of a published document and its metadata (provenance, setup) for the section."""
 
     def mode(self, spec: MeasuredSpec) -> Mode:
-        if spec.source != "auto":
-            return spec.source
-        return "measure" if self.can_measure(spec) else "published"
+        return spec.resolve(self.can_measure(spec))
 
     def check(self, spec: MeasuredSpec, config: BenchmarkConfig) -> list[ConfigIssue]:
-        if spec.published is None or "published" not in spec.model_fields_set or self.mode(spec) != "published":
-            return []
-        if published_file(spec.published) is None:  # a file the user named must exist; a default may not yet
-            return [ConfigIssue(("published",), f"{spec.published!r} not found (looked in the working directory and in the installed {PUBLISHED_PACKAGE} package)")]
-        return []
+        return spec.file_issues(self.mode(spec))
 
     def expand(self, spec: MeasuredSpec, config: BenchmarkConfig) -> list[Unit]:
         mode = self.mode(spec)
-        if mode == "measure":
-            what: Any = self.measure_params(spec)
-        else:
-            found = load_published(spec.published) if spec.published else None
-            what = {"published": spec.published, "sha256": found[1] if found else None}
-        fp = fingerprint(self.type, mode, what)
+        fp = fingerprint(self.type, mode, spec.identity(mode, self.measure_params(spec) if mode == "measure" else {}))
         return [Unit(job=spec.name, type=self.type, id=f"{spec.name}/{mode}", fingerprint=fp)]
 
     def run_unit(self, spec: MeasuredSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet) -> None:
