@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bsight.harness.config import ConfigError, parse_config
-from bsight.harness.jobs.timing import TimingJob, TimingRow, load_published, published_file
+from bsight.harness.jobs.timing import TimingJob, TimingRow, load_published, published_file, timing_context
 from bsight.harness.jobs.ttft import TTFTRow
 from bsight.harness.report import render_report
 from bsight.harness.runner import execute
@@ -64,6 +64,20 @@ def test_published_sweep_loads_with_provenance_and_renders(registry, tmp_path):
     assert f"{pick['ms']:.2f}" in t and f"{cudnn / pick['ms']:.2f}x" in t
     md = (out.run_dir / "report.md").read_text()
     assert "Published results, not measured in this run" in md and "plots/timing-timing-peers-speedup.svg" in md
+
+
+def test_halves_of_mixed30_are_times_not_speedups():
+    """The dense and kernel halves of a mixed30 call are timed apart: the ms table shows them, the speedup
+    table and plots over cuDNN (whole attention calls only) do not."""
+    base = {"tokens": 36864, "layout": "peers", "config": "default"}
+    points = [dict(base, method=m, category=c, ms=ms) for m, c, ms in [
+        ("cudnn", "dense", 16.0), ("ours", "mixed30", 7.0), ("ours", "mixed30_serial", 6.5),
+        ("ours", "mixed30_dense_part", 5.0), ("ours", "mixed30_kernel_part", 1.5)]]
+    ctx = timing_context(points)
+    assert {"ours mixed30_dense_part", "ours mixed30_kernel_part", "ours mixed30"} <= set(ctx["columns"])
+    assert ctx["speed_columns"] == ["ours mixed30", "ours mixed30_serial"]
+    (row,) = ctx["speedups"]
+    assert row["x"] == [16.0 / 7.0, 16.0 / 6.5]
 
 
 def test_published_files_resolve_outside_a_checkout(tmp_path, monkeypatch):
