@@ -38,6 +38,7 @@ import triton.language as tl
 from .triton_fwd import _scores, _softmax_step
 
 HEADS, KV_HEADS, HEAD_DIM = 28, 4, 128  # peers.md's shape (Qwen2-VL 7B)
+BLOCK_M, BLOCK_N = 128, 64  # the kernel's default tile (bsight.kernels.blindsight_attention.default_config)
 
 
 @triton.jit
@@ -46,7 +47,7 @@ def probe_fwd_kernel(
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, Q_BY_TMA: tl.constexpr, EDGE_LOOP: tl.constexpr, MASK_IN_LOOP: tl.constexpr,
 ):
-    """Causal attention of one 128-row query tile (longest tiles first) of ``q, k, v [H, S, D]``, S a multiple of
+    """Causal attention of one BLOCK_M-row query tile (longest tiles first) of ``q, k, v [H, S, D]``, S a multiple of
     BLOCK_M. Without EDGE_LOOP or MASK_IN_LOOP only the full blocks (keys before the tile) are computed."""
     pid = tl.program_id(0)
     t = tl.cdiv(S, BLOCK_M) - 1 - pid // num_heads
@@ -113,7 +114,7 @@ class Variant:
         return self.edge_loop or self.mask_in_loop
 
     def constexprs(self) -> dict:
-        return dict(D=HEAD_DIM, BLOCK_M=128, BLOCK_N=64, TMA=self.tma, WARP_SPECIALIZE=self.warp_specialize, Q_BY_TMA=self.q_by_tma,
+        return dict(D=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, TMA=self.tma, WARP_SPECIALIZE=self.warp_specialize, Q_BY_TMA=self.q_by_tma,
                     EDGE_LOOP=self.edge_loop, MASK_IN_LOOP=self.mask_in_loop)
 
 
@@ -154,7 +155,13 @@ def compile_report(variant: Variant, target=None) -> dict:
             log.seek(0)
             cause = [line.strip() for line in log if "Assertion" in line or "LLVM ERROR" in line]
             return {"compiled": False, "warp_specialized": False, "error": (cause[0] if cause else f"{type(exc).__name__}: {exc}")[:300]}
-    return {"compiled": True, "warp_specialized": "ttg.warp_specialize" in kernel.asm["ttgir"], "registers": _registers(kernel)}
+    return {"compiled": True, **kernel_facts(kernel)}
+
+
+def kernel_facts(kernel) -> dict:
+    """Whether a compiled kernel is warp-specialized, and its registers per thread (None before it is loaded on
+    a GPU, as in a compile-only run)."""
+    return {"warp_specialized": "ttg.warp_specialize" in kernel.asm["ttgir"], "registers": _registers(kernel)}
 
 
 @contextlib.contextmanager
@@ -179,15 +186,16 @@ def _registers(kernel) -> int | None:
         return None
 
 
-def _launch(variant: Variant, q, k, v, out) -> None:
+def _launch(variant: Variant, q, k, v, out):
+    """Run ``variant`` on ``q [H, S, D]``, ``k, v [Hkv, S, D]`` into ``out``; returns the compiled kernel."""
     H, S, D = q.shape
-    probe_fwd_kernel[(S // 128 * H,)](q, k, v, out, S, H, H // k.shape[0], D ** -0.5 * 1.4426950408889634, **variant.constexprs(),
+    return probe_fwd_kernel[(S // BLOCK_M * H,)](q, k, v, out, S, H, H // k.shape[0], D ** -0.5 * 1.4426950408889634, **variant.constexprs(),
                                       num_warps=variant.num_warps, num_stages=variant.num_stages)
 
 
-def full_block_pairs(S: int, block_m: int = 128) -> int:
-    """Query-key pairs of the full blocks only: every key before each 128-row tile."""
-    return sum(t * block_m * block_m for t in range(S // block_m))
+def full_block_pairs(S: int) -> int:
+    """Query-key pairs of the full blocks only: every key before each ``BLOCK_M``-row tile."""
+    return sum(t * BLOCK_M * BLOCK_M for t in range(S // BLOCK_M))
 
 
 def run_probe(lengths: Sequence[int], log=print) -> list[dict]:
@@ -199,8 +207,8 @@ def run_probe(lengths: Sequence[int], log=print) -> list[dict]:
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))  # device-side descriptors
     rows = []
     for S in lengths:
-        if S % 128:
-            raise ValueError(f"lengths must be multiples of 128, got {S}")
+        if S % BLOCK_M:
+            raise ValueError(f"lengths must be multiples of {BLOCK_M}, got {S}")
         gen = torch.Generator(device="cuda").manual_seed(S)
         q = torch.randn(HEADS, S, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
         k, v = (torch.randn(KV_HEADS, S, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
@@ -219,7 +227,7 @@ def run_probe(lengths: Sequence[int], log=print) -> list[dict]:
         for variant in TIMED:
             out = torch.zeros_like(q)
             try:
-                _launch(variant, q, k, v, out)
+                compiled = _launch(variant, q, k, v, out)
                 torch.cuda.synchronize()
             except Exception as exc:
                 rows.append(dict(tokens=S, variant=variant.name, error=f"{type(exc).__name__}: {str(exc)[:300]}"))
@@ -229,13 +237,13 @@ def run_probe(lengths: Sequence[int], log=print) -> list[dict]:
             else:
                 full_ref = out.clone() if full_ref is None else full_ref
                 ref = full_ref
-            got, want = out[:, 128:].float(), ref[:, 128:].float()  # (tile 0 of a full-block variant has no key)
+            got, want = out[:, BLOCK_M:].float(), ref[:, BLOCK_M:].float()  # (tile 0 of a full-block variant has no key)
             nonfinite = float((~got.isfinite()).float().mean().item())
             err = float(((got - want).abs().max() / want.abs().max()).item())  # NaN where any output is not finite
             ms = do_bench(lambda: _launch(variant, q, k, v, out), warmup=50, rep=400, return_mode="median")
             pairs = causal_pairs if variant.causal else full_pairs
             rows.append(dict(tokens=S, variant=variant.name, ms=ms, tflops=4 * HEAD_DIM * pairs * HEADS / ms / 1e9, max_rel_err=err, nonfinite_share=nonfinite,
-                             **asdict(variant), **{k_: v_ for k_, v_ in compile_report(variant).items() if k_ != "compiled"}))
+                             **asdict(variant), **kernel_facts(compiled)))
             log(f"{S:>8,} {variant.name:40s} {ms:9.3f} ms {rows[-1]['tflops']:5.0f} TFLOP/s  err {err:.1e}  not finite {nonfinite:.1%}")
     return rows
 
@@ -264,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         given = list(argv if argv is not None else sys.argv[1:])
         command = ["python", "-m", "bsight.kernels.hopper_probe", *(Path(a).name if a == args.out else a for a in given)]
         doc = {"provenance": _provenance(command), "setup": {"heads": [HEADS, KV_HEADS], "head_dim": HEAD_DIM, "dtype": "bfloat16",
-                                                               "block": [128, 64], "target": args.target}, "shapes": shapes, "rows": rows}
+                                                               "block": [BLOCK_M, BLOCK_N], "target": args.target}, "shapes": shapes, "rows": rows}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(doc, indent=1, default=str))
 

@@ -667,8 +667,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                              "mixed30_head_map": mixed_head_map(28)},
                "rows": rows, "targets": targets(rows)}
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=1, default=str))
-        out.with_suffix(".md").write_text(markdown(json.loads(out.read_text())))
+        text = json.dumps(doc, indent=1, default=str)
+        out.write_text(text)
+        out.with_suffix(".md").write_text(markdown(json.loads(text)))  # the page from the JSON as written
 
     rows = run_sweep(
         lengths=[int(x) for x in args.lengths.split(",")],

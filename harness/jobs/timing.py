@@ -180,7 +180,7 @@ class MeasuredOrPublished(JobType):
 
     def expand(self, spec: MeasuredSpec, config: BenchmarkConfig) -> list[Unit]:
         mode = self.mode(spec)
-        fp = fingerprint(self.type, mode, spec.identity(mode, self.measure_params(spec) if mode == "measure" else {}))
+        fp = fingerprint(self.type, mode, spec.identity(mode, self.measure_params(spec)))
         return [Unit(job=spec.name, type=self.type, id=f"{spec.name}/{mode}", fingerprint=fp)]
 
     def run_unit(self, spec: MeasuredSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet) -> None:
