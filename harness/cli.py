@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
+from .version import __version__
 from .plugins import Registry, load_registry
 
 DEFAULT_CONFIG = "benchmarks.yaml"
@@ -61,6 +61,8 @@ def _logs_to(console: Console) -> Iterator[None]:
 def _registry(err: Console) -> Registry:
     logging.getLogger("bsight.harness.plugins").setLevel(logging.ERROR)  # failures are printed below instead
     registry = load_registry()
+    for line in registry.unmet:
+        err.print(f"[yellow]warning:[/] {escape(line)}")
     for f in registry.failures:
         err.print(f"[yellow]warning:[/] plugin {escape(repr(f.plugin))} from package {escape(f.package)} was skipped: {escape(f.error)}")
     return registry

@@ -17,6 +17,7 @@ import pluggy
 
 from . import hookspecs
 from .interfaces import AttentionMethod, ModelAdapter, Plugin, Task
+from .requirements import unmet_requirements
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class LoadFailure:
 class Registry:
     entries: dict[Family, dict[str, PluginInfo]] = field(default_factory=lambda: {f: {} for f in FAMILIES})
     failures: list[LoadFailure] = field(default_factory=list)
+    # installed versions outside the declared requirements of a package that registered plugins
+    unmet: list[str] = field(default_factory=list)
 
     def get(self, family: Family, name: str) -> type[Plugin]:
         try:
@@ -83,9 +86,13 @@ def load_registry(extra: dict[str, ModuleType | object] | None = None) -> Regist
     pm = new_manager()
     registry = Registry()
     origin: dict[str, tuple[str, str]] = {}
+    checked: set[str] = set()
     for ep in sorted(entry_points(group=hookspecs.ENTRY_POINT_GROUP), key=lambda e: e.name):
         package = ep.dist.name if ep.dist else "?"
         version = ep.dist.version if ep.dist else "?"
+        if ep.dist and package not in checked:
+            checked.add(package)
+            registry.unmet += unmet_requirements(package)
         try:
             pm.register(ep.load(), name=ep.name)
             origin[ep.name] = (package, version)

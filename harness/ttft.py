@@ -307,7 +307,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from bsight.harness import __version__
+    from bsight.harness.version import __version__
 
     return __version__
 
@@ -340,7 +340,7 @@ def provenance(argv: list[str], device: torch.device, git_commit: str | None = N
 
 def kernel_status(device: torch.device) -> str:
     try:
-        import bsight.kernels as kernels
+        from bsight.kernels import blindsight_attention as kernels
 
         return "triton" if device.type == "cuda" and hasattr(kernels, "blindsight_attention") else "reference"
     except ImportError:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "checkpoints"))
 import reference_masks  # noqa: E402
 
-import bsight.kernels  # noqa: E402
+import bsight.kernels.blindsight_attention  # noqa: E402
 from bsight.harness.interfaces import LayerCall, ModelInfo  # noqa: E402
 from bsight.harness.sparsity.categories import Category  # noqa: E402
 from bsight.harness.sparsity.headmap import HeadMap  # noqa: E402
@@ -143,7 +143,7 @@ def test_the_kernel_gets_the_layer_and_missing_or_partial_kernels_fall_back(monk
         seen.append((q_.shape[0], k_.shape[0], cats_.tolist(), scale))
         return reference_attention(q_, k_, v_, meta_, cats_, scale=scale, window=window)
 
-    monkeypatch.setattr(bsight.kernels, "blindsight_attention", kernel, raising=False)
+    monkeypatch.setattr(bsight.kernels.blindsight_attention, "blindsight_attention", kernel, raising=False)
     method = Blindsight({"head_map": _map([row]), "kernel": "triton"})
     method.setup(_info(layers=1))
     torch.testing.assert_close(method.prefill(q, k, v, meta, call), expected, rtol=1e-5, atol=1e-5)
@@ -155,21 +155,21 @@ def test_the_kernel_gets_the_layer_and_missing_or_partial_kernels_fall_back(monk
     def wrong_dtype(*args, **kwargs):
         raise TypeError("q, k, v must all be bfloat16 or float16")
 
-    monkeypatch.setattr(bsight.kernels, "blindsight_attention", unsupported)
+    monkeypatch.setattr(bsight.kernels.blindsight_attention, "blindsight_attention", unsupported)
     with caplog.at_level(logging.WARNING):
         torch.testing.assert_close(method.prefill(q, k, v, meta, call), expected, rtol=1e-5, atol=1e-5)
     assert "sliding windows" in caplog.text and "reference" in caplog.text
-    monkeypatch.setattr(bsight.kernels, "blindsight_attention", wrong_dtype)
+    monkeypatch.setattr(bsight.kernels.blindsight_attention, "blindsight_attention", wrong_dtype)
     torch.testing.assert_close(method.prefill(q, k, v, meta, call), expected, rtol=1e-5, atol=1e-5)
     assert "bfloat16 or float16" in caplog.text
-    monkeypatch.setattr(bsight.kernels, "blindsight_attention", unsupported)
+    monkeypatch.setattr(bsight.kernels.blindsight_attention, "blindsight_attention", unsupported)
 
     strict = Blindsight({"head_map": _map([row]), "kernel": "triton", "fallback": False})
     strict.setup(_info(layers=1))
     with pytest.raises(NotImplementedError, match="sliding windows"):
         strict.prefill(q, k, v, meta, call)
 
-    monkeypatch.delattr(bsight.kernels, "blindsight_attention")
+    monkeypatch.delattr(bsight.kernels.blindsight_attention, "blindsight_attention")
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         torch.testing.assert_close(method.prefill(q, k, v, meta, call), expected, rtol=1e-5, atol=1e-5)
@@ -186,7 +186,7 @@ def test_dense_heads_can_stay_in_the_kernel(monkeypatch):
         seen.append((cats.tolist(), dense_backend))
         return reference_attention(q, k, v, meta, cats, scale=scale, window=window)
 
-    monkeypatch.setattr(bsight.kernels, "blindsight_attention", kernel, raising=False)
+    monkeypatch.setattr(bsight.kernels.blindsight_attention, "blindsight_attention", kernel, raising=False)
     meta = _meta()
     for dense_heads, backend in (("kernel", "kernel"), ("sdpa", "auto")):
         method = Blindsight({"head_map": _map([row, ["dense"] * 8]), "kernel": "triton", "dense_heads": dense_heads})

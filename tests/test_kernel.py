@@ -27,7 +27,8 @@ import pytest
 from bsight.harness.sparsity.categories import Category
 from bsight.harness.sparsity.layout import PromptLayout, SinkPolicy
 from bsight.harness.sparsity.metadata import LayoutMeta
-from bsight.kernels import blindsight_attention, reference_attention
+from bsight.kernels.blindsight_attention import blindsight_attention
+from bsight.kernels.reference import reference_attention
 from bsight.kernels.blindsight_attention import KernelConfig, interpreting
 from bsight.kernels.plan import build_plan
 

@@ -139,7 +139,7 @@ class Characterization:
 
 def summarize(spec: CharacterizeSpec, setup: CharacterizeSetup, prompts: list[CharacterizeRow]) -> Characterization:
     """Aggregate prompt rows (in task order) into the head map, its own fidelity, and the sweep if asked."""
-    from bsight.harness import __version__
+    from bsight.harness.version import __version__
 
     m = setup.model
     result = CharacterizationResult(

@@ -357,7 +357,7 @@ def characterize_model(
 
 
 def _tool_version() -> str:
-    from bsight.harness import __version__
+    from bsight.harness.version import __version__
 
     return __version__
 

@@ -126,6 +126,6 @@ class HeadMap(BaseModel):
 
 
 def _tool_version() -> str:
-    from bsight.harness import __version__
+    from bsight.harness.version import __version__
 
     return __version__

@@ -43,7 +43,7 @@ def _warn_once(message: str) -> None:
 def _triton_kernel(fallback: bool) -> AttentionFn | None:
     """``bsight.kernels.blindsight_attention`` (same signature as ``reference_attention``), or None."""
     try:
-        import bsight.kernels as kernels  # looked up at call time: a build may lack the kernel
+        from bsight.kernels import blindsight_attention as kernels  # looked up at call time: a build may lack it
 
         return kernels.blindsight_attention
     except (ImportError, AttributeError) as e:

@@ -510,7 +510,7 @@ class PatternSearch(AttentionMethod):
         missing = [i for i in range(self.model.num_layers) if i not in self.choices]
         if missing:
             raise RuntimeError(f"no search result for layers {missing}: run one prefill of the sample first")
-        from bsight.harness import __version__
+        from bsight.harness.version import __version__
 
         return PatternConfig(
             model_id=self.model.model_id, model_revision=self.model.revision, num_layers=self.model.num_layers,

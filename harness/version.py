@@ -1,4 +1,4 @@
-"""The BlindSight harness core: config, plugin manager, runners, result store, report rendering."""
+"""The installed bsight version, stamped into head maps, pattern configs and provenance."""
 
 from importlib.metadata import PackageNotFoundError, version
 
