@@ -71,7 +71,9 @@ def main() -> int:
             print(f"BROKEN BY {name} {cur}: the failed tests pass with {name} {old} and every other package as now")
         pip(f"{name}=={cur}")
     if not culprits:
-        print("no single package explains the failure; try `pip install -c constraints.txt -e '.[test]'` to get the green set")
+        print(
+            "no single package explains the failure; try `pip install -c constraints.txt -e '.[test]'` to get the green set"
+        )
     return 0
 
 

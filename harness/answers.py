@@ -28,7 +28,7 @@ import string
 import unicodedata
 from collections.abc import Sequence
 
-from .interfaces import Extraction
+from bsight.harness.interfaces import Extraction
 
 LETTERS = string.ascii_uppercase
 NONE = Extraction(None, "none")
@@ -39,9 +39,30 @@ _CONNECTIVES = frozenset(
     "for from due with in on per according".split()
 )
 _ORDINALS = {
-    "first": 0, "1st": 0, "one": 0, "second": 1, "2nd": 1, "two": 1, "third": 2, "3rd": 2, "three": 2,
-    "fourth": 3, "4th": 3, "four": 3, "fifth": 4, "5th": 4, "five": 4, "sixth": 5, "6th": 5, "six": 5,
-    "seventh": 6, "7th": 6, "seven": 6, "eighth": 7, "8th": 7, "eight": 7,
+    "first": 0,
+    "1st": 0,
+    "one": 0,
+    "second": 1,
+    "2nd": 1,
+    "two": 1,
+    "third": 2,
+    "3rd": 2,
+    "three": 2,
+    "fourth": 3,
+    "4th": 3,
+    "four": 3,
+    "fifth": 4,
+    "5th": 4,
+    "five": 4,
+    "sixth": 5,
+    "6th": 5,
+    "six": 5,
+    "seventh": 6,
+    "7th": 6,
+    "seven": 6,
+    "eighth": 7,
+    "8th": 7,
+    "eight": 7,
 }
 _ORDINAL_WORDS = "|".join(sorted(_ORDINALS, key=len, reverse=True))
 
@@ -100,7 +121,7 @@ def _labelled(text: str, valid: str) -> str | None:
         opened, raw, closed = m.group(1), m.group(2), m.group(3)
         if raw.upper() not in valid or (opened is None) != (closed is None):
             continue
-        rest = text[m.end():]
+        rest = text[m.end() :]
         if opened is None:
             if re.match(r"[A-Za-z0-9]", rest):
                 continue  # "the answer is that ...": the letter starts a word
@@ -128,9 +149,7 @@ def _letter(text: str, valid: str) -> str | None:
     found = {m.group(1) for m in _PAREN_ANY.finditer(text) if m.group(1) in valid}
     if len(found) == 1:
         return found.pop()
-    found = {
-        m.group(1) for m in _STANDALONE.finditer(text) if m.group(1) in valid and _reads_as_choice(text, m.end())
-    }
+    found = {m.group(1) for m in _STANDALONE.finditer(text) if m.group(1) in valid and _reads_as_choice(text, m.end())}
     if len(found) == 1:
         return found.pop()
     return None
@@ -140,7 +159,7 @@ def _after_last_cue(text: str) -> str | None:
     last = None
     for last in _CUE.finditer(text):
         pass
-    return text[last.end():] if last else None
+    return text[last.end() :] if last else None
 
 
 def _matching_options(text: str, options: Sequence[str]) -> list[int]:
@@ -206,6 +225,6 @@ def extract_short_answer(generation: str) -> Extraction:
     lowered = text.lower()
     for cue in _SHORT_CUES:
         if cue in lowered:
-            answer = text[lowered.index(cue) + len(cue):].strip()
+            answer = text[lowered.index(cue) + len(cue) :].strip()
             return Extraction(answer, "the_answer_is") if answer else NONE
     return Extraction(text, "raw") if text else NONE

@@ -33,9 +33,10 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .interfaces import AttentionMethod, LayerCall
-from .sparsity.layout import PromptLayout, SinkPolicy
-from .sparsity.metadata import LayoutMeta
+from bsight.harness.interfaces import AttentionMethod
+from bsight.kernels.dispatch import LayerCall
+from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 ATTN_IMPLEMENTATION = "bsight"
 
@@ -111,7 +112,9 @@ def active_method(
     if not layouts:
         raise ValueError("active_method needs one layout per batch row, got none")
     if len({lay.length for lay in layouts}) != 1:
-        raise ValueError(f"layouts of one batch must have one (padded) length, got {sorted({lay.length for lay in layouts})}")
+        raise ValueError(
+            f"layouts of one batch must have one (padded) length, got {sorted({lay.length for lay in layouts})}"
+        )
     ctx = PrefillContext(method, layouts, timer)
     token = _ACTIVE.set(ctx)
     try:
@@ -145,7 +148,15 @@ def attention_forward(
     ctx = _prefill_context(query.shape[2], key.shape[2]) if causal else None
     if ctx is None:
         return ALL_ATTENTION_FUNCTIONS["sdpa"](
-            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, sliding_window=sliding_window, **kwargs
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=scaling,
+            dropout=dropout,
+            sliding_window=sliding_window,
+            **kwargs,
         )
     if attention_mask is not None:  # our mask function returned None: this mask was built elsewhere and would be lost
         raise ValueError(
@@ -153,7 +164,9 @@ def attention_forward(
             "so pass only a 2-D padding mask (attention_mask [B, S]) to the model"
         )
     if kwargs.get("softcap") is not None:
-        raise NotImplementedError(f"attention logit soft-capping (softcap={kwargs['softcap']}) is not supported by bsight methods")
+        raise NotImplementedError(
+            f"attention logit soft-capping (softcap={kwargs['softcap']}) is not supported by bsight methods"
+        )
     if dropout:
         raise NotImplementedError("bsight methods run inference only; attention dropout must be 0 (call model.eval())")
     B, Hq, S, D = query.shape
@@ -168,9 +181,13 @@ def attention_forward(
             lo, hi = layout.valid_start, layout.valid_end
             if hi == lo:
                 continue
-            o = ctx.method.prefill(query[row, :, lo:hi], key[row, :, lo:hi], value[row, :, lo:hi], ctx.meta(row, query.device), call)
+            o = ctx.method.prefill(
+                query[row, :, lo:hi], key[row, :, lo:hi], value[row, :, lo:hi], ctx.meta(row, query.device), call
+            )
             if o.shape != (Hq, hi - lo, D):
-                raise ValueError(f"method {ctx.method.name!r} returned {tuple(o.shape)} for layer {call.layer_idx}, expected {(Hq, hi - lo, D)}")
+                raise ValueError(
+                    f"method {ctx.method.name!r} returned {tuple(o.shape)} for layer {call.layer_idx}, expected {(Hq, hi - lo, D)}"
+                )
             out[row, lo:hi] = o.transpose(0, 1).to(out.dtype)
     return out, None
 

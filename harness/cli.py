@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .version import __version__
-from .plugins import Registry, load_registry
+from bsight.harness.plugins import Registry, load_registry
+from bsight.kernels.sparsity.artifacts import tool_version
 
 DEFAULT_CONFIG = "benchmarks.yaml"
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,9 @@ def _registry(err: Console) -> Registry:
     for line in registry.unmet:
         err.print(f"[yellow]warning:[/] {escape(line)}")
     for f in registry.failures:
-        err.print(f"[yellow]warning:[/] plugin {escape(repr(f.plugin))} from package {escape(f.package)} was skipped: {escape(f.error)}")
+        err.print(
+            f"[yellow]warning:[/] plugin {escape(repr(f.plugin))} from package {escape(f.package)} was skipped: {escape(f.error)}"
+        )
     return registry
 
 
@@ -98,9 +100,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .distributed import launched, session
-    from .runner import default_run_dir, execute, plan
+    from bsight.harness.config import load_config
+    from bsight.harness.distributed import launched, session
+    from bsight.harness.runner import default_run_dir, execute, plan
 
     err = _console(stderr=True)
     path = resolve_config(args.config)
@@ -112,7 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0  # one listing per launch
         units = plan(config)
         out = _console()
-        out.print(f"config {escape(str(path))} is valid (hash {config.config_hash()}); run folder {escape(str(run_dir))}")
+        out.print(
+            f"config {escape(str(path))} is valid (hash {config.config_hash()}); run folder {escape(str(run_dir))}"
+        )
         for _, unit in units:
             out.print(f"  {escape(unit.id)}  [dim]{unit.fingerprint}[/]")
         out.print(f"{len(units)} units")
@@ -120,7 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     with session() as dist:
         console = err if dist.is_main else Console(stderr=True, quiet=True)
         processes = f" over {dist.world_size} processes ({dist.backend})" if dist.world_size > 1 else ""
-        console.print(f"config {escape(str(path))} -> run folder {escape(str(run_dir))}{' (fresh)' if args.fresh else ''}{processes}")
+        console.print(
+            f"config {escape(str(path))} -> run folder {escape(str(run_dir))}{' (fresh)' if args.fresh else ''}{processes}"
+        )
         with _logs_to(console):
             outcome = execute(config, registry, run_dir, fresh=args.fresh, config_file=path, console=console, dist=dist)
     if outcome.report is None:
@@ -128,7 +134,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if dist.is_main:
         print(f"report: {outcome.report.resolve()}")
     if outcome.failed:
-        console.print(f"[red]{len(outcome.failed)} of {outcome.units} units failed:[/] {escape(', '.join(outcome.failed))}")
+        console.print(
+            f"[red]{len(outcome.failed)} of {outcome.units} units failed:[/] {escape(', '.join(outcome.failed))}"
+        )
         return 1
     return 0
 
@@ -153,7 +161,17 @@ CHARACTERIZE_JOB = "characterize"
 def characterize_job(args: argparse.Namespace) -> dict:
     """The ``characterize`` job entry the command's arguments describe."""
     job: dict = {"type": "characterize", "name": CHARACTERIZE_JOB, "models": [args.model], "task": args.task}
-    for key in ("limit", "tau", "delta", "gamma", "sweep_taus", "sweep_deltas", "sweep_gammas", "chunk_size", "publish"):
+    for key in (
+        "limit",
+        "tau",
+        "delta",
+        "gamma",
+        "sweep_taus",
+        "sweep_deltas",
+        "sweep_gammas",
+        "chunk_size",
+        "publish",
+    ):
         value = getattr(args, key)
         if value is not None:
             job[key] = value
@@ -170,7 +188,7 @@ def _option_errors(job: dict) -> list[str]:
     """The job's parameter errors phrased as command-line options (``--tau: ...``)."""
     from pydantic import ValidationError
 
-    from .jobs.characterize import CharacterizeSpec
+    from bsight.harness.jobs.characterize import CharacterizeSpec
 
     flags = {"sinks": "--sink-fraction/--sink-offsets", "discover_sinks": "--discover-sinks"}
     try:
@@ -188,10 +206,10 @@ def _option_errors(job: dict) -> list[str]:
 
 def cmd_characterize(args: argparse.Namespace) -> int:
     """Characterize one model on one task (models and tasks as the config defines them) into a run folder."""
-    from .config import load_config, parse_config
-    from .jobs.characterize import head_map_file
-    from .runner import execute
-    from .store import RunFolder
+    from bsight.harness.config import load_config, parse_config
+    from bsight.harness.jobs.characterize import head_map_file
+    from bsight.harness.runner import execute
+    from bsight.harness.store import RunFolder
 
     if args.config and args.config_opt and args.config != args.config_opt:
         raise UsageError(f"two configs given: {args.config} and --config {args.config_opt}")
@@ -214,19 +232,29 @@ def cmd_characterize(args: argparse.Namespace) -> int:
         raise UsageError("\n".join(problems))
     out = Path(args.out)
     data = {
-        "run": {"name": f"characterize-{args.model}", "output_dir": str(out.parent), "seed": base.run.seed,
-                "description": f"bsight characterize --model {args.model} --task {args.task}"},
+        "run": {
+            "name": f"characterize-{args.model}",
+            "output_dir": str(out.parent),
+            "seed": base.run.seed,
+            "description": f"bsight characterize --model {args.model} --task {args.task}",
+        },
         "models": {args.model: base.models[args.model].model_dump()},
         "tasks": {args.task: base.tasks[args.task].model_dump()},
         "jobs": [job],
     }
     config = parse_config(data, registry, source=f"bsight characterize (models and tasks from {path})")
-    err.print(f"characterize {escape(args.model)} on {escape(args.task)} (config {escape(str(path))}) -> {escape(str(out))}{' (fresh)' if args.fresh else ''}")
+    err.print(
+        f"characterize {escape(args.model)} on {escape(args.task)} (config {escape(str(path))}) -> {escape(str(out))}{' (fresh)' if args.fresh else ''}"
+    )
     with _logs_to(err):
-        outcome = execute(config, registry, out, fresh=args.fresh, console=err)  # the run is this command, not the whole CONFIG
+        outcome = execute(
+            config, registry, out, fresh=args.fresh, console=err
+        )  # the run is this command, not the whole CONFIG
     (rec,) = RunFolder.open(out).manifest().units
     if rec.status != "done":
-        err.print(f"[red]characterization failed:[/] {escape(rec.error or rec.status)} (details in {escape(str(out / 'errors.log'))})")
+        err.print(
+            f"[red]characterization failed:[/] {escape(rec.error or rec.status)} (details in {escape(str(out / 'errors.log'))})"
+        )
         return 1
     files = rec.info.get("files", {})
     stem = out / "plots" / f"characterization-{CHARACTERIZE_JOB}-{args.model}"
@@ -245,7 +273,7 @@ def cmd_characterize(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import render_report
+    from bsight.harness.report import render_report
 
     html, md = render_report(Path(args.run))
     print(f"report: {html.resolve()}")
@@ -254,8 +282,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_runs, render_comparison
-    from .store import RunFolder
+    from bsight.harness.compare import compare_runs, render_comparison
+    from bsight.harness.store import RunFolder
 
     a, b = RunFolder.open(args.run_a), RunFolder.open(args.run_b)
     cmp = compare_runs(a, b, threshold=args.threshold, rel_threshold=args.rel_threshold)
@@ -263,7 +291,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = _console()
     for c in cmp.regressions:
         out.print(f"[red]REGRESSION[/] {escape(c.name)}: {c.a:.4g} -> {c.b:.4g}")
-    out.print(f"{len(cmp.changes)} shared metrics, {len(cmp.regressions)} regressions (threshold {args.threshold}, relative {args.rel_threshold})")
+    out.print(
+        f"{len(cmp.changes)} shared metrics, {len(cmp.regressions)} regressions (threshold {args.threshold}, relative {args.rel_threshold})"
+    )
     print(f"comparison: {html.resolve()}")
     return 1 if cmp.regressions else 0
 
@@ -277,7 +307,7 @@ def _non_negative(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bsight", description="BlindSight evaluation harness")
-    parser.add_argument("--version", action="version", version=f"bsight {__version__}")
+    parser.add_argument("--version", action="version", version=f"bsight {tool_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("plugins", help="list registered model adapters, tasks and attention methods")
@@ -296,22 +326,46 @@ def build_parser() -> argparse.ArgumentParser:
         description="Characterize a model defined in CONFIG on a task defined in CONFIG and write its head map. The output "
         "folder is a run folder: running the same command again resumes, prompt by prompt.",
     )
-    p.add_argument("config", nargs="?", metavar="CONFIG", help=f"config whose models and tasks to use (default: ./{DEFAULT_CONFIG})")
+    p.add_argument(
+        "config",
+        nargs="?",
+        metavar="CONFIG",
+        help=f"config whose models and tasks to use (default: ./{DEFAULT_CONFIG})",
+    )
     p.add_argument("--config", dest="config_opt", metavar="CONFIG", help="the same as CONFIG")
     p.add_argument("--model", help="model name from the config's `models:`")
     p.add_argument("--task", help="task name from the config's `tasks:`")
-    p.add_argument("--out", required=True, metavar="DIR", help="output run folder (head map under DIR/headmaps/characterize/, plots under DIR/plots/)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output run folder (head map under DIR/headmaps/characterize/, plots under DIR/plots/)",
+    )
     p.add_argument("--limit", type=int, help="first N prompts of the task")
     p.add_argument("--tau", type=float, help="NMSE threshold per prompt (default 0.05)")
     p.add_argument("--delta", type=float, help="dense share above which a head stays dense (default 0.2)")
     p.add_argument("--gamma", type=float, help="share the predominant sparse category needs (default 0.5)")
-    p.add_argument("--sweep-taus", type=_csv_floats, metavar="T1,T2,...", help="also sweep FLOPs reduction vs NMSE over these tau values")
+    p.add_argument(
+        "--sweep-taus",
+        type=_csv_floats,
+        metavar="T1,T2,...",
+        help="also sweep FLOPs reduction vs NMSE over these tau values",
+    )
     p.add_argument("--sweep-deltas", type=_csv_floats, metavar="D1,D2,...", help="sweep these delta values too")
     p.add_argument("--sweep-gammas", type=_csv_floats, metavar="G1,G2,...", help="sweep these gamma values too")
     sinks = p.add_mutually_exclusive_group()
-    sinks.add_argument("--sink-fraction", type=float, metavar="F", help="sinks: the first ceil(F * len) tokens of each image")
-    sinks.add_argument("--sink-offsets", type=_csv_ints, metavar="O1,O2,...", help="sinks: these offsets inside each image")
-    sinks.add_argument("--discover-sinks", type=int, metavar="K", help="find the K most attended in-image offsets first (fixed-offset models)")
+    sinks.add_argument(
+        "--sink-fraction", type=float, metavar="F", help="sinks: the first ceil(F * len) tokens of each image"
+    )
+    sinks.add_argument(
+        "--sink-offsets", type=_csv_ints, metavar="O1,O2,...", help="sinks: these offsets inside each image"
+    )
+    sinks.add_argument(
+        "--discover-sinks",
+        type=int,
+        metavar="K",
+        help="find the K most attended in-image offsets first (fixed-offset models)",
+    )
     p.add_argument("--chunk-size", type=int, help="image-query rows per chunk of the NMSE probe (default 256)")
     p.add_argument("--publish", metavar="PATH", help="also write the head map to PATH")
     p.add_argument("--fresh", action="store_true", help="ignore and delete results already in DIR")
@@ -324,18 +378,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare two runs and flag regressions (exit 1 when any)")
     p.add_argument("run_a", metavar="RUN_A", help="old run folder (reference)")
     p.add_argument("run_b", metavar="RUN_B", help="new run folder")
-    p.add_argument("--threshold", type=_non_negative, default=0.02, help="absolute change that counts as a regression for rates (default 0.02)")
-    p.add_argument("--rel-threshold", type=_non_negative, default=0.10, help="relative change that counts for timings (default 0.10)")
+    p.add_argument(
+        "--threshold",
+        type=_non_negative,
+        default=0.02,
+        help="absolute change that counts as a regression for rates (default 0.02)",
+    )
+    p.add_argument(
+        "--rel-threshold",
+        type=_non_negative,
+        default=0.10,
+        help="relative change that counts for timings (default 0.10)",
+    )
     p.add_argument("--out", metavar="DIR", help="where to write compare.html/compare.md (default: RUN_B)")
     p.set_defaults(func=cmd_compare)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .config import ConfigError
-    from .distributed import LaunchError
-    from .runner import PlanError
-    from .store import StoreError
+    from bsight.harness.config import ConfigError
+    from bsight.harness.distributed import LaunchError
+    from bsight.harness.runner import PlanError
+    from bsight.harness.store import StoreError
 
     args = build_parser().parse_args(argv)
     try:

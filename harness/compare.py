@@ -11,10 +11,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from .jobs import JOB_TYPES
-from .jobs.base import Metric
-from .report import environment
-from .store import RunFolder, write_json_atomic
+from bsight.harness.jobs import JOB_TYPES
+from bsight.harness.jobs.base import Metric
+from bsight.harness.report import environment
+from bsight.harness.store import RunFolder, write_json_atomic
 
 
 class MetricChange(BaseModel):
@@ -70,18 +70,34 @@ def judge(name: str, a: Metric, b: Metric, threshold: float, rel_threshold: floa
     else:
         size, limit = worse, threshold
     return MetricChange(
-        name=name, a=a.value, b=b.value, delta=delta, relative=b.relative, rel_change=rel, higher_is_better=b.higher_is_better,
-        regression=size > limit, improvement=-size > limit,
+        name=name,
+        a=a.value,
+        b=b.value,
+        delta=delta,
+        relative=b.relative,
+        rel_change=rel,
+        higher_is_better=b.higher_is_better,
+        regression=size > limit,
+        improvement=-size > limit,
     )
 
 
-def compare_runs(run_a: RunFolder, run_b: RunFolder, threshold: float = 0.02, rel_threshold: float = 0.10) -> Comparison:
+def compare_runs(
+    run_a: RunFolder, run_b: RunFolder, threshold: float = 0.02, rel_threshold: float = 0.10
+) -> Comparison:
     """Metrics of ``run_b`` (new) judged against ``run_a`` (old)."""
     ma, mb = collect_metrics(run_a), collect_metrics(run_b)
     changes = [judge(name, ma[name], mb[name], threshold, rel_threshold) for name in sorted(ma.keys() & mb.keys())]
     return Comparison(
-        run_a=str(run_a.root), run_b=str(run_b.root), config_hash_a=run_a.manifest().config_hash, config_hash_b=run_b.manifest().config_hash,
-        threshold=threshold, rel_threshold=rel_threshold, changes=changes, only_a=sorted(ma.keys() - mb.keys()), only_b=sorted(mb.keys() - ma.keys()),
+        run_a=str(run_a.root),
+        run_b=str(run_b.root),
+        config_hash_a=run_a.manifest().config_hash,
+        config_hash_b=run_b.manifest().config_hash,
+        threshold=threshold,
+        rel_threshold=rel_threshold,
+        changes=changes,
+        only_a=sorted(ma.keys() - mb.keys()),
+        only_b=sorted(mb.keys() - ma.keys()),
     )
 
 

@@ -20,9 +20,9 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, StringConstraints, ValidationError
 
-from .jobs import JOB_TYPES
-from .jobs.base import NAME_PATTERN, ConfigIssue, JobSpec
-from .plugins import Family, Registry, UnknownPluginError
+from bsight.harness.jobs import JOB_TYPES
+from bsight.harness.jobs.base import NAME_PATTERN, ConfigIssue, JobSpec
+from bsight.harness.plugins import Family, Registry, UnknownPluginError
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Loc = tuple[str | int, ...]
@@ -33,7 +33,9 @@ class ConfigError(ValueError):
 
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
         self.source, self.problems = source, problems
-        super().__init__("\n".join(f"{source}: {path}: {msg}" if path else f"{source}: {msg}" for path, msg in problems))
+        super().__init__(
+            "\n".join(f"{source}: {path}: {msg}" if path else f"{source}: {msg}" for path, msg in problems)
+        )
 
 
 class StrictModel(BaseModel):
@@ -121,7 +123,15 @@ def parse_config(data: Any, registry: Registry, source: str = "<config>") -> Ben
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(source, [("", f"the config must be a mapping with keys {', '.join(BenchmarkConfig.model_fields)}; got {type(data).__name__}")])
+        raise ConfigError(
+            source,
+            [
+                (
+                    "",
+                    f"the config must be a mapping with keys {', '.join(BenchmarkConfig.model_fields)}; got {type(data).__name__}",
+                )
+            ],
+        )
     problems: list[tuple[str, str]] = []
     raw_jobs = data.get("jobs", [])
     if raw_jobs is None:
@@ -159,12 +169,16 @@ def _plugin_sections(head: dict) -> BenchmarkConfig | None:
         return None
 
 
-def _validate_options(registry: Registry, family: Family, loc: Loc, ref: PluginRef, problems: list[tuple[str, str]]) -> dict[str, Any]:
+def _validate_options(
+    registry: Registry, family: Family, loc: Loc, ref: PluginRef, problems: list[tuple[str, str]]
+) -> dict[str, Any]:
     try:
         cls = registry.get(family, ref.plugin)
     except UnknownPluginError as e:
         failed = ", ".join(f.plugin for f in registry.failures)
-        problems.append((dotted(loc + ("plugin",)), str(e) + (f" (plugins that failed to load: {failed})" if failed else "")))
+        problems.append(
+            (dotted(loc + ("plugin",)), str(e) + (f" (plugins that failed to load: {failed})" if failed else ""))
+        )
         return ref.options
     try:
         return cls.Options.model_validate(ref.options).model_dump(mode="json")
@@ -179,7 +193,9 @@ def _validate_job(index: int, raw: Any, problems: list[tuple[str, str]]) -> JobS
     loc: Loc = ("jobs", index)
     allowed = ", ".join(sorted(JOB_TYPES))
     if not isinstance(raw, dict):
-        problems.append((dotted(loc), f"a job entry must be a mapping with a 'type' (one of {allowed}); got {type(raw).__name__}"))
+        problems.append(
+            (dotted(loc), f"a job entry must be a mapping with a 'type' (one of {allowed}); got {type(raw).__name__}")
+        )
         return None
     kind = raw.get("type")
     if kind is None:
@@ -203,7 +219,12 @@ def _check_jobs(config: BenchmarkConfig, problems: list[tuple[str, str]]) -> Non
     seen: dict[str, int] = {}
     for i, spec in enumerate(config.jobs):
         if spec.name in seen:
-            problems.append((dotted(("jobs", i, "name")), f"duplicate job name {spec.name!r} (also jobs[{seen[spec.name]}]); give each job a distinct name"))
+            problems.append(
+                (
+                    dotted(("jobs", i, "name")),
+                    f"duplicate job name {spec.name!r} (also jobs[{seen[spec.name]}]); give each job a distinct name",
+                )
+            )
         seen.setdefault(spec.name, i)
         issues: list[ConfigIssue] = JOB_TYPES[spec.type].check(spec, config)
         problems += [(dotted(("jobs", i) + issue.path), issue.message) for issue in issues]

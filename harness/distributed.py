@@ -120,7 +120,9 @@ def session() -> Iterator[Dist]:
     if torch.cuda.is_available():
         count = torch.cuda.device_count()
         if local >= count:
-            raise LaunchError(f"LOCAL_RANK={local} but this host has {count} visible GPU(s): start at most {count} processes per node")
+            raise LaunchError(
+                f"LOCAL_RANK={local} but this host has {count} visible GPU(s): start at most {count} processes per node"
+            )
         torch.cuda.set_device(local)  # adapters that ask for "cuda" get this rank's GPU
         device, backend = torch.device("cuda", local), "nccl"
     else:

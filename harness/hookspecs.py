@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from .interfaces import AttentionMethod, ModelAdapter, Task
+    from bsight.harness.interfaces import AttentionMethod, ModelAdapter, Task
 
 PROJECT = "bsight"
 ENTRY_POINT_GROUP = "bsight"

@@ -17,8 +17,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy
-from .sparsity.metadata import LayoutMeta
+from bsight.kernels.dispatch import LayerCall
+from bsight.kernels.sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 
 class NoOptions(BaseModel):
@@ -93,8 +94,12 @@ class Task(Plugin, ABC):
     """A benchmark. ``samples()`` is deterministic: same order and content on every call."""
 
     version: ClassVar[str] = "1"
-    headline: ClassVar[Literal["micro", "macro"]] = "micro"  # overall score upstream: over samples, or mean of per-subtask accuracies
-    default_max_new_tokens: ClassVar[int | None] = None  # generation budget upstream gives it; None: the accuracy job's default
+    headline: ClassVar[Literal["micro", "macro"]] = (
+        "micro"  # overall score upstream: over samples, or mean of per-subtask accuracies
+    )
+    default_max_new_tokens: ClassVar[int | None] = (
+        None  # generation budget upstream gives it; None: the accuracy job's default
+    )
 
     @abstractmethod
     def samples(self) -> Iterator[Sample]: ...
@@ -186,15 +191,6 @@ class ModelAdapter(Plugin, ABC):
 # ------------------------------------------------------------------------------------------- methods
 
 
-@dataclass(frozen=True)
-class LayerCall:
-    """What an attention method learns about the layer it is called for."""
-
-    layer_idx: int
-    scale: float
-    window: int | None = None  # sliding window of this layer, if any
-
-
 @dataclass
 class OverheadMeter:
     """Wall-clock milliseconds a method spends outside attention proper (pattern estimation, mask
@@ -243,7 +239,9 @@ class AttentionMethod(Plugin, ABC):
         self.model = model
 
     @abstractmethod
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, call: LayerCall) -> torch.Tensor: ...
+    def prefill(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, call: LayerCall
+    ) -> torch.Tensor: ...
 
     def head_categories(self, layer_idx: int) -> torch.Tensor | None:
         """Static per-head categories of a layer (int tensor ``[Hq]``), or None for dynamic methods."""

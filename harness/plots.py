@@ -111,7 +111,9 @@ def cdf_plot(series: Mapping[str, Sequence[float]], xlabel: str) -> Figure:
     return fig
 
 
-def interval_plot(labels: Sequence[str], values: Sequence[float], lo: Sequence[float], hi: Sequence[float], xlabel: str) -> Figure:
+def interval_plot(
+    labels: Sequence[str], values: Sequence[float], lo: Sequence[float], hi: Sequence[float], xlabel: str
+) -> Figure:
     """Point estimates with intervals, one row per label, and a zero line (accuracy deltas with CIs)."""
     fig = new_figure(height=1.2 + 0.3 * len(labels))
     ax = fig.add_subplot()

@@ -15,9 +15,9 @@ from typing import Literal
 
 import pluggy
 
-from . import hookspecs
-from .interfaces import AttentionMethod, ModelAdapter, Plugin, Task
-from .requirements import unmet_requirements
+from bsight.harness import hookspecs
+from bsight.harness.interfaces import AttentionMethod, ModelAdapter, Plugin, Task
+from bsight.harness.requirements import unmet_requirements
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,22 @@ def load_registry(extra: dict[str, ModuleType | object] | None = None) -> Regist
                         raise TypeError(f"{hook_name} returned {cls!r}, not a {base.__name__} subclass")
             except Exception as e:
                 registry.failures.append(LoadFailure(impl.plugin_name, package, f"{type(e).__name__}: {e}"))
-                log.warning("plugin %r from %s failed in %s and was skipped: %s", impl.plugin_name, package, hook_name, e)
+                log.warning(
+                    "plugin %r from %s failed in %s and was skipped: %s", impl.plugin_name, package, hook_name, e
+                )
                 continue
             for cls in classes or []:
                 prior = registry.entries[family].get(cls.name)
                 if prior is not None:
                     registry.failures.append(
-                        LoadFailure(impl.plugin_name, package, f"{family} {cls.name!r} is already provided by {prior.package}; skipped")
+                        LoadFailure(
+                            impl.plugin_name,
+                            package,
+                            f"{family} {cls.name!r} is already provided by {prior.package}; skipped",
+                        )
                     )
                     continue
-                registry.entries[family][cls.name] = PluginInfo(family, cls.name, cls, impl.plugin_name, package, version)
+                registry.entries[family][cls.name] = PluginInfo(
+                    family, cls.name, cls, impl.plugin_name, package, version
+                )
     return registry

@@ -19,9 +19,20 @@ from typing import Literal
 import torch
 from pydantic import BaseModel
 
-from .interfaces import ModelInfo
+from bsight.harness.interfaces import ModelInfo
 
-TRACKED_PACKAGES = ("bsight", "torch", "transformers", "triton", "numpy", "pydantic", "pluggy", "datasets", "jinja2", "matplotlib")
+TRACKED_PACKAGES = (
+    "bsight",
+    "torch",
+    "transformers",
+    "triton",
+    "numpy",
+    "pydantic",
+    "pluggy",
+    "datasets",
+    "jinja2",
+    "matplotlib",
+)
 SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the repository root in a source checkout
 
 
@@ -71,10 +82,17 @@ def git_state(path: Path = SOURCE_ROOT) -> tuple[str | None, bool | None]:
     snapshot shipped to a GPU machine names its commit there; dirty unknown), else (None, None)."""
     outside = (os.environ.get("BSIGHT_GIT_COMMIT") or None, None)
     try:
-        commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if commit.returncode != 0:
             return outside
-        status = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return commit.stdout.strip(), bool(status.stdout.strip()) if status.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return outside
@@ -93,7 +111,11 @@ def package_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def collect(
-    run_name: str, config_hash: str, config_file: str, plugin_packages: dict[str, str] | None = None, devices: list[str] | None = None
+    run_name: str,
+    config_hash: str,
+    config_file: str,
+    plugin_packages: dict[str, str] | None = None,
+    devices: list[str] | None = None,
 ) -> Provenance:
     """Provenance of a run starting now in this process; ``devices``: every rank's device when the session
     is data-parallel (one entry per process)."""
@@ -101,7 +123,9 @@ def collect(
     started = now()
     host = socket.gethostname()
     command = list(sys.argv)
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return Provenance(
         run_name=run_name,
@@ -121,8 +145,14 @@ def collect(
         started=started,
         sessions=[
             Session(
-                started=started, host=host, command=command, config_hash=config_hash, git_commit=commit, git_dirty=dirty,
-                world_size=len(devices or ()) or 1, devices=devices or [],
+                started=started,
+                host=host,
+                command=command,
+                config_hash=config_hash,
+                git_commit=commit,
+                git_dirty=dirty,
+                world_size=len(devices or ()) or 1,
+                devices=devices or [],
             )
         ],
     )

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import jinja2
 from markupsafe import Markup
 
-from .jobs import JOB_TYPES
-from .store import RunFolder, UnitRecord
+from bsight.harness.jobs import JOB_TYPES
+from bsight.harness.store import RunFolder, UnitRecord
 
 SECTIONS: dict[str, str] = {
     "accuracy": "Accuracy",
@@ -92,7 +92,11 @@ def environment(kind: Literal["html", "md"]) -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(
-        num=fmt_num, pct=fmt_pct, mdcell=lambda s: str(s).replace("|", "\\|").replace("\n", " "), portable=portable_path, command=portable_command
+        num=fmt_num,
+        pct=fmt_pct,
+        mdcell=lambda s: str(s).replace("|", "\\|").replace("\n", " "),
+        portable=portable_path,
+        command=portable_command,
     )
     return env
 
@@ -130,16 +134,34 @@ def build_sections(run: RunFolder, html_env: jinja2.Environment, md_env: jinja2.
             _write_plots(run.root, plots.values())
             ctx = {"title": job.title, "section": data.context, "plots": plots}
             name = _template(html_env, job.type, key)
-            parts.append((html_env.get_template(f"sections/{name}.html.j2").render(ctx), md_env.get_template(f"sections/{name}.md.j2").render(ctx)))
+            parts.append(
+                (
+                    html_env.get_template(f"sections/{name}.html.j2").render(ctx),
+                    md_env.get_template(f"sections/{name}.md.j2").render(ctx),
+                )
+            )
         if parts:
             for job_title, error in errors:  # a failed part next to parts that rendered
                 ctx = {"title": job_title, "error": f"{job_title}: {error}"}
-                parts.append((html_env.get_template("sections/_empty.html.j2").render(ctx), md_env.get_template("sections/_empty.md.j2").render(ctx)))
+                parts.append(
+                    (
+                        html_env.get_template("sections/_empty.html.j2").render(ctx),
+                        md_env.get_template("sections/_empty.md.j2").render(ctx),
+                    )
+                )
             html = Markup("".join(h for h, _ in parts))
             out.append(RenderedSection(key, title, html, "\n".join(m for _, m in parts), True))
             continue
         ctx = {"title": title, "error": "; ".join(e if len(errors) == 1 else f"{t}: {e}" for t, e in errors) or None}
-        out.append(RenderedSection(key, title, Markup(html_env.get_template("sections/_empty.html.j2").render(ctx)), md_env.get_template("sections/_empty.md.j2").render(ctx), False))
+        out.append(
+            RenderedSection(
+                key,
+                title,
+                Markup(html_env.get_template("sections/_empty.html.j2").render(ctx)),
+                md_env.get_template("sections/_empty.md.j2").render(ctx),
+                False,
+            )
+        )
     return out
 
 

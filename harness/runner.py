@@ -30,15 +30,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import provenance as prov
-from .config import BenchmarkConfig
-from .distributed import Dist, describe_device, shard_indices
-from .interfaces import AttentionMethod, ModelAdapter, ModelInfo, Sample, Task
-from .jobs import JOB_TYPES
-from .jobs.base import JobSpec, Unit
-from .plugins import Registry
-from .report import render_report
-from .store import Manifest, RunStore, Shard, ShardWriter, StoreError, UnitRecord, UnitRowSet
+from bsight.harness import provenance as prov
+from bsight.harness.config import BenchmarkConfig
+from bsight.harness.distributed import Dist, describe_device, shard_indices
+from bsight.harness.interfaces import AttentionMethod, ModelAdapter, ModelInfo, Sample, Task
+from bsight.harness.jobs import JOB_TYPES
+from bsight.harness.jobs.base import JobSpec, Unit
+from bsight.harness.plugins import Registry
+from bsight.harness.report import render_report
+from bsight.harness.store import Manifest, RunStore, Shard, ShardWriter, StoreError, UnitRecord, UnitRowSet
 
 T = TypeVar("T")
 
@@ -202,8 +202,14 @@ def default_run_dir(config: BenchmarkConfig) -> Path:
 
 def _progress(console: Console, shown: bool) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=False, disable=not shown,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not shown,
     )
 
 
@@ -267,11 +273,18 @@ def _on_main(dist: Dist, fn: Callable[[], T]) -> T | None:
 
 
 def _start(
-    config: BenchmarkConfig, registry: Registry, store: RunStore, planned: list[tuple[JobSpec, Unit]], config_file: Path | None, devices: list[str]
+    config: BenchmarkConfig,
+    registry: Registry,
+    store: RunStore,
+    planned: list[tuple[JobSpec, Unit]],
+    config_file: Path | None,
+    devices: list[str],
 ) -> tuple[prov.Provenance, Manifest]:
     """Rank 0's session start: provenance (resumed or new), the config files, the manifest."""
     plugin_packages = {info.package: info.version for info in registry.all() if info.version}
-    current = prov.collect(config.run.name, config.config_hash(), str(config_file or "<in-process>"), plugin_packages, devices=devices)
+    current = prov.collect(
+        config.run.name, config.config_hash(), str(config_file or "<in-process>"), plugin_packages, devices=devices
+    )
     try:
         provenance = prov.resume(store.provenance(), current)
     except StoreError:
@@ -292,13 +305,21 @@ def _complete(rec: UnitRecord) -> bool:
 
 
 def _execute(
-    config: BenchmarkConfig, registry: Registry, store: RunStore | None, run_dir: Path, planned: list[tuple[JobSpec, Unit]],
-    config_file: Path | None, console: Console, dist: Dist,
+    config: BenchmarkConfig,
+    registry: Registry,
+    store: RunStore | None,
+    run_dir: Path,
+    planned: list[tuple[JobSpec, Unit]],
+    config_file: Path | None,
+    console: Console,
+    dist: Dist,
 ) -> RunOutcome:
     devices = dist.gather(describe_device(dist.device))
     started = _on_main(dist, lambda: _start(config, registry, store, planned, config_file, devices))
     provenance, manifest = started if started is not None else (None, None)
-    manifest = Manifest.model_validate_json(dist.broadcast(manifest.model_dump_json() if manifest is not None else None))
+    manifest = Manifest.model_validate_json(
+        dist.broadcast(manifest.model_dump_json() if manifest is not None else None)
+    )
     session = provenance.sessions[-1] if provenance is not None else None
 
     random.seed(config.run.seed)
@@ -344,7 +365,9 @@ def _render(store: RunStore, console: Console) -> Path | None:
         return render_report(store)[0]
     except Exception as e:
         store.log_error("report", traceback.format_exc())
-        console.print(f"[red]the report could not be rendered:[/] {escape(f'{type(e).__name__}: {e}')} (traceback in {store.root / 'errors.log'})")
+        console.print(
+            f"[red]the report could not be rendered:[/] {escape(f'{type(e).__name__}: {e}')} (traceback in {store.root / 'errors.log'})"
+        )
         return None
 
 
@@ -366,11 +389,22 @@ def _open_rows(ctx: RunContext, store: RunStore | None, run_dir: Path, unit: Uni
         assert store is not None
         return store.open_rows(unit, row_type)
     shard = Shard(ctx.dist.rank, ctx.dist.world_size)
-    return store.open_rows(unit, row_type, shard) if store is not None else ShardWriter(run_dir, shard).open_rows(unit, row_type)
+    return (
+        store.open_rows(unit, row_type, shard)
+        if store is not None
+        else ShardWriter(run_dir, shard).open_rows(unit, row_type)
+    )
 
 
 def _run_unit(
-    spec: JobSpec, unit: Unit, rec: UnitRecord, ctx: RunContext, store: RunStore | None, run_dir: Path, manifest: Manifest, console: Console
+    spec: JobSpec,
+    unit: Unit,
+    rec: UnitRecord,
+    ctx: RunContext,
+    store: RunStore | None,
+    run_dir: Path,
+    manifest: Manifest,
+    console: Console,
 ) -> int:
     """Run one unit on the ranks that take part, keeping rank 0's manifest record current; returns how many
     rows all ranks added."""
@@ -398,7 +432,9 @@ def _run_unit(
         rank, r = broken[0]
         where = "" if dist.world_size == 1 else f"rank {rank}: "
         rec.status, rec.error = "failed", f"{where}{r.error}"
-        console.print(f"[red]failed[/] {escape(unit.id)}: {escape(rec.error)} (traceback in {store.root / 'errors.log'})")
+        console.print(
+            f"[red]failed[/] {escape(unit.id)}: {escape(rec.error)} (traceback in {store.root / 'errors.log'})"
+        )
     else:
         rec.status = "done"
         before = rec.rows - sum(r.written for r in results)
@@ -408,7 +444,15 @@ def _run_unit(
     return sum(r.written for r in results)
 
 
-def _work(spec: JobSpec, unit: Unit, rec: UnitRecord, ctx: RunContext, store: RunStore | None, run_dir: Path, manifest: Manifest) -> _RankResult:
+def _work(
+    spec: JobSpec,
+    unit: Unit,
+    rec: UnitRecord,
+    ctx: RunContext,
+    store: RunStore | None,
+    run_dir: Path,
+    manifest: Manifest,
+) -> _RankResult:
     """This rank's part of a unit."""
     job = JOB_TYPES[unit.type]
     rows = _open_rows(ctx, store, run_dir, unit, job.Row)

@@ -39,7 +39,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .jobs.base import ResultRow, Unit
+from bsight.harness.jobs.base import ResultRow, Unit
 
 R = TypeVar("R", bound=ResultRow)
 M = TypeVar("M", bound=BaseModel)
@@ -99,7 +99,9 @@ def read_json(path: Path, model: type[M]) -> M:
     except FileNotFoundError:
         raise StoreError(f"{path}: not found") from None
     except ValidationError as e:
-        raise StoreError(f"{path}: not a valid {model.__name__}: {e.errors()[0]['msg']} at {e.errors()[0]['loc']}") from None
+        raise StoreError(
+            f"{path}: not a valid {model.__name__}: {e.errors()[0]['msg']} at {e.errors()[0]['loc']}"
+        ) from None
 
 
 def _read_lines(path: Path) -> tuple[list[bytes], int]:
@@ -142,7 +144,9 @@ class UnitRows(_KeyedRows[R]):
             try:
                 row = row_type.model_validate_json(line)
             except ValidationError as e:
-                raise StoreError(f"{path}:{n}: not a valid {row_type.__name__} row: {e.errors()[0]['msg']} at {e.errors()[0]['loc']}") from None
+                raise StoreError(
+                    f"{path}:{n}: not a valid {row_type.__name__} row: {e.errors()[0]['msg']} at {e.errors()[0]['loc']}"
+                ) from None
             self.rows.setdefault(row.key, row)
         self._file = None
         if writable:
@@ -222,14 +226,16 @@ class RunFolder:
     def open(cls, root: Path | str) -> RunFolder:
         run = cls(root)
         if not (run.root / cls.MANIFEST).is_file():
-            raise StoreError(f"{run.root}: not a bsight run folder (no {cls.MANIFEST}); pass the folder `bsight run` printed")
+            raise StoreError(
+                f"{run.root}: not a bsight run folder (no {cls.MANIFEST}); pass the folder `bsight run` printed"
+            )
         return run
 
     def manifest(self) -> Manifest:
         return read_json(self.root / self.MANIFEST, Manifest)
 
     def provenance(self):  # -> Provenance (imported lazily: provenance imports torch)
-        from .provenance import Provenance
+        from bsight.harness.provenance import Provenance
 
         return read_json(self.root / self.PROVENANCE, Provenance)
 
@@ -291,13 +297,23 @@ class RunStore(RunFolder):
         """Forget every cached result and the old report (``--fresh``)."""
         for name in ("results", "plots"):
             shutil.rmtree(self.root / name, ignore_errors=True)
-        for name in (self.MANIFEST, self.PROVENANCE, self.CONFIG, self.CONFIG_SOURCE, "index.html", "report.md", "errors.log"):
+        for name in (
+            self.MANIFEST,
+            self.PROVENANCE,
+            self.CONFIG,
+            self.CONFIG_SOURCE,
+            "index.html",
+            "report.md",
+            "errors.log",
+        ):
             (self.root / name).unlink(missing_ok=True)
 
     def open_rows(self, unit: Unit, row_type: type[R], shard: Shard | None = None) -> UnitRowSet[R]:
         """A unit's rows for this process to extend: appends go to the unit's file, or to ``shard``'s own
         file when the unit is split over a data-parallel session."""
-        return self._row_set(unit, row_type, self.unit_path(unit) if shard is None else self.shard_dir(unit) / shard.file_name)
+        return self._row_set(
+            unit, row_type, self.unit_path(unit) if shard is None else self.shard_dir(unit) / shard.file_name
+        )
 
     def merge_shards(self, unit: Unit, row_type: type[R], order: Sequence[str] | None = None) -> int:
         """Fold the unit's shard files into its file and delete them; returns the unit's row count.
@@ -318,7 +334,7 @@ class RunStore(RunFolder):
             if len(wanted) > len(present):
                 rows = UnitRows(path, row_type, writable=True)  # cuts a torn last line first
                 try:
-                    for key in wanted[len(present):]:
+                    for key in wanted[len(present) :]:
                         rows.append(stored.rows[key])
                 finally:
                     rows.close()

@@ -31,11 +31,10 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from bsight.harness.sparsity.categories import Category
-from bsight.harness.sparsity.metadata import LayoutMeta
-
-from . import triton_fwd
-from .plan import PlanCache, TilePlan
+from bsight.kernels import triton_fwd
+from bsight.kernels.plan import PlanCache, TilePlan
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 256
@@ -87,7 +86,9 @@ def _check_device(device: torch.device) -> None:
             "blindsight_attention on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 before triton "
             "is first imported (or use bsight.kernels.reference_attention on CPU)"
         )
-    raise NotImplementedError(f"blindsight_attention runs on CUDA (or on the CPU under Triton's interpreter), not on {device.type}")
+    raise NotImplementedError(
+        f"blindsight_attention runs on CUDA (or on the CPU under Triton's interpreter), not on {device.type}"
+    )
 
 
 def plan_for(meta: LayoutMeta, block_m: int, window: int | None) -> TilePlan:
@@ -95,9 +96,13 @@ def plan_for(meta: LayoutMeta, block_m: int, window: int | None) -> TilePlan:
     return _PLANS.get(meta, block_m, window)
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, categories: torch.Tensor, window: int | None) -> list[int]:
+def _check_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, categories: torch.Tensor, window: int | None
+) -> list[int]:
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
-        raise ValueError(f"q, k, v must be [heads, S, D]; got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"q, k, v must be [heads, S, D]; got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     Hq, S, D = q.shape
     Hkv = k.shape[0]
     if k.shape != v.shape or k.shape[1:] != (S, D):
@@ -111,7 +116,9 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: Layou
     if S != meta.length:
         raise ValueError(f"sequence length {S} does not match the layout's {meta.length}")
     if not (q.device == k.device == v.device == meta.device):
-        raise ValueError(f"q, k, v and the layout metadata must be on one device; got {q.device}, {k.device}, {v.device}, {meta.device}")
+        raise ValueError(
+            f"q, k, v and the layout metadata must be on one device; got {q.device}, {k.device}, {v.device}, {meta.device}"
+        )
     if window is not None and (not isinstance(window, int) or window < 1):
         raise ValueError(f"sliding window must be a positive int or None, got {window!r}")
     cats = categories.flatten().tolist()
@@ -120,7 +127,9 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: Layou
     allowed = {c.value for c in Category}
     for h, c in enumerate(cats):
         if c not in allowed:
-            raise ValueError(f"categories[{h}] = {c} is not a head category ({', '.join(f'{x.value}={x.label}' for x in Category)})")
+            raise ValueError(
+                f"categories[{h}] = {c} is not a head category ({', '.join(f'{x.value}={x.label}' for x in Category)})"
+            )
     return cats
 
 
@@ -164,7 +173,9 @@ def cudnn_takes_gqa(device: torch.device) -> bool:
         return False
 
 
-def _dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: list[int], group: int, scale: float | None) -> torch.Tensor:
+def _dense_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: list[int], group: int, scale: float | None
+) -> torch.Tensor:
     """Causal SDPA for a subset of query heads -> ``[len(heads), S, D]``.
 
     Every head dense: SDPA's own call on q, k, v as given, grouped-query inside cuDNN where it can
@@ -176,10 +187,14 @@ def _dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: list[i
     if len(heads) == q.shape[0]:
         if group == 1 or cudnn_takes_gqa(q.device):
             return _sdpa_causal(q[None], k[None], v[None], scale, gqa=group > 1)[0]
-        return _sdpa_causal(q[None], k.repeat_interleave(group, 0)[None], v.repeat_interleave(group, 0)[None], scale, gqa=False)[0]
+        return _sdpa_causal(
+            q[None], k.repeat_interleave(group, 0)[None], v.repeat_interleave(group, 0)[None], scale, gqa=False
+        )[0]
     idx = _device_ints(tuple(heads), q.device).long()
     kv = idx // group
-    return _sdpa_causal(q.index_select(0, idx)[None], k.index_select(0, kv)[None], v.index_select(0, kv)[None], scale, gqa=False)[0]
+    return _sdpa_causal(
+        q.index_select(0, idx)[None], k.index_select(0, kv)[None], v.index_select(0, kv)[None], scale, gqa=False
+    )[0]
 
 
 def blindsight_attention(
@@ -228,7 +243,9 @@ def blindsight_attention(
     if out is None:
         out = torch.empty(Hq, S, D, dtype=q.dtype, device=q.device)
     elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
-        raise ValueError(f"out must be a {tuple(q.shape)} {q.dtype} tensor on {q.device} with unit stride in D; got {tuple(out.shape)} {out.dtype} on {out.device}")
+        raise ValueError(
+            f"out must be a {tuple(q.shape)} {q.dtype} tensor on {q.device} with unit stride in D; got {tuple(out.shape)} {out.dtype} on {out.device}"
+        )
     if to_sdpa and to_kernel and overlap_dense and q.device.type == "cuda":
         main, side = torch.cuda.current_stream(q.device), _side_stream(q.device)
         idx = _device_ints(tuple(to_sdpa), q.device).long()  # made on the main stream (cached from then on)
@@ -280,7 +297,19 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, to
     return x, x.index_select(1, index)
 
 
-def _launch(q, k, v, out, meta: LayoutMeta, cats: list[int], heads: list[int], group: int, scale: float, window: int | None, cfg: KernelConfig) -> None:
+def _launch(
+    q,
+    k,
+    v,
+    out,
+    meta: LayoutMeta,
+    cats: list[int],
+    heads: list[int],
+    group: int,
+    scale: float,
+    window: int | None,
+    cfg: KernelConfig,
+) -> None:
     plan = plan_for(meta, cfg.block_m, window)
     if plan.num_tiles == 0:
         return
@@ -298,13 +327,41 @@ def _launch(q, k, v, out, meta: LayoutMeta, cats: list[int], heads: list[int], g
     block_d = max(16, triton.next_power_of_2(D))
     grid = (plan.num_tiles * len(heads),)
     triton_fwd.bsight_fwd_kernel[grid](
-        q, k, v, kg, vg, out,
-        heads_t, cats_t, plan.tiles, _nonempty(plan.key_pos), _nonempty(meta.text_idx), meta.is_sink,
-        q.stride(0), q.stride(1), k.stride(0), kg.stride(0), k.stride(1), v.stride(0), vg.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        len(heads), group, plan.num_text, scale * 1.4426950408889634, window if window is not None else 0,
-        D=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
-        HAS_BIDIR=bool(meta.has_bidirectional), HAS_WINDOW=window is not None,
+        q,
+        k,
+        v,
+        kg,
+        vg,
+        out,
+        heads_t,
+        cats_t,
+        plan.tiles,
+        _nonempty(plan.key_pos),
+        _nonempty(meta.text_idx),
+        meta.is_sink,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        kg.stride(0),
+        k.stride(1),
+        v.stride(0),
+        vg.stride(0),
+        v.stride(1),
+        out.stride(0),
+        out.stride(1),
+        len(heads),
+        group,
+        plan.num_text,
+        scale * 1.4426950408889634,
+        window if window is not None else 0,
+        D=D,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_D=block_d,
+        HAS_BIDIR=bool(meta.has_bidirectional),
+        HAS_WINDOW=window is not None,
         UPCAST=interpreting() and q.dtype == torch.bfloat16,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
         **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )

@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bsight.harness.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 TILE_COLUMNS = 16
 _CHUNK = 1024  # slots (and images) handled per vector step of the plan program
@@ -77,15 +77,56 @@ def _search(TABLE, n, steps, x, mask):
 
 
 @triton.jit(
-    do_not_specialize=["num_text", "num_glob", "num_images", "n_text_tiles", "n_slots", "steps_img", "steps_text", "steps_glob", "window"],
+    do_not_specialize=[
+        "num_text",
+        "num_glob",
+        "num_images",
+        "n_text_tiles",
+        "n_slots",
+        "steps_img",
+        "steps_text",
+        "steps_glob",
+        "window",
+    ],
     # the metadata tables are slices of one packed buffer, 16-byte aligned or not depending on the image
     # count: specializing on their alignment would compile a new variant for some new layouts
-    do_not_specialize_on_alignment=["TEXT_IDX", "GLOB_IDX", "IMG_START", "IMG_END", "TEXT_BEFORE", "GLOB_BEFORE", "SINK_PTR", "BIDIR_START", "BIDIR_END"],
+    do_not_specialize_on_alignment=[
+        "TEXT_IDX",
+        "GLOB_IDX",
+        "IMG_START",
+        "IMG_END",
+        "TEXT_BEFORE",
+        "GLOB_BEFORE",
+        "SINK_PTR",
+        "BIDIR_START",
+        "BIDIR_END",
+    ],
 )
 def _plan_kernel(
-    TILES, WORK, CUM, TEXT_IDX, GLOB_IDX, IMG_START, IMG_END, TEXT_BEFORE, GLOB_BEFORE, SINK_PTR, BIDIR_START, BIDIR_END,
-    num_text, num_glob, num_images, n_text_tiles, n_slots, steps_img, steps_text, steps_glob, window,
-    BLOCK_M: tl.constexpr, HAS_WINDOW: tl.constexpr, CHUNK: tl.constexpr,
+    TILES,
+    WORK,
+    CUM,
+    TEXT_IDX,
+    GLOB_IDX,
+    IMG_START,
+    IMG_END,
+    TEXT_BEFORE,
+    GLOB_BEFORE,
+    SINK_PTR,
+    BIDIR_START,
+    BIDIR_END,
+    num_text,
+    num_glob,
+    num_images,
+    n_text_tiles,
+    n_slots,
+    steps_img,
+    steps_text,
+    steps_glob,
+    window,
+    BLOCK_M: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     """One program writes every row of the tile table (columns in :mod:`bsight.kernels.plan`) and its work."""
     offs = tl.arange(0, CHUNK)
@@ -190,7 +231,9 @@ def build_plan(meta: LayoutMeta, block_m: int, window: int | None = None) -> Til
         raise ValueError(f"block_m must be a power of two >= 16, got {block_m}")
     dev = meta.device
     if dev.type != "cuda" and isinstance(_plan_kernel, triton.runtime.jit.JITFunction):
-        raise NotImplementedError(f"build_plan runs on CUDA (or under Triton's interpreter: TRITON_INTERPRET=1 before triton is imported), not on {dev.type}")
+        raise NotImplementedError(
+            f"build_plan runs on CUDA (or under Triton's interpreter: TRITON_INTERPRET=1 before triton is imported), not on {dev.type}"
+        )
     S, n = meta.length, meta.num_images
     T, G = int(meta.text_idx.numel()), int(meta.glob_idx.numel())
     n_text_tiles = -(-T // block_m)
@@ -203,16 +246,39 @@ def build_plan(meta: LayoutMeta, block_m: int, window: int | None = None) -> Til
     tiles = torch.empty(total, TILE_COLUMNS, dtype=torch.int32, device=dev)
     work = torch.empty(total, dtype=torch.int32, device=dev)
     cum = torch.empty(max(n, 1), dtype=torch.int32, device=dev)
-    one = torch.zeros(1, dtype=torch.int32, device=dev) if min(n, T, G) == 0 else None  # a real pointer for empty tables
+    one = (
+        torch.zeros(1, dtype=torch.int32, device=dev) if min(n, T, G) == 0 else None
+    )  # a real pointer for empty tables
 
     def ptr(t: torch.Tensor) -> torch.Tensor:
         return t if t.numel() else one
 
     _plan_kernel[(1,)](
-        tiles, work, cum, ptr(meta.text_idx), ptr(meta.glob_idx), ptr(meta.img_start), ptr(meta.img_end), ptr(meta.text_before),
-        ptr(meta.glob_before), meta.sink_ptr, ptr(meta.bidir_start), ptr(meta.bidir_end),
-        T, G, n, n_text_tiles, n_slots, n.bit_length() + 1, T.bit_length() + 1, G.bit_length() + 1, window or 0,
-        BLOCK_M=block_m, HAS_WINDOW=window is not None, CHUNK=_CHUNK, num_warps=4,
+        tiles,
+        work,
+        cum,
+        ptr(meta.text_idx),
+        ptr(meta.glob_idx),
+        ptr(meta.img_start),
+        ptr(meta.img_end),
+        ptr(meta.text_before),
+        ptr(meta.glob_before),
+        meta.sink_ptr,
+        ptr(meta.bidir_start),
+        ptr(meta.bidir_end),
+        T,
+        G,
+        n,
+        n_text_tiles,
+        n_slots,
+        n.bit_length() + 1,
+        T.bit_length() + 1,
+        G.bit_length() + 1,
+        window or 0,
+        BLOCK_M=block_m,
+        HAS_WINDOW=window is not None,
+        CHUNK=_CHUNK,
+        num_warps=4,
     )
     tiles = tiles[torch.sort(work, descending=True, stable=True).indices]
     return TilePlan(block_m, window, tiles, total, key_pos, T)

@@ -10,9 +10,9 @@ import math
 
 import torch
 
-from bsight.harness.sparsity.categories import Category
-from bsight.harness.sparsity.masks import MaskMod, and_masks, base_mask, category_mask
-from bsight.harness.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.masks import MaskMod, and_masks, base_mask, category_mask
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from bsight.harness.sparsity.categories import Category
+from bsight.kernels.sparsity.categories import Category
 
 DENSE: tl.constexpr = tl.constexpr(Category.DENSE.value)
 SINK: tl.constexpr = tl.constexpr(Category.SINK.value)
@@ -74,7 +74,11 @@ def _edge_block(j, n_tail, n_edge, full1, n1, lo2, a2, b2, hi2, BLOCK_N: tl.cons
     in_list = j < n_tail
     if HAS_WINDOW:
         in_edge = (j >= n_tail) & (j < n_tail + n_edge)
-        start = tl.where(in_list, full1 + j * BLOCK_N, tl.where(in_edge, lo2 + (j - n_tail) * BLOCK_N, b2 + (j - n_tail - n_edge) * BLOCK_N))
+        start = tl.where(
+            in_list,
+            full1 + j * BLOCK_N,
+            tl.where(in_edge, lo2 + (j - n_tail) * BLOCK_N, b2 + (j - n_tail - n_edge) * BLOCK_N),
+        )
         hi = tl.where(in_list, n1, tl.where(in_edge, a2, hi2))
     else:
         start = tl.where(in_list, full1 + j * BLOCK_N, b2 + (j - n_tail) * BLOCK_N)
@@ -83,7 +87,9 @@ def _edge_block(j, n_tail, n_edge, full1, n1, lo2, a2, b2, hi2, BLOCK_N: tl.cons
 
 
 @triton.jit
-def _keep(cols, in_list, hi, pos_list, qpos, q_bidir, bs, be, window, HAS_BIDIR: tl.constexpr, HAS_WINDOW: tl.constexpr):
+def _keep(
+    cols, in_list, hi, pos_list, qpos, q_bidir, bs, be, window, HAS_BIDIR: tl.constexpr, HAS_WINDOW: tl.constexpr
+):
     """Kept (row, key) pairs of an edge block: the model's rule on key positions, and keys inside the range."""
     inb = cols < hi
     from_list = (cols * 0 + in_list.to(tl.int32)) != 0  # (a scalar & a vector mask trips Triton's interpreter)
@@ -101,12 +107,40 @@ def _keep(cols, in_list, hi, pos_list, qpos, q_bidir, bs, be, window, HAS_BIDIR:
     do_not_specialize_on_alignment=["TEXT_IDX", "KEY_POS", "IS_SINK"],  # metadata tables: alignment varies by layout
 )
 def bsight_fwd_kernel(
-    Q, K, V, KG, VG, O,
-    HEADS, CATS, TILES, KEY_POS, TEXT_IDX, IS_SINK,
-    stride_qh, stride_qs, stride_kh, stride_kgh, stride_kn, stride_vh, stride_vgh, stride_vn, stride_oh, stride_os,
-    num_heads_run, group, num_text, qk_scale, window,
-    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_BIDIR: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
+    Q,
+    K,
+    V,
+    KG,
+    VG,
+    O,
+    HEADS,
+    CATS,
+    TILES,
+    KEY_POS,
+    TEXT_IDX,
+    IS_SINK,
+    stride_qh,
+    stride_qs,
+    stride_kh,
+    stride_kgh,
+    stride_kn,
+    stride_vh,
+    stride_vgh,
+    stride_vn,
+    stride_oh,
+    stride_os,
+    num_heads_run,
+    group,
+    num_text,
+    qk_scale,
+    window,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_BIDIR: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     pid = tl.program_id(0)
     t = pid // num_heads_run
@@ -226,8 +260,12 @@ def bsight_fwd_kernel(
 
     # sink heads: each image row also sees its own key (a sink row already saw it in the list)
     if is_sink_tile:
-        kd = tl.load(k_rng + qpos[:, None] * stride_kn + offs_d[None, :], mask=valid[:, None] & dmask[None, :], other=0.0)
-        vd = tl.load(v_rng + qpos[:, None] * stride_vn + offs_d[None, :], mask=valid[:, None] & dmask[None, :], other=0.0)
+        kd = tl.load(
+            k_rng + qpos[:, None] * stride_kn + offs_d[None, :], mask=valid[:, None] & dmask[None, :], other=0.0
+        )
+        vd = tl.load(
+            v_rng + qpos[:, None] * stride_vn + offs_d[None, :], mask=valid[:, None] & dmask[None, :], other=0.0
+        )
         qd = tl.load(q_ptrs, mask=valid[:, None] & dmask[None, :], other=0.0)  # reloaded: q stays out of registers
         s = tl.sum(qd.to(tl.float32) * kd.to(tl.float32), 1) * qk_scale
         s = tl.where(tl.load(IS_SINK + qpos) != 0, float("-inf"), s)
@@ -240,4 +278,8 @@ def bsight_fwd_kernel(
         m_i = m_new
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # l_i = 0 only on rows of an empty tile, never stored
-    tl.store(O + h.to(tl.int64) * stride_oh + qpos[:, None] * stride_os + offs_d[None, :], out.to(O.dtype.element_ty), mask=valid[:, None] & dmask[None, :])
+    tl.store(
+        O + h.to(tl.int64) * stride_oh + qpos[:, None] * stride_os + offs_d[None, :],
+        out.to(O.dtype.element_ty),
+        mask=valid[:, None] & dmask[None, :],
+    )

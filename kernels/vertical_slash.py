@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bsight.harness.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 TILE = 64
 _FAR = 1 << 30  # a position beyond any prompt: marks tiles without valid keys
@@ -79,7 +79,9 @@ class Space:
             pad_t = torch.full((pt - text_pos.numel(),), -1, dtype=torch.long, device=dev)
             pad_i = torch.full((pi - img_pos.numel(),), -1, dtype=torch.long, device=dev)
             pos = torch.cat([text_pos, pad_t, img_pos, pad_i])
-            group = torch.cat([torch.zeros(pt, dtype=torch.int32, device=dev), torch.ones(pi, dtype=torch.int32, device=dev)])
+            group = torch.cat(
+                [torch.zeros(pt, dtype=torch.int32, device=dev), torch.ones(pi, dtype=torch.int32, device=dev)]
+            )
             perm = pos.clamp(min=0)
             valid = pos >= 0
             coord = torch.empty(S, dtype=torch.long, device=dev)
@@ -109,9 +111,22 @@ class Space:
         )
         smallest = _tile_reduce(torch.where(valid, pos, _FAR), _FAR, "min")
         return cls(
-            two_d=two_d, length=S, size=pos.numel(), perm=perm, coord=coord, pos=pos, group=group, bidir=bidir, window=window,
-            has_bidir=meta.has_bidirectional, tile_bits=bits, reach=_tile_reduce(reach_row, -1, "max"), first=smallest,
-            kt_min=smallest, kt_max=_tile_reduce(torch.where(valid, pos, -1), -1, "max"), group_tiles=group_tiles,
+            two_d=two_d,
+            length=S,
+            size=pos.numel(),
+            perm=perm,
+            coord=coord,
+            pos=pos,
+            group=group,
+            bidir=bidir,
+            window=window,
+            has_bidir=meta.has_bidirectional,
+            tile_bits=bits,
+            reach=_tile_reduce(reach_row, -1, "max"),
+            first=smallest,
+            kt_min=smallest,
+            kt_max=_tile_reduce(torch.where(valid, pos, -1), -1, "max"),
+            group_tiles=group_tiles,
         )
 
     def gather(self, x: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
@@ -176,7 +191,9 @@ class SparseIndex:
         return int(self.q_heads.numel())
 
 
-def slash_tiles(offsets: torch.Tensor, valid: torch.Tensor, num_tiles: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def slash_tiles(
+    offsets: torch.Tensor, valid: torch.Tensor, num_tiles: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Element diagonals ``s = x - y`` (``[..., K]``) -> the relative tile offsets they cross.
 
     Rows of tile ``m`` meet diagonal ``s = a*64 + b`` (``0 <= b < 64``) in key tiles ``m - a`` and, when
@@ -229,7 +246,12 @@ def keep_mask(space: Space, index: SparseIndex, rows: torch.Tensor) -> torch.Ten
     slash = index.covered[hh, rg[:, :, None], d].bool()
     cols = index.columns.long()
     colok = torch.arange(cols.shape[-1], device=dev) < index.column_count[..., None]
-    isv = torch.zeros(Hl, 2, N, dtype=torch.int32, device=dev).scatter_add_(-1, torch.where(colok, cols, 0), colok.to(torch.int32)) > 0
+    isv = (
+        torch.zeros(Hl, 2, N, dtype=torch.int32, device=dev).scatter_add_(
+            -1, torch.where(colok, cols, 0), colok.to(torch.int32)
+        )
+        > 0
+    )
     column = isv[hh, rg[:, :, None], y[None, None, :]] & ~slash
     blk = torch.zeros(Hl, NT, NT + 1, dtype=torch.bool, device=dev)
     b = index.blocks.long()
@@ -242,7 +264,9 @@ def keep_mask(space: Space, index: SparseIndex, rows: torch.Tensor) -> torch.Ten
     return space.base_keep(rows, y)[None] & sparse
 
 
-def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+def chunk_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Masked softmax attention of a chunk: ``q [H, C, D]``, ``k, v [H, K, D]``, ``keep [H, C, K]`` (or
     broadcastable) -> ``[H, C, D]`` in float32 (float64 stays float64). Rows that keep nothing give zeros."""
     dt = torch.promote_types(q.dtype, torch.float32)
@@ -253,7 +277,13 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: tor
 
 
 def sparse_attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, space: Space, index: SparseIndex, scale: float, chunk: int = 4 * TILE
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    space: Space,
+    index: SparseIndex,
+    scale: float,
+    chunk: int = 4 * TILE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked PyTorch path: ``q [*, N, D]`` indexed by ``index.q_heads``, ``k, v [*, N, D]`` by
     ``index.kv_heads``, all in ``space`` coordinates -> (out ``[Hl, N, D]`` in q's dtype, kept pairs per row
@@ -319,15 +349,51 @@ def _tile_live(n, reach, first, kt_min_ptr, kt_max_ptr, window, HAS_WINDOW: tl.c
 
 @triton.jit
 def _sparse_fwd(
-    Q, K, V, O, CNT,
-    qh_ptr, kvh_ptr, split_ptr,
-    pos_ptr, grp_ptr, bid_ptr,
-    bits_ptr, reach_ptr, first_ptr, kt_min_ptr, kt_max_ptr, grange_ptr,
-    off_ptr, offcnt_ptr, cov_ptr, col_ptr, colcnt_ptr, blk_ptr,
-    N, NT, NS, NV, NB, window, qk_scale,
-    stride_qh, stride_qn, stride_kh, stride_kn, stride_vh, stride_vn, stride_oh, stride_on,
-    D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    TWO_D: tl.constexpr, HAS_BIDIR: tl.constexpr, HAS_WINDOW: tl.constexpr, FP32: tl.constexpr,
+    Q,
+    K,
+    V,
+    O,
+    CNT,
+    qh_ptr,
+    kvh_ptr,
+    split_ptr,
+    pos_ptr,
+    grp_ptr,
+    bid_ptr,
+    bits_ptr,
+    reach_ptr,
+    first_ptr,
+    kt_min_ptr,
+    kt_max_ptr,
+    grange_ptr,
+    off_ptr,
+    offcnt_ptr,
+    cov_ptr,
+    col_ptr,
+    colcnt_ptr,
+    blk_ptr,
+    N,
+    NT,
+    NS,
+    NV,
+    NB,
+    window,
+    qk_scale,
+    stride_qh,
+    stride_qn,
+    stride_kh,
+    stride_kn,
+    stride_vh,
+    stride_vn,
+    stride_oh,
+    stride_on,
+    D: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    TWO_D: tl.constexpr,
+    HAS_BIDIR: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    FP32: tl.constexpr,
 ):
     m = tl.program_id(0)
     hl = tl.program_id(1).to(tl.int64)
@@ -342,7 +408,9 @@ def _sparse_fwd(
     qgrp = tl.load(grp_ptr + rows, mask=row_in, other=0)
     qbid = tl.load(bid_ptr + rows, mask=row_in, other=-1)
     rgrp = qgrp * split
-    q = tl.load(Q + qh * stride_qh + rows[:, None].to(tl.int64) * stride_qn + offs_d[None, :], mask=row_in[:, None], other=0.0)
+    q = tl.load(
+        Q + qh * stride_qh + rows[:, None].to(tl.int64) * stride_qn + offs_d[None, :], mask=row_in[:, None], other=0.0
+    )
     Kh = K + kvh * stride_kh
     Vh = V + kvh * stride_vh
     bits = tl.load(bits_ptr + m)
@@ -377,9 +445,18 @@ def _sparse_fwd(
                         keep = _base_keep(qpos, qbid, kpos, kbid, window, HAS_BIDIR, HAS_WINDOW) & row_sel[:, None]
                         c64 = cols.to(tl.int64)
                         acc, m_i, l_i, kept = _accumulate(
-                            acc, m_i, l_i, kept, q,
-                            Kh + c64[None, :] * stride_kn + offs_d[:, None], Vh + c64[:, None] * stride_vn + offs_d[None, :],
-                            c_in, keep, qk_scale, FP32)
+                            acc,
+                            m_i,
+                            l_i,
+                            kept,
+                            q,
+                            Kh + c64[None, :] * stride_kn + offs_d[:, None],
+                            Vh + c64[:, None] * stride_vn + offs_d[None, :],
+                            c_in,
+                            keep,
+                            qk_scale,
+                            FP32,
+                        )
             # vertical columns not inside a slash tile
             n_col = tl.load(colcnt_ptr + hl * 2 + g)
             for c0 in range(0, n_col, BN):
@@ -398,9 +475,18 @@ def _sparse_fwd(
                         keep = keep & (kgrp == g)[None, :]
                     c64 = cols.to(tl.int64)
                     acc, m_i, l_i, kept = _accumulate(
-                        acc, m_i, l_i, kept, q,
-                        Kh + c64[None, :] * stride_kn + offs_d[:, None], Vh + c64[:, None] * stride_vn + offs_d[None, :],
-                        c_ok, keep, qk_scale, FP32)
+                        acc,
+                        m_i,
+                        l_i,
+                        kept,
+                        q,
+                        Kh + c64[None, :] * stride_kn + offs_d[:, None],
+                        Vh + c64[:, None] * stride_vn + offs_d[None, :],
+                        c_ok,
+                        keep,
+                        qk_scale,
+                        FP32,
+                    )
     # block-sparse lists
     for i in range(NB):
         n = tl.load(blk_ptr + (hl * NT + m) * NB + i)
@@ -416,9 +502,18 @@ def _sparse_fwd(
                     keep = keep & (kgrp[None, :] == rgrp[:, None])
                 c64 = cols.to(tl.int64)
                 acc, m_i, l_i, kept = _accumulate(
-                    acc, m_i, l_i, kept, q,
-                    Kh + c64[None, :] * stride_kn + offs_d[:, None], Vh + c64[:, None] * stride_vn + offs_d[None, :],
-                    c_in, keep, qk_scale, FP32)
+                    acc,
+                    m_i,
+                    l_i,
+                    kept,
+                    q,
+                    Kh + c64[None, :] * stride_kn + offs_d[:, None],
+                    Vh + c64[:, None] * stride_vn + offs_d[None, :],
+                    c_in,
+                    keep,
+                    qk_scale,
+                    FP32,
+                )
     # modality space: the other modality's keys are kept whole (tiles hold one modality each)
     if TWO_D:
         if (bits & 4) != 0:
@@ -434,12 +529,25 @@ def _sparse_fwd(
                     keep = _base_keep(qpos, qbid, kpos, kbid, window, HAS_BIDIR, HAS_WINDOW)
                     c64 = cols.to(tl.int64)
                     acc, m_i, l_i, kept = _accumulate(
-                        acc, m_i, l_i, kept, q,
-                        Kh + c64[None, :] * stride_kn + offs_d[:, None], Vh + c64[:, None] * stride_vn + offs_d[None, :],
-                        c_in, keep, qk_scale, FP32)
+                        acc,
+                        m_i,
+                        l_i,
+                        kept,
+                        q,
+                        Kh + c64[None, :] * stride_kn + offs_d[:, None],
+                        Vh + c64[:, None] * stride_vn + offs_d[None, :],
+                        c_in,
+                        keep,
+                        qk_scale,
+                        FP32,
+                    )
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    tl.store(O + hl * stride_oh + rows[:, None].to(tl.int64) * stride_on + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_in[:, None])
+    tl.store(
+        O + hl * stride_oh + rows[:, None].to(tl.int64) * stride_on + offs_d[None, :],
+        out.to(O.dtype.element_ty),
+        mask=row_in[:, None],
+    )
     tl.store(CNT + hl * N + rows, kept, mask=row_in)
 
 
@@ -455,23 +563,62 @@ def sparse_attention_triton(
     if D < 16 or D & (D - 1):
         raise ValueError(f"the vertical-slash kernel needs a power-of-two head_dim >= 16, got {D}")
     if q.device.type != "cuda" and not _is_interpreted():
-        raise RuntimeError("the vertical-slash kernel runs on CPU only with TRITON_INTERPRET=1 set before bsight.kernels.vertical_slash is imported")
+        raise RuntimeError(
+            "the vertical-slash kernel runs on CPU only with TRITON_INTERPRET=1 set before bsight.kernels.vertical_slash is imported"
+        )
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     N, NT, Hl = space.size, space.num_tiles, index.num_heads
     out = torch.empty(Hl, N, D, dtype=q.dtype, device=q.device)
     cnt = torch.empty(Hl, N, dtype=torch.int32, device=q.device)
     i32 = lambda t: t.to(device=q.device, dtype=torch.int32).contiguous()  # noqa: E731
     _sparse_fwd[(NT, Hl)](
-        q, k, v, out, cnt,
-        i32(index.q_heads), i32(index.kv_heads), i32(index.split),
-        i32(space.pos), i32(space.group), i32(space.bidir),
-        i32(space.tile_bits), i32(space.reach), i32(space.first), i32(space.kt_min), i32(space.kt_max), i32(space.group_tiles),
-        i32(index.offsets), i32(index.offset_count), index.covered.to(device=q.device, dtype=torch.int8).contiguous(), i32(index.columns),
-        i32(index.column_count), i32(index.blocks),
-        N, NT, index.offsets.shape[-1], index.columns.shape[-1], index.blocks.shape[-1], space.window or 0, scale * math.log2(math.e),
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        D=D, BM=TILE, BN=TILE, TWO_D=space.two_d, HAS_BIDIR=space.has_bidir, HAS_WINDOW=space.window is not None,
-        FP32=q.dtype == torch.float32 or (_is_interpreted() and q.dtype == torch.bfloat16), num_warps=4, num_stages=2,
+        q,
+        k,
+        v,
+        out,
+        cnt,
+        i32(index.q_heads),
+        i32(index.kv_heads),
+        i32(index.split),
+        i32(space.pos),
+        i32(space.group),
+        i32(space.bidir),
+        i32(space.tile_bits),
+        i32(space.reach),
+        i32(space.first),
+        i32(space.kt_min),
+        i32(space.kt_max),
+        i32(space.group_tiles),
+        i32(index.offsets),
+        i32(index.offset_count),
+        index.covered.to(device=q.device, dtype=torch.int8).contiguous(),
+        i32(index.columns),
+        i32(index.column_count),
+        i32(index.blocks),
+        N,
+        NT,
+        index.offsets.shape[-1],
+        index.columns.shape[-1],
+        index.blocks.shape[-1],
+        space.window or 0,
+        scale * math.log2(math.e),
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        out.stride(0),
+        out.stride(1),
+        D=D,
+        BM=TILE,
+        BN=TILE,
+        TWO_D=space.two_d,
+        HAS_BIDIR=space.has_bidir,
+        HAS_WINDOW=space.window is not None,
+        FP32=q.dtype == torch.float32 or (_is_interpreted() and q.dtype == torch.bfloat16),
+        num_warps=4,
+        num_stages=2,
     )
     return out, cnt
 
@@ -486,7 +633,13 @@ def check_index(space: Space, index: SparseIndex) -> None:
 
 
 def sparse_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, space: Space, index: SparseIndex, scale: float, backend: str = "auto"
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    space: Space,
+    index: SparseIndex,
+    scale: float,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatch: ``"triton"``, ``"reference"``, or ``"auto"`` (Triton on CUDA with a power-of-two head_dim)."""
     if backend not in ("auto", "triton", "reference"):

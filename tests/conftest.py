@@ -109,12 +109,23 @@ def env_with(paths: list[str]) -> dict[str, str]:
     return env
 
 
-def bsight(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+def bsight(
+    args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
     """Run the ``bsight`` command in a fresh interpreter."""
-    return subprocess.run([sys.executable, "-m", "bsight.harness.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bsight.harness.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
-def ext_config(output_dir: Path, name: str = "t", n: int = 6, window: int = 8, max_new_tokens: int = 4, limit: int | None = None) -> dict:
+def ext_config(
+    output_dir: Path, name: str = "t", n: int = 6, window: int = 8, max_new_tokens: int = 4, limit: int | None = None
+) -> dict:
     """A config over the example plugin: tiny-llama x {dense, sink-window} x brightest-image."""
     job: dict = {"type": "accuracy", "max_new_tokens": max_new_tokens}
     if limit is not None:
@@ -175,18 +186,50 @@ def synthetic_accuracy_run(
         (root / store.CONFIG).write_text(config.model_dump_json(), encoding="utf-8")
         store.write_model(store.PROVENANCE, prov.collect(root.name, config.config_hash(), "synthetic"))
         for method, correct in outcomes.items():
-            unit = Unit(job="accuracy", type="accuracy", id=f"accuracy/m/{method}/t", model="m", method=method, task="t", fingerprint="f0")
+            unit = Unit(
+                job="accuracy",
+                type="accuracy",
+                id=f"accuracy/m/{method}/t",
+                model="m",
+                method=method,
+                task="t",
+                fingerprint="f0",
+            )
             rows = store.open_rows(unit, AccuracyRow)
             answers = (extracted or {}).get(method) or ["A" if c else "B" for c in correct]
             for i, (c, a) in enumerate(zip(correct, answers)):
-                rows.append(AccuracyRow(
-                    key=f"s{i}", sample_id=f"s{i}", task="t", subtask=(subtasks or [""] * len(correct))[i], model="m", method=method,
-                    weights="random", prompt_tokens=10, generation=a or "?", extracted=a, rule="letter" if a else "none", gold="A",
-                    correct=c, prefill_s=0.001, total_s=0.002, overhead_ms={},
-                ))
+                rows.append(
+                    AccuracyRow(
+                        key=f"s{i}",
+                        sample_id=f"s{i}",
+                        task="t",
+                        subtask=(subtasks or [""] * len(correct))[i],
+                        model="m",
+                        method=method,
+                        weights="random",
+                        prompt_tokens=10,
+                        generation=a or "?",
+                        extracted=a,
+                        rule="letter" if a else "none",
+                        gold="A",
+                        correct=c,
+                        prefill_s=0.001,
+                        total_s=0.002,
+                        overhead_ms={},
+                    )
+                )
             rows.close()
             info = {"headline": headline} if headline else {}
-            records.append(UnitRecord(unit=unit, spec=spec.model_dump(mode="json"), status="done", rows=len(correct), expected=len(correct), info=info))
+            records.append(
+                UnitRecord(
+                    unit=unit,
+                    spec=spec.model_dump(mode="json"),
+                    status="done",
+                    rows=len(correct),
+                    expected=len(correct),
+                    info=info,
+                )
+            )
         store.write_manifest(Manifest(run_name=root.name, config_hash=config.config_hash(), units=records))
     finally:
         store.close()
@@ -196,8 +239,12 @@ def synthetic_accuracy_run(
 def kill_run_when(config: Path, env: dict[str, str], ready: Callable[[], bool], timeout: float = 240) -> None:
     """Start ``bsight run CONFIG`` in a subprocess and SIGKILL it once ``ready()`` holds: a real interruption
     midway (no clean shutdown), for the tests that check what a resumed run redoes."""
-    proc = subprocess.Popen([sys.executable, "-m", "bsight.harness.cli", "run", str(config)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bsight.harness.cli", "run", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None and not ready():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import ext_config, quiet, synthetic_accuracy_run
 
 from bsight.harness import stats
 from bsight.harness.config import parse_config
@@ -14,8 +15,6 @@ from bsight.harness.jobs.accuracy import AccuracyJob, AccuracyRow
 from bsight.harness.plugins import load_registry
 from bsight.harness.runner import execute
 from bsight.harness.store import RunFolder
-
-from conftest import ext_config, quiet, synthetic_accuracy_run
 
 JOB = AccuracyJob()
 
@@ -41,7 +40,9 @@ ANSWERS = {"dense": ["A", "A", "B", "C", "A", None], "fast": ["A", None, "C", "A
 
 @pytest.mark.parametrize("headline", ["micro", "macro"])
 def test_numbers_from_stored_rows(tmp_path, headline):
-    run = synthetic_accuracy_run(tmp_path / headline, {"dense": DENSE, "fast": FAST}, ANSWERS, SUBTASKS, headline=headline)
+    run = synthetic_accuracy_run(
+        tmp_path / headline, {"dense": DENSE, "fast": FAST}, ANSWERS, SUBTASKS, headline=headline
+    )
     table = section(run)
     m = by_method(table)
     assert table["headline"] == headline
@@ -154,7 +155,9 @@ def test_run_takes_headline_and_budget_from_the_task(ext_registry, tmp_path, sin
     assert {r.max_new_tokens for r in rows} == {3} and rec.info == {"headline": "macro", "max_new_tokens": 3}
     table = section(folder)
     assert table["headline"] == "macro"
-    assert by_method(table)["dense"]["accuracy"] == pytest.approx(stats.macro_accuracy([r.subtask for r in rows], [r.correct for r in rows]))
+    assert by_method(table)["dense"]["accuracy"] == pytest.approx(
+        stats.macro_accuracy([r.subtask for r in rows], [r.correct for r in rows])
+    )
 
     assert not run(budget=3, job_tokens=1, name="b").failed  # the job's own setting wins
     b = RunFolder.open(tmp_path / "b")
@@ -164,4 +167,7 @@ def test_run_takes_headline_and_budget_from_the_task(ext_registry, tmp_path, sin
     # unit refuses to mix budgets
     again = run(budget=5, job_tokens=None, name="a", limit=4)
     assert again.failed == [rec.unit.id]
-    assert "generated with max_new_tokens=[3] but this session uses 5" in RunFolder.open(out.run_dir).manifest().units[0].error
+    assert (
+        "generated with max_new_tokens=[3] but this session uses 5"
+        in RunFolder.open(out.run_dir).manifest().units[0].error
+    )

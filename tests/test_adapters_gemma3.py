@@ -20,7 +20,7 @@ import prompts  # noqa: E402
 import reference_masks  # noqa: E402
 import tiny_vlms  # noqa: E402
 
-from bsight.harness.sparsity.layout import SinkPolicy  # noqa: E402
+from bsight.kernels.sparsity.layout import SinkPolicy  # noqa: E402
 from bsight.plugins.methods.blindsight import Blindsight  # noqa: E402
 from bsight.plugins.methods.dense import Dense  # noqa: E402
 from bsight.plugins.models.gemma3 import Gemma3  # noqa: E402
@@ -66,12 +66,23 @@ def test_layout_marks_the_soft_tokens_bidirectional(adapter, rng):
         assert bool(tt[span.start + 1 : span.end - 1].all()) and tt[span.start] == 0 and tt[span.end - 1] == 0
     assert int(tt.sum()) == 32
     text = adapter.tokenizer.decode(ids)
-    assert text.startswith("<bos><start_of_turn>user\n") and text.endswith("<start_of_turn>model\n") and "A. yes\nB. no" in text
+    assert (
+        text.startswith("<bos><start_of_turn>user\n")
+        and text.endswith("<start_of_turn>model\n")
+        and "A. yes\nB. no" in text
+    )
     assert layout.length > 4 * WINDOW
 
 
 def test_sinks_override(adapter, tmp_path):
-    a = Gemma3({"checkpoint": adapter.options.checkpoint, "dtype": "float32", "device": "cpu", "sinks": {"kind": "offsets", "offsets": [0, 5, 9]}})
+    a = Gemma3(
+        {
+            "checkpoint": adapter.options.checkpoint,
+            "dtype": "float32",
+            "device": "cpu",
+            "sinks": {"kind": "offsets", "offsets": [0, 5, 9]},
+        }
+    )
     a.load()
     prep = a.prepare(prompts.interleaved_sample(np.random.default_rng(), [(40, 60)]))
     span = prep.layouts[0].spans[0]
@@ -90,7 +101,10 @@ def test_bsight_outside_a_method_keeps_transformers_masks(adapter, rng):
 
 
 def test_dense_matches_transformers_sdpa_with_windows_and_bidirectional_images(adapter, rng):
-    preps = [adapter.prepare(prompts.interleaved_sample(rng, sizes, words=w)) for sizes, w in (([(40, 60), (64, 32)], 3), ([(32, 32)], 10))]
+    preps = [
+        adapter.prepare(prompts.interleaved_sample(rng, sizes, words=w))
+        for sizes, w in (([(40, 60), (64, 32)], 3), ([(32, 32)], 10))
+    ]
     for batch in (preps[0], adapter.prepared(prompts.left_pad(preps, adapter.tokenizer.pad_token_id))):
         ours = adapter.logits(batch, Dense())
         with torch.no_grad(), reference_masks.text_attention(adapter.model, "sdpa"):
@@ -102,15 +116,22 @@ def test_dense_matches_transformers_sdpa_with_windows_and_bidirectional_images(a
 
 def test_blindsight_all_dense_equals_dense(adapter, rng):
     prep = adapter.prepare(prompts.interleaved_sample(rng, [(40, 60), (64, 32), (32, 32)]))
-    torch.testing.assert_close(adapter.logits(prep, Blindsight({"uniform": "dense"})), adapter.logits(prep, Dense()), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        adapter.logits(prep, Blindsight({"uniform": "dense"})), adapter.logits(prep, Dense()), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_blindsight_sparse_equals_explicit_per_head_masks(adapter, rng):
     sinks = SinkPolicy(kind="offsets", offsets=(0, 3, 7, 12))
     info = adapter.info
-    head_map = reference_masks.random_head_map(info.model_id, info.num_layers, info.num_heads, int(rng.integers(1 << 30)), sinks)
+    head_map = reference_masks.random_head_map(
+        info.model_id, info.num_layers, info.num_heads, int(rng.integers(1 << 30)), sinks
+    )
     method = Blindsight({"head_map": head_map})
-    preps = [adapter.prepare(prompts.interleaved_sample(rng, sizes, words=w)) for sizes, w in (([(40, 60), (64, 32), (32, 48)], 2), ([(32, 32), (50, 50)], 8))]
+    preps = [
+        adapter.prepare(prompts.interleaved_sample(rng, sizes, words=w))
+        for sizes, w in (([(40, 60), (64, 32), (32, 48)], 2), ([(32, 32), (50, 50)], 8))
+    ]
     batch = adapter.prepared(prompts.left_pad(preps, adapter.tokenizer.pad_token_id))
     ours = adapter.logits(batch, method)
     masks = reference_masks.layer_masks(batch.layouts, head_map, info.sliding_windows, sinks)

@@ -20,7 +20,7 @@ import reference_masks  # noqa: E402
 import tiny_vlms  # noqa: E402
 
 from bsight.harness.interfaces import ImagePart, Sample, TextPart  # noqa: E402
-from bsight.harness.sparsity.layout import LayoutError, LayoutSpec, SinkPolicy  # noqa: E402
+from bsight.kernels.sparsity.layout import LayoutError, LayoutSpec, SinkPolicy  # noqa: E402
 from bsight.plugins.methods.blindsight import Blindsight  # noqa: E402
 from bsight.plugins.methods.dense import Dense  # noqa: E402
 from bsight.plugins.models.qwen2_vl import Qwen2VL, Qwen25VL, qwen_layouts  # noqa: E402
@@ -85,7 +85,10 @@ def test_bsight_outside_a_method_is_transformers_sdpa(adapter, rng):
 
 
 def test_dense_matches_transformers_sdpa_on_a_padded_batch(adapter, rng):
-    preps = [adapter.prepare(prompts.interleaved_sample(rng, sizes, words=w)) for sizes, w in (([(60, 90)], 12), ([(84, 56), (56, 84)], 3))]
+    preps = [
+        adapter.prepare(prompts.interleaved_sample(rng, sizes, words=w))
+        for sizes, w in (([(60, 90)], 12), ([(84, 56), (56, 84)], 3))
+    ]
     batch = adapter.prepared(prompts.left_pad(preps, adapter.tokenizer.pad_token_id))
     assert batch.layouts[0].valid_start > 0 or batch.layouts[1].valid_start > 0
     ours = adapter.logits(batch, Dense())
@@ -98,15 +101,22 @@ def test_dense_matches_transformers_sdpa_on_a_padded_batch(adapter, rng):
 
 def test_blindsight_all_dense_equals_dense(adapter, rng):
     prep = adapter.prepare(prompts.interleaved_sample(rng, [(60, 90), (84, 84), (56, 112)]))
-    torch.testing.assert_close(adapter.logits(prep, Blindsight({"uniform": "dense"})), adapter.logits(prep, Dense()), rtol=0, atol=0)
+    torch.testing.assert_close(
+        adapter.logits(prep, Blindsight({"uniform": "dense"})), adapter.logits(prep, Dense()), rtol=0, atol=0
+    )
 
 
 def test_blindsight_sparse_equals_explicit_per_head_masks(adapter, rng, tmp_path):
     sinks = SinkPolicy(fraction=0.3)
     info = adapter.info
-    head_map = reference_masks.random_head_map(info.model_id, info.num_layers, info.num_heads, int(rng.integers(1 << 30)), sinks)
+    head_map = reference_masks.random_head_map(
+        info.model_id, info.num_layers, info.num_heads, int(rng.integers(1 << 30)), sinks
+    )
     method = Blindsight({"head_map": str(head_map.save(tmp_path / "map.json"))})
-    preps = [adapter.prepare(prompts.interleaved_sample(rng, sizes, words=w)) for sizes, w in (([(84, 84), (60, 90), (56, 56)], 4), ([(112, 56), (56, 84)], 9))]
+    preps = [
+        adapter.prepare(prompts.interleaved_sample(rng, sizes, words=w))
+        for sizes, w in (([(84, 84), (60, 90), (56, 56)], 4), ([(112, 56), (56, 84)], 9))
+    ]
     batch = adapter.prepared(prompts.left_pad(preps, adapter.tokenizer.pad_token_id))
     ours = adapter.logits(batch, method)
     assert method.sink_policy == sinks
@@ -168,7 +178,9 @@ def test_video_frames_split_into_segments_and_grids_are_checked():
     image = [10] + [12] * 4 + [11]  # grid (1, 4, 4) -> 4 pads
     video = [10] + [13] * 6 + [11]  # grid (3, 2, 4) -> 3 frames of 2 pads
     ids = torch.tensor([[1, 2] + image + [3] + video + [4]])
-    (layout,) = qwen_layouts(ids, spec, Cfg, image_grid_thw=torch.tensor([[1, 4, 4]]), video_grid_thw=torch.tensor([[3, 2, 4]]))
+    (layout,) = qwen_layouts(
+        ids, spec, Cfg, image_grid_thw=torch.tensor([[1, 4, 4]]), video_grid_thw=torch.tensor([[3, 2, 4]])
+    )
     assert [(s.start, s.end) for s in layout.spans] == [(2, 8), (9, 12), (12, 14), (14, 17)]
     assert [s.sinks for s in layout.spans] == [(2, 3, 4), (9, 10), (12,), (14, 15)]
     with pytest.raises(LayoutError, match="grid says 6"):
@@ -176,7 +188,13 @@ def test_video_frames_split_into_segments_and_grids_are_checked():
     with pytest.raises(LayoutError, match="more video segments"):
         qwen_layouts(ids, spec, Cfg, image_grid_thw=torch.tensor([[1, 4, 4]]))
     with pytest.raises(LayoutError, match="more image grids"):
-        qwen_layouts(ids, spec, Cfg, image_grid_thw=torch.tensor([[1, 4, 4], [1, 2, 2]]), video_grid_thw=torch.tensor([[3, 2, 4]]))
+        qwen_layouts(
+            ids,
+            spec,
+            Cfg,
+            image_grid_thw=torch.tensor([[1, 4, 4], [1, 2, 2]]),
+            video_grid_thw=torch.tensor([[3, 2, 4]]),
+        )
 
 
 def test_missing_checkpoints_are_clear_errors(tmp_path, monkeypatch):
@@ -206,22 +224,27 @@ def test_hub_snapshot_in_the_cache_loads_offline(adapter, tmp_path, monkeypatch)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    a = type(adapter)({"checkpoint": "org/tiny", "cache_dir": str(tmp_path / "hub"), "dtype": "float32", "device": "cpu"})
+    a = type(adapter)(
+        {"checkpoint": "org/tiny", "cache_dir": str(tmp_path / "hub"), "dtype": "float32", "device": "cpu"}
+    )
     a.load()
     assert a.info.model_id == "org/tiny" and a.info.revision == "a" * 40
 
 
 def test_ttft_script_runs_end_to_end_on_the_small_config(tmp_path):
-    """`python -m bsight.harness.ttft --small`: the GPU benchmark's whole path on a tiny Qwen2-VL on the CPU."""
+    """`python -m bsight.harness.benchmarks.ttft --small`: the GPU benchmark's whole path on a tiny Qwen2-VL on the CPU."""
     import json
 
-    from bsight.harness import ttft
+    from bsight.harness.benchmarks import ttft
 
     out = tmp_path / "ttft.json"
-    assert ttft.main(["--small", "--out", str(out), "--lengths", "260,500", "--warmup-tokens", "200", "--mlp-chunk", "64"]) == 0
+    assert (
+        ttft.main(["--small", "--out", str(out), "--lengths", "260,500", "--warmup-tokens", "200", "--mlp-chunk", "64"])
+        == 0
+    )
     result = json.loads(out.read_text())
     assert "random" in result["model"]["weights"] and result["head_map"]["kind"].startswith("random")
-    assert result["provenance"]["command"].startswith("python -m bsight.harness.ttft --small")
+    assert result["provenance"]["command"].startswith("python -m bsight.harness.benchmarks.ttft --small")
     assert result["provenance"]["packages"]["transformers"]
     assert abs(result["head_map"]["shares"]["dense"] - 0.3) < 0.1
     assert [e["tokens"] for e in result["lengths"]] == [260, 500]
@@ -236,9 +259,11 @@ def test_ttft_script_runs_end_to_end_on_the_small_config(tmp_path):
 def test_chunked_mlps_keep_the_model_output():
     """The TTFT benchmark runs MLPs (vision blocks, merger, decoder layers) in token chunks to fit 300K
     tokens; the logits must not change."""
-    from bsight.harness import ttft
+    from bsight.harness.benchmarks import ttft
 
-    model = ttft.build_model(ttft.SMALL_CONFIG, torch.device("cpu"), torch.float32, seed=int(np.random.default_rng().integers(1000)))
+    model = ttft.build_model(
+        ttft.SMALL_CONFIG, torch.device("cpu"), torch.float32, seed=int(np.random.default_rng().integers(1000))
+    )
     adapter = Qwen2VL({"checkpoint": ttft.MODEL_ID, "device": "cpu"})
     adapter.attach(model, None, model_id=ttft.MODEL_ID, weights="random")
     images = ttft.process_images(ttft.SMALL_IMAGE_SIZES, torch.float32, seed=1)

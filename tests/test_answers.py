@@ -93,7 +93,9 @@ words = st.text(alphabet=string.ascii_lowercase, min_size=3, max_size=9)
 @given(
     options=st.lists(words, min_size=2, max_size=8, unique=True),
     data=st.data(),
-    template=st.sampled_from(["{L}", "({L})", "{L}.", "Answer: {L}", "The answer is {L}.", "The correct option is ({l})", "{L}. {text}"]),
+    template=st.sampled_from(
+        ["{L}", "({L})", "{L}.", "Answer: {L}", "The answer is {L}.", "The correct option is ({l})", "{L}. {text}"]
+    ),
 )
 def test_marked_letters_are_read_for_any_options(options: list[str], data: st.DataObject, template: str) -> None:
     k = data.draw(st.integers(0, len(options) - 1))

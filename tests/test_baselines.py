@@ -20,23 +20,26 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # as tests/test_vertical_slash.py, when this file imports triton first
+    os.environ.setdefault(
+        "TRITON_INTERPRET", "1"
+    )  # as tests/test_vertical_slash.py, when this file imports triton first
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "checkpoints"))
 import prompts  # noqa: E402
 import reference_masks  # noqa: E402
 import tiny_vlms  # noqa: E402
 
-from bsight.harness.interfaces import LayerCall, ModelAdapter, ModelInfo, Prepared, Sample, TextPart  # noqa: E402
+from bsight.harness.benchmarks import baselines_sweep  # noqa: E402
+from bsight.harness.interfaces import ModelAdapter, ModelInfo, Prepared, Sample, TextPart  # noqa: E402
 from bsight.harness.plugins import load_registry  # noqa: E402
-from bsight.harness.sparsity.categories import Category  # noqa: E402
-from bsight.harness.sparsity.headmap import HeadMap  # noqa: E402
-from bsight.harness.sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy  # noqa: E402
-from bsight.harness.sparsity.masks import base_mask, materialize  # noqa: E402
-from bsight.harness.sparsity.metadata import LayoutMeta  # noqa: E402
-from bsight.harness.sparsity.planted import realistic_layout  # noqa: E402
-from bsight.kernels import baselines_sweep  # noqa: E402
+from bsight.kernels.dispatch import LayerCall
 from bsight.kernels.reference import reference_attention  # noqa: E402
+from bsight.kernels.sparsity.categories import Category  # noqa: E402
+from bsight.kernels.sparsity.headmap import HeadMap  # noqa: E402
+from bsight.kernels.sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy  # noqa: E402
+from bsight.kernels.sparsity.masks import base_mask, materialize  # noqa: E402
+from bsight.kernels.sparsity.metadata import LayoutMeta  # noqa: E402
+from bsight.kernels.sparsity.planted import realistic_layout  # noqa: E402
 from bsight.kernels.vertical_slash import keep_mask  # noqa: E402
 from bsight.plugins.methods.blindsight import Blindsight  # noqa: E402
 from bsight.plugins.methods.flex import Flex, categories_mask, chunked_block_mask  # noqa: E402
@@ -58,7 +61,15 @@ HQ, HKV = 4, 2
 def _layout(gen: torch.Generator, bidirectional: bool = False) -> PromptLayout:
     n, img = int(torch.randint(2, 4, (1,), generator=gen)), int(torch.randint(50, 100, (1,), generator=gen))
     q = int(torch.randint(20, 70, (1,), generator=gen))
-    return realistic_layout(n, img, prefix_tokens=13, label_tokens=5, question_tokens=q, sinks=SinkPolicy(fraction=0.05), bidirectional=bidirectional)
+    return realistic_layout(
+        n,
+        img,
+        prefix_tokens=13,
+        label_tokens=5,
+        question_tokens=q,
+        sinks=SinkPolicy(fraction=0.05),
+        bidirectional=bidirectional,
+    )
 
 
 def _qkv(S: int, D: int, gen: torch.Generator, dtype=torch.float64):
@@ -66,7 +77,15 @@ def _qkv(S: int, D: int, gen: torch.Generator, dtype=torch.float64):
 
 
 def _info(layers: int, heads: int = HQ, kv: int = HKV, dim: int = 16) -> ModelInfo:
-    return ModelInfo(model_id="test/model", num_layers=layers, num_heads=heads, num_kv_heads=kv, head_dim=dim, sliding_windows=[None] * layers, weights="random")
+    return ModelInfo(
+        model_id="test/model",
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=dim,
+        sliding_windows=[None] * layers,
+        weights="random",
+    )
 
 
 def plan_mask(plan: Plan, meta: LayoutMeta, num_heads: int, window: int | None) -> torch.Tensor:
@@ -85,7 +104,9 @@ def plan_mask(plan: Plan, meta: LayoutMeta, num_heads: int, window: int | None) 
 
 
 def _sdpa(q, k, v, mask, scale):
-    return F.scaled_dot_product_attention(q, k.repeat_interleave(HQ // HKV, 0), v.repeat_interleave(HQ // HKV, 0), attn_mask=mask, scale=scale)
+    return F.scaled_dot_product_attention(
+        q, k.repeat_interleave(HQ // HKV, 0), v.repeat_interleave(HQ // HKV, 0), attn_mask=mask, scale=scale
+    )
 
 
 # ----------------------------------------------------------------------------------------- mminference
@@ -105,9 +126,15 @@ def test_mminference_equals_sdpa_under_its_kept_set(tmp_path, bidirectional, win
     S, D = meta.length, 16
     q, k, v = _qkv(S, D, gen)
     call = LayerCall(layer_idx=1, scale=0.3, window=window)
-    second = [HeadPattern(pattern="vertical_slash", boundary="none", vertical_size=12, slash_size=40), HeadPattern(pattern="dense"),
-              HeadPattern(pattern="block_sparse", boundary="none", top_k=3), HeadPattern(pattern="a_shape", boundary="2d_boundary", vertical_size=8, slash_size=30)]
-    cfg = PatternConfig(model_id="test/model", num_layers=2, num_heads=HQ, patterns=[MIXED, second]).save(tmp_path / "p.json")
+    second = [
+        HeadPattern(pattern="vertical_slash", boundary="none", vertical_size=12, slash_size=40),
+        HeadPattern(pattern="dense"),
+        HeadPattern(pattern="block_sparse", boundary="none", top_k=3),
+        HeadPattern(pattern="a_shape", boundary="2d_boundary", vertical_size=8, slash_size=30),
+    ]
+    cfg = PatternConfig(model_id="test/model", num_layers=2, num_heads=HQ, patterns=[MIXED, second]).save(
+        tmp_path / "p.json"
+    )
     method = MMInference({"pattern_config": str(cfg), "backend": "reference", "init_verticals": 3, "local_slashes": 5})
     method.setup(_info(2))
     plan = method.plan(second, q, k, v, meta, call)
@@ -124,7 +151,9 @@ def test_mminference_equals_sdpa_under_its_kept_set(tmp_path, bidirectional, win
 
 def test_mminference_layer_zero_mixed_patterns_are_sparse_and_exact():
     gen = torch.Generator().manual_seed(7)
-    meta = LayoutMeta.build(realistic_layout(5, 120, prefix_tokens=20, label_tokens=6, question_tokens=40, sinks=SinkPolicy(fraction=0.02)))
+    meta = LayoutMeta.build(
+        realistic_layout(5, 120, prefix_tokens=20, label_tokens=6, question_tokens=40, sinks=SinkPolicy(fraction=0.02))
+    )
     S, D = meta.length, 16
     q, k, v = _qkv(S, D, gen)
     call = LayerCall(layer_idx=0, scale=0.25)
@@ -159,7 +188,9 @@ def test_mminference_layer_zero_mixed_patterns_are_sparse_and_exact():
 def test_estimation_reads_the_prompt():
     """Planted: text queries point at one text key, image queries at one image key, all queries at one key tile."""
     gen = torch.Generator().manual_seed(3)
-    layout = realistic_layout(3, 120, prefix_tokens=70, label_tokens=6, question_tokens=70, sinks=SinkPolicy(fraction=0.02))
+    layout = realistic_layout(
+        3, 120, prefix_tokens=70, label_tokens=6, question_tokens=70, sinks=SinkPolicy(fraction=0.02)
+    )
     meta = LayoutMeta.build(layout)
     S, D = meta.length, 32
     u, w, z = torch.linalg.qr(torch.randn(D, 3, generator=gen, dtype=torch.float64)).Q.T
@@ -172,7 +203,10 @@ def test_estimation_reads_the_prompt():
     k[:, image_key] += 6 * w
     hot_tile = 3
     k[:, hot_tile * 64 : hot_tile * 64 + 64] += 6 * z
-    pats = [HeadPattern(pattern="vertical_slash", boundary=b, vertical_size=1, slash_size=1) for b in ("none", "q_boundary", "2d_boundary")]
+    pats = [
+        HeadPattern(pattern="vertical_slash", boundary=b, vertical_size=1, slash_size=1)
+        for b in ("none", "q_boundary", "2d_boundary")
+    ]
     pats.append(HeadPattern(pattern="block_sparse", boundary="none", top_k=2))
     method = MMInference({"backend": "reference", "init_verticals": 0, "local_slashes": 0})
     plan = method.plan(pats, q, k, v, meta, LayerCall(layer_idx=0, scale=D**-0.5))
@@ -186,7 +220,9 @@ def test_estimation_reads_the_prompt():
     for m in range(hot_tile + 1, blocks.shape[0]):
         assert set(blocks[m].tolist()) - {-1} == {m, hot_tile}
     forced = MMInference({"backend": "reference", "init_verticals": 5, "local_slashes": 1})
-    index = forced.plan([pats[0].model_copy(update={"vertical_size": 6})] * HQ, q, k, v, meta, LayerCall(0, D**-0.5)).launches[0][1]
+    index = forced.plan(
+        [pats[0].model_copy(update={"vertical_size": 6})] * HQ, q, k, v, meta, LayerCall(0, D**-0.5)
+    ).launches[0][1]
     assert cols(index, 0, 0) == [0, 1, 2, 3, 4, text_key]  # the first keys are always columns, the budget adds one
     assert 0 in index.offsets[0, 0, : int(index.offset_count[0, 0])].tolist()  # the diagonal is always a slash
 
@@ -209,7 +245,12 @@ def test_pattern_options_and_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.json"):
         MMInference({"pattern_config": str(tmp_path / "missing.json")}).setup(_info(1))
     with pytest.raises(ValueError, match="3 head patterns for 4"):
-        MMInference().attend(MIXED[:3], *_qkv(300, 16, torch.Generator()), LayoutMeta.build(_layout(torch.Generator())), LayerCall(0, 1.0))
+        MMInference().attend(
+            MIXED[:3],
+            *_qkv(300, 16, torch.Generator()),
+            LayoutMeta.build(_layout(torch.Generator())),
+            LayerCall(0, 1.0),
+        )
 
 
 class _Layers(ModelAdapter):
@@ -238,12 +279,16 @@ class _Layers(ModelAdapter):
 
     def logits(self, prepared: Prepared, method) -> torch.Tensor:
         meta = LayoutMeta.build(prepared.layouts[0])
-        return torch.stack([method.prefill(q, k, v, meta, LayerCall(i, 0.25)) for i, (q, k, v) in enumerate(self.layers)])
+        return torch.stack(
+            [method.prefill(q, k, v, meta, LayerCall(i, 0.25)) for i, (q, k, v) in enumerate(self.layers)]
+        )
 
 
 def test_pattern_search_keeps_the_lowest_nmse_within_budget(tmp_path):
     gen = torch.Generator().manual_seed(11)
-    layout = realistic_layout(3, 100, prefix_tokens=20, label_tokens=6, question_tokens=30, sinks=SinkPolicy(fraction=0.02))
+    layout = realistic_layout(
+        3, 100, prefix_tokens=20, label_tokens=6, question_tokens=30, sinks=SinkPolicy(fraction=0.02)
+    )
     meta = LayoutMeta.build(layout)
     layers = [_qkv(meta.length, 16, gen) for _ in range(2)]
     z = torch.randn(16, generator=gen, dtype=torch.float64)
@@ -255,7 +300,12 @@ def test_pattern_search_keeps_the_lowest_nmse_within_budget(tmp_path):
         HeadPattern(pattern="block_sparse", boundary="none", top_k=2),
         HeadPattern(pattern="vertical_slash", boundary="q_boundary", vertical_size=30, slash_size=60),
     ]
-    opts = {"candidates": [c.model_dump() for c in candidates], "max_density": 0.6, "backend": "reference", "local_slashes": 8}
+    opts = {
+        "candidates": [c.model_dump() for c in candidates],
+        "max_density": 0.6,
+        "backend": "reference",
+        "local_slashes": 8,
+    }
     adapter = _Layers(layers, layout)
     sample = Sample(id="one", task="t", parts=[TextPart(text="x")], answer="")
     config = search_pattern_config(adapter, sample, opts)
@@ -273,16 +323,24 @@ def test_pattern_search_keeps_the_lowest_nmse_within_budget(tmp_path):
             scores.append((nmse, (kept.double() / base).tolist()))
         for h in range(HQ):
             fits = [i for i in range(len(candidates)) if scores[i][1][h] <= 0.6]
-            want = min(fits, key=lambda i: scores[i][0][h]) if fits else min(range(len(candidates)), key=lambda i: scores[i][1][h])
+            want = (
+                min(fits, key=lambda i: scores[i][0][h])
+                if fits
+                else min(range(len(candidates)), key=lambda i: scores[i][1][h])
+            )
             got = config.patterns[layer][h]
             assert got.model_copy(update={"nmse": None, "density": None}) == candidates[want]
-            assert got.nmse == pytest.approx(scores[want][0][h], rel=1e-6) and got.density == pytest.approx(scores[want][1][h])
+            assert got.nmse == pytest.approx(scores[want][0][h], rel=1e-6) and got.density == pytest.approx(
+                scores[want][1][h]
+            )
         densities[layer] = [min(range(len(candidates)), key=lambda i: scores[i][1][h]) for h in range(HQ)]
     chosen = {(p.pattern, p.boundary) for row in config.patterns for p in row}
     assert len(chosen) > 1  # the budget and the data make different heads choose differently
     tight = PatternSearch({**opts, "max_density": 0.01})
     tight.prefill(*layers[0], meta, LayerCall(0, 0.25))  # nothing fits: the sparsest candidate
-    assert [p.model_copy(update={"nmse": None, "density": None}) for p in tight.choices[0]] == [candidates[i] for i in densities[0]]
+    assert [p.model_copy(update={"nmse": None, "density": None}) for p in tight.choices[0]] == [
+        candidates[i] for i in densities[0]
+    ]
     path = config.save(tmp_path / "patterns.json")
     method = MMInference({"pattern_config": str(path), "backend": "reference"})
     method.setup(adapter.info)
@@ -313,7 +371,9 @@ def test_flex_equals_the_reference_per_head(tmp_path, bidirectional, window, lay
         cats = method.head_categories(layer)
         assert torch.equal(cats, hm.layer_categories(layer))
         out = method.prefill(q, k, v, meta, LayerCall(layer, 0.3, window))
-        torch.testing.assert_close(out, reference_attention(q, k, v, meta, cats, scale=0.3, window=window), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            out, reference_attention(q, k, v, meta, cats, scale=0.3, window=window), rtol=1e-10, atol=1e-10
+        )
     assert "mask_building" in method.overhead.take()
 
 
@@ -325,14 +385,25 @@ def test_flex_block_mask_in_query_chunks_equals_the_whole_one(tmp_path):
     gen = torch.Generator().manual_seed(int(torch.randint(1 << 20, (1,))))
     images = torch.randint(40, 120, (3,), generator=gen).tolist()
     S = 512
-    layout = PromptLayout.from_segments([("text", 9), ("image", images[0]), ("text", 4), ("image", images[1]), ("image", images[2]),
-                                         ("text", S - 13 - sum(images))], sinks=SinkPolicy(fraction=0.05))
+    layout = PromptLayout.from_segments(
+        [
+            ("text", 9),
+            ("image", images[0]),
+            ("text", 4),
+            ("image", images[1]),
+            ("image", images[2]),
+            ("text", S - 13 - sum(images)),
+        ],
+        sinks=SinkPolicy(fraction=0.05),
+    )
     meta = LayoutMeta.build(layout)
     hm = _random_map(1, int(torch.randint(1 << 20, (1,), generator=gen)), SinkPolicy(fraction=0.05))
     cats = hm.layer_categories(0)
     mod = categories_mask(meta, cats)
     whole = create_block_mask(mod, None, HQ, S, S, device="cpu", BLOCK_SIZE=128, _compile=False)
-    chunked = chunked_block_mask(mod, HQ, S, torch.device("cpu"), create_block_mask, 128, max_bytes=HQ * 128 * S)  # 4 chunks
+    chunked = chunked_block_mask(
+        mod, HQ, S, torch.device("cpu"), create_block_mask, 128, max_bytes=HQ * 128 * S
+    )  # 4 chunks
     assert chunked.shape == whole.shape and torch.equal(chunked.to_dense(), whole.to_dense())
     method = Flex({"head_map": str(hm.save(tmp_path / "map.json")), "compile": "never"})
     method.runner.max_mask_bytes = HQ * 256 * S  # 2 chunks
@@ -370,7 +441,9 @@ def test_streaming_equals_sdpa_under_its_mask(bidirectional, window):
     n_sink, local = int(torch.randint(1, 9, (1,), generator=gen)), int(torch.randint(10, 60, (1,), generator=gen))
     mask = materialize(streaming_mask(meta, n_sink, local, window), S)[0]
     i = torch.arange(S)
-    assert torch.equal(mask, materialize(base_mask(meta, window), S)[0] & ((i[None] < n_sink) | ((i[:, None] - i[None]).abs() < local)))
+    assert torch.equal(
+        mask, materialize(base_mask(meta, window), S)[0] & ((i[None] < n_sink) | ((i[:, None] - i[None]).abs() < local))
+    )
     ref = _sdpa(q, k, v, mask, 0.3)
     for backend in ("chunked", "flex"):
         method = Streaming({"n_sink": n_sink, "window": local, "backend": backend, "chunk_size": 37})
@@ -385,7 +458,13 @@ def test_streaming_equals_sdpa_under_its_mask(bidirectional, window):
 
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory):
-    adapter = Qwen2VL({"checkpoint": str(tiny_vlms.qwen_checkpoint(tmp_path_factory.mktemp("qwen"), "qwen2_vl", seed=5)), "dtype": "float32", "device": "cpu"})
+    adapter = Qwen2VL(
+        {
+            "checkpoint": str(tiny_vlms.qwen_checkpoint(tmp_path_factory.mktemp("qwen"), "qwen2_vl", seed=5)),
+            "dtype": "float32",
+            "device": "cpu",
+        }
+    )
     adapter.load()
     return adapter
 
@@ -403,10 +482,14 @@ def _explicit(qwen, prepared: Prepared, masks: dict[int, torch.Tensor]) -> torch
 
 def test_flex_runs_blindsight_masks_in_a_model(qwen, prepared, tmp_path):
     sinks = SinkPolicy(fraction=0.2)
-    hm = _random_map(qwen.info.num_layers, int(np.random.default_rng().integers(1 << 20)), sinks).model_copy(update={"model_id": qwen.info.model_id})
+    hm = _random_map(qwen.info.num_layers, int(np.random.default_rng().integers(1 << 20)), sinks).model_copy(
+        update={"model_id": qwen.info.model_id}
+    )
     path = str(hm.save(tmp_path / "map.json"))
     ours = qwen.logits(prepared, Flex({"head_map": path}))
-    theirs = _explicit(qwen, prepared, reference_masks.layer_masks(prepared.layouts, hm, qwen.info.sliding_windows, sinks))
+    theirs = _explicit(
+        qwen, prepared, reference_masks.layer_masks(prepared.layouts, hm, qwen.info.sliding_windows, sinks)
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ours, qwen.logits(prepared, Blindsight({"head_map": path})), rtol=1e-4, atol=1e-4)
 
@@ -441,7 +524,9 @@ class _RecordingMM(MMInference):
 def test_mminference_in_a_model(qwen, prepared, tmp_path):
     info = qwen.info
     rows = [MIXED, [HeadPattern(pattern="dense")] + MIXED[1:]]
-    path = PatternConfig(model_id=info.model_id, num_layers=info.num_layers, num_heads=info.num_heads, patterns=rows).save(tmp_path / "p.json")
+    path = PatternConfig(
+        model_id=info.model_id, num_layers=info.num_layers, num_heads=info.num_heads, patterns=rows
+    ).save(tmp_path / "p.json")
     method = _RecordingMM({"pattern_config": str(path), "local_slashes": 4, "init_verticals": 2})
     ours = qwen.logits(prepared, method)
     torch.testing.assert_close(ours, _explicit(qwen, prepared, method.masks), rtol=1e-4, atol=1e-4)
@@ -463,7 +548,9 @@ def test_methods_are_registered():
 
 def test_sweep_small_writes_results_with_provenance(tmp_path):
     out = tmp_path / "sweep.json"
-    baselines_sweep.main(["--out", str(out), "--small", "--lengths", "560", "--reps", "1", "--mm-patterns", "block_sparse:none"])
+    baselines_sweep.main(
+        ["--out", str(out), "--small", "--lengths", "560", "--reps", "1", "--mm-patterns", "block_sparse:none"]
+    )
     text = out.read_text()
     repo = str(Path(baselines_sweep.__file__).resolve().parent.parent)
     assert str(tmp_path) not in text and repo not in text  # no paths of the machine that ran it
@@ -471,17 +558,30 @@ def test_sweep_small_writes_results_with_provenance(tmp_path):
     (row,) = data["rows"]
     assert data["provenance"]["torch"] == torch.__version__ and data["provenance"]["config"]["lengths"] == [560]
     methods = row["methods"]
-    assert set(methods) == {"dense", "blindsight/intra_image_sink", "flex/intra_image_sink", "streaming", "mminference/block_sparse:none"}
+    assert set(methods) == {
+        "dense",
+        "blindsight/intra_image_sink",
+        "flex/intra_image_sink",
+        "streaming",
+        "mminference/block_sparse:none",
+    }
     for name, rec in methods.items():
         assert "error" not in rec, (name, rec)
-        assert rec["attention_ms"] > 0 and rec["flops_reduction"] == pytest.approx(1 - rec["kept_pairs_per_head"] / row["dense_pairs_per_head"])
-    assert methods["blindsight/intra_image_sink"]["kept_pairs_per_head"] == methods["flex/intra_image_sink"]["kept_pairs_per_head"]
+        assert rec["attention_ms"] > 0 and rec["flops_reduction"] == pytest.approx(
+            1 - rec["kept_pairs_per_head"] / row["dense_pairs_per_head"]
+        )
+    assert (
+        methods["blindsight/intra_image_sink"]["kept_pairs_per_head"]
+        == methods["flex/intra_image_sink"]["kept_pairs_per_head"]
+    )
     assert methods["dense"]["kept_pairs_per_head"] == row["dense_pairs_per_head"] == 560 * 561 // 2
     assert methods["mminference/block_sparse:none"]["flops_reduction"] > 0.3
     assert "pattern_estimation_and_permutation" in methods["mminference/block_sparse:none"]["overhead_ms"]
     assert methods["flex/intra_image_sink"]["flops_reduction"] > 0.2 and methods["streaming"]["flops_reduction"] > 0.2
     assert "mask_building" in methods["flex/intra_image_sink"]["overhead_ms"]
-    baselines_sweep.main(["--out", str(out), "--small", "--lengths", "300", "--reps", "1", "--methods", "dense", "--append"])
+    baselines_sweep.main(
+        ["--out", str(out), "--small", "--lengths", "300", "--reps", "1", "--methods", "dense", "--append"]
+    )
     data = json.loads(out.read_text())
     assert [r["tokens"] for r in data["rows"]] == [300, 560] and len(data["earlier_provenance"]) == 1
 

@@ -17,12 +17,13 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "checkpoints"))
 import reference_masks  # noqa: E402
 
 import bsight.kernels.blindsight_attention  # noqa: E402
-from bsight.harness.interfaces import LayerCall, ModelInfo  # noqa: E402
-from bsight.harness.sparsity.categories import Category  # noqa: E402
-from bsight.harness.sparsity.headmap import HeadMap  # noqa: E402
-from bsight.harness.sparsity.layout import PromptLayout, SinkPolicy  # noqa: E402
-from bsight.harness.sparsity.metadata import LayoutMeta  # noqa: E402
+from bsight.harness.interfaces import ModelInfo  # noqa: E402
+from bsight.kernels.dispatch import LayerCall
 from bsight.kernels.reference import reference_attention  # noqa: E402
+from bsight.kernels.sparsity.categories import Category  # noqa: E402
+from bsight.kernels.sparsity.headmap import HeadMap  # noqa: E402
+from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy  # noqa: E402
+from bsight.kernels.sparsity.metadata import LayoutMeta  # noqa: E402
 from bsight.plugins.methods import blindsight as bs  # noqa: E402
 from bsight.plugins.methods.blindsight import Blindsight  # noqa: E402
 
@@ -32,7 +33,15 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _info(layers: int = 3, model_id: str = "org/model") -> ModelInfo:
-    return ModelInfo(model_id=model_id, num_layers=layers, num_heads=HQ, num_kv_heads=HKV, head_dim=D, sliding_windows=[None] * layers, weights="random")
+    return ModelInfo(
+        model_id=model_id,
+        num_layers=layers,
+        num_heads=HQ,
+        num_kv_heads=HKV,
+        head_dim=D,
+        sliding_windows=[None] * layers,
+        weights="random",
+    )
 
 
 SINKS = SinkPolicy(fraction=0.25)
@@ -90,7 +99,16 @@ def test_setup_loads_and_checks_the_head_map(tmp_path, caplog):
 @pytest.mark.parametrize(
     "row",
     [
-        ["dense", "sink", "intra_image", "intra_image_sink", "dense", "dense", "sink", "intra_image"],  # mixed GQA groups
+        [
+            "dense",
+            "sink",
+            "intra_image",
+            "intra_image_sink",
+            "dense",
+            "dense",
+            "sink",
+            "intra_image",
+        ],  # mixed GQA groups
         ["dense"] * 4 + ["intra_image_sink"] * 4,  # whole groups: K/V not expanded
         ["sink"] * 8,
         ["dense"] * 8,
@@ -119,7 +137,9 @@ def test_windows_and_prompts_without_images():
     q, k, v = _qkv(meta.length)
     cats = method.head_categories(0)
     windowed = method.prefill(q, k, v, meta, LayerCall(layer_idx=0, scale=0.2, window=7))
-    torch.testing.assert_close(windowed, reference_attention(q, k, v, meta, cats, scale=0.2, window=7), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        windowed, reference_attention(q, k, v, meta, cats, scale=0.2, window=7), rtol=1e-5, atol=1e-5
+    )
     text_only = LayoutMeta.build(PromptLayout(length=20))
     q, k, v = _qkv(20)
     torch.testing.assert_close(
@@ -136,7 +156,9 @@ def test_the_kernel_gets_the_layer_and_missing_or_partial_kernels_fall_back(monk
     meta = _meta()
     q, k, v = _qkv(meta.length)
     call = LayerCall(layer_idx=0, scale=0.25)
-    expected = reference_attention(q, k, v, meta, torch.tensor([Category.parse(c).value for c in row], dtype=torch.int32), scale=0.25)
+    expected = reference_attention(
+        q, k, v, meta, torch.tensor([Category.parse(c).value for c in row], dtype=torch.int32), scale=0.25
+    )
     seen = []
 
     def kernel(q_, k_, v_, meta_, cats_, *, scale=None, window=None):  # exactly the reference's signature
@@ -147,7 +169,9 @@ def test_the_kernel_gets_the_layer_and_missing_or_partial_kernels_fall_back(monk
     method = Blindsight({"head_map": _map([row]), "kernel": "triton"})
     method.setup(_info(layers=1))
     torch.testing.assert_close(method.prefill(q, k, v, meta, call), expected, rtol=1e-5, atol=1e-5)
-    assert seen == [(HQ, HKV, [0, 1, 2, 3, 0, 0, 1, 2], 0.25)]  # every head, K/V not expanded: the kernel routes dense heads
+    assert seen == [
+        (HQ, HKV, [0, 1, 2, 3, 0, 0, 1, 2], 0.25)
+    ]  # every head, K/V not expanded: the kernel routes dense heads
 
     def unsupported(*args, **kwargs):
         raise NotImplementedError("sliding windows")
@@ -194,7 +218,12 @@ def test_dense_heads_can_stay_in_the_kernel(monkeypatch):
         q, k, v = _qkv(meta.length)
         method.prefill(q, k, v, meta, LayerCall(layer_idx=0, scale=0.25))
         all_dense = method.prefill(q, k, v, meta, LayerCall(layer_idx=1, scale=0.25))  # plain causal, all dense: SDPA
-        torch.testing.assert_close(all_dense, reference_attention(q, k, v, meta, torch.zeros(HQ, dtype=torch.int32), scale=0.25), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            all_dense,
+            reference_attention(q, k, v, meta, torch.zeros(HQ, dtype=torch.int32), scale=0.25),
+            rtol=1e-5,
+            atol=1e-5,
+        )
         assert seen.pop() == ([0, 1] * 4, backend) and not seen
 
 
@@ -214,9 +243,9 @@ def test_plugin_is_registered():
 KERNEL_CHECK = """
 import torch
 from bsight.harness.interfaces import LayerCall, ModelInfo
-from bsight.harness.sparsity.headmap import HeadMap
-from bsight.harness.sparsity.layout import PromptLayout, SinkPolicy
-from bsight.harness.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.headmap import HeadMap
+from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy
+from bsight.kernels.sparsity.metadata import LayoutMeta
 from bsight.kernels.reference import reference_attention
 from bsight.plugins.methods.blindsight import Blindsight
 

@@ -19,9 +19,10 @@ import tiny_vlms  # noqa: E402
 from bsight.harness import attention_bridge  # noqa: E402
 from bsight.harness.attention_bridge import AttentionTimer, active_method, attention_forward, mask_function  # noqa: E402
 from bsight.harness.interfaces import AttentionMethod  # noqa: E402
-from bsight.harness.sparsity.layout import PromptLayout, SinkPolicy  # noqa: E402
-from bsight.harness.sparsity.metadata import LayoutMeta  # noqa: E402
-from bsight.plugins.methods.dense import Dense, dense_prefill  # noqa: E402
+from bsight.kernels.dispatch import dense_prefill  # noqa: E402
+from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy  # noqa: E402
+from bsight.kernels.sparsity.metadata import LayoutMeta  # noqa: E402
+from bsight.plugins.methods.dense import Dense
 from bsight.plugins.models.qwen2_vl import Qwen2VL  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -87,7 +88,11 @@ def test_metadata_is_built_once_per_row_and_measured_as_overhead(monkeypatch):
     S = 24
     built = []
     original = LayoutMeta.build.__func__
-    monkeypatch.setattr(LayoutMeta, "build", classmethod(lambda cls, layout, device="cpu": built.append(layout) or original(cls, layout, device)))
+    monkeypatch.setattr(
+        LayoutMeta,
+        "build",
+        classmethod(lambda cls, layout, device="cpu": built.append(layout) or original(cls, layout, device)),
+    )
     method = Recording()
     with active_method(method, _layouts(S)):
         for layer in range(3):
@@ -173,7 +178,9 @@ def test_bad_inputs_are_clear_errors():
 
 def test_vision_tower_never_reaches_the_method_even_on_bsight(tmp_path):
     """The vision tower is loaded on sdpa; even switched to "bsight" its non-causal calls stay on sdpa."""
-    adapter = Qwen2VL({"checkpoint": str(tiny_vlms.qwen_checkpoint(tmp_path / "q", seed=5)), "dtype": "float32", "device": "cpu"})
+    adapter = Qwen2VL(
+        {"checkpoint": str(tiny_vlms.qwen_checkpoint(tmp_path / "q", seed=5)), "dtype": "float32", "device": "cpu"}
+    )
     adapter.load()
     prep = adapter.prepare(prompts.interleaved_sample(np.random.default_rng(), [(84, 84), (56, 112)]))
     reference = adapter.logits(prep, Dense())

@@ -18,26 +18,20 @@ from hypothesis import strategies as st
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from bsight.harness import attention_bridge
+from bsight.harness.characterize import CharacterizationProbe, characterize_model, layer_nmse
+from bsight.harness.figures import category_heatmap, pareto_figure
 from bsight.harness.interfaces import AttentionMethod, ModelAdapter, ModelInfo, Prepared
-from bsight.harness.sparsity.aggregate import build_head_map
-from bsight.harness.sparsity.categories import SPARSE_CATEGORIES, Category
-from bsight.harness.sparsity.characterize import (
-    CharacterizationProbe,
-    CharacterizationResult,
-    characterize_model,
-    layer_nmse,
-    nmse_of_categories,
-    select_categories,
-)
-from bsight.harness.sparsity.figures import category_heatmap, pareto_figure
-from bsight.harness.sparsity.flops import model_flops
-from bsight.harness.sparsity.headmap import CharacterizationParams, DatasetInfo
-from bsight.harness.sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy, layouts_from_batch
-from bsight.harness.sparsity.masks import head_mask, materialize
-from bsight.harness.sparsity.metadata import LayoutMeta
-from bsight.harness.sparsity.strategies import layouts, windows
-from bsight.harness.sparsity.sweep import pareto_front, sweep
-from bsight.plugins.methods.dense import dense_prefill
+from bsight.kernels.dispatch import dense_prefill
+from bsight.kernels.sparsity.aggregate import build_head_map
+from bsight.kernels.sparsity.categories import SPARSE_CATEGORIES, Category
+from bsight.kernels.sparsity.characterization import CharacterizationResult, nmse_of_categories, select_categories
+from bsight.kernels.sparsity.flops import model_flops
+from bsight.kernels.sparsity.headmap import CharacterizationParams, DatasetInfo
+from bsight.kernels.sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy, layouts_from_batch
+from bsight.kernels.sparsity.masks import head_mask, materialize
+from bsight.kernels.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.param_sweep import pareto_front, sweep
+from bsight.kernels.sparsity.strategies import layouts, windows
 
 START, END, PAD_IMG = 90, 91, 92
 
@@ -47,6 +41,8 @@ def fresh_seed() -> int:
     seed = secrets.randbits(31)
     print(f"seed {seed}")
     return seed
+
+
 SPEC = LayoutSpec(start_ids=(START,), end_ids=(END,), inner_ids=(PAD_IMG,), sinks=SinkPolicy(fraction=0.2))
 
 
@@ -72,7 +68,13 @@ def brute_nmse(q, k, v, lay: PromptLayout, window, scale) -> torch.Tensor:
 
 
 @settings(max_examples=40, deadline=None)
-@given(layouts(max_tokens=60, max_images=5), windows(20), st.sampled_from([(2, 1), (4, 2), (3, 3)]), st.integers(1, 20), st.data())
+@given(
+    layouts(max_tokens=60, max_images=5),
+    windows(20),
+    st.sampled_from([(2, 1), (4, 2), (3, 3)]),
+    st.integers(1, 20),
+    st.data(),
+)
 def test_layer_nmse_equals_brute_force(lay, window, heads, chunk, data):
     if lay.num_images == 0:
         lay = PromptLayout.from_segments([("text", 3), ("image", 5), ("image", 4), ("text", 2)])
@@ -103,7 +105,13 @@ def test_shared_softmax_max_falls_back_when_a_category_underflows():
 @given(st.data())
 def test_selection_picks_the_cheapest_passing_mask(data):
     H = data.draw(st.integers(1, 6))
-    nmse = np.array(data.draw(st.lists(st.lists(st.sampled_from([0.0, 0.01, 0.05, 0.2, 3.0]), min_size=3, max_size=3), min_size=H, max_size=H)))
+    nmse = np.array(
+        data.draw(
+            st.lists(
+                st.lists(st.sampled_from([0.0, 0.01, 0.05, 0.2, 3.0]), min_size=3, max_size=3), min_size=H, max_size=H
+            )
+        )
+    )
     pairs = np.array([1000] + data.draw(st.lists(st.sampled_from([100, 200, 300, 1000]), min_size=3, max_size=3)))
     tau = data.draw(st.sampled_from([0.0, 0.01, 0.1, 1.0]))
     got = select_categories(nmse, pairs, tau)
@@ -116,7 +124,14 @@ def test_selection_picks_the_cheapest_passing_mask(data):
 
 
 def tiny_llama() -> torch.nn.Module:
-    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     cfg._attn_implementation = attention_bridge.register()
     return LlamaForCausalLM(cfg).eval()
 
@@ -124,8 +139,15 @@ def tiny_llama() -> torch.nn.Module:
 def tiny_gemma3_text() -> torch.nn.Module:
     """Sliding-window layers (window 5) next to a full-attention layer."""
     cfg = Gemma3TextConfig(
-        vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=16, sliding_window=5, layer_types=["sliding_attention", "full_attention"],
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=5,
+        layer_types=["sliding_attention", "full_attention"],
     )
     cfg._attn_implementation = attention_bridge.register()
     return Gemma3ForCausalLM(cfg).eval()
@@ -194,8 +216,13 @@ class TinyAdapter(ModelAdapter):
     def info(self) -> ModelInfo:
         c = self.model.config
         return ModelInfo(
-            model_id="tiny-llama", num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads,
-            head_dim=c.hidden_size // c.num_attention_heads, sliding_windows=[None] * c.num_hidden_layers, weights="random",
+            model_id="tiny-llama",
+            num_layers=c.num_hidden_layers,
+            num_heads=c.num_attention_heads,
+            num_kv_heads=c.num_key_value_heads,
+            head_dim=c.hidden_size // c.num_attention_heads,
+            sliding_windows=[None] * c.num_hidden_layers,
+            weights="random",
         )
 
     def layout_spec(self):
@@ -217,14 +244,22 @@ def test_characterize_model_result_head_map_and_sweep(tmp_path):
     adapter = TinyAdapter(tiny_llama())
     g = torch.Generator().manual_seed(fresh_seed())
     text_only = torch.randint(1, 80, (1, 9), generator=g)
-    prompts = [("p0", batch(g)), ("text", Prepared({"input_ids": text_only}, layouts_from_batch(text_only, SPEC))), ("p1", batch(g))]
+    prompts = [
+        ("p0", batch(g)),
+        ("text", Prepared({"input_ids": text_only}, layouts_from_batch(text_only, SPEC))),
+        ("p1", batch(g)),
+    ]
     seen = []
-    result = characterize_model(adapter, prompts, dataset=DatasetInfo(name="unit", size=3), chunk_size=4, on_prompt=seen.append)
+    result = characterize_model(
+        adapter, prompts, dataset=DatasetInfo(name="unit", size=3), chunk_size=4, on_prompt=seen.append
+    )
     assert [p.id for p in result.prompts] == ["p0#0", "p0#1", "p1#0", "p1#1"] == [r.id for r in seen]
     assert [s.id for s in result.skipped] == ["text"]
     assert result.nmse_array().shape == (4, 2, 4, 3) and result.weights == "random"
     assert CharacterizationResult.load(result.save(tmp_path / "r.json")) == result
-    more_sinks = characterize_model(adapter, prompts[:1], dataset=DatasetInfo(name="unit", size=1), sinks=SinkPolicy(fraction=0.5))
+    more_sinks = characterize_model(
+        adapter, prompts[:1], dataset=DatasetInfo(name="unit", size=1), sinks=SinkPolicy(fraction=0.5)
+    )
     assert more_sinks.sink_policy.fraction == 0.5
     assert more_sinks.pairs_array()[:, :, Category.SINK].sum() > result.pairs_array()[:2, :, Category.SINK].sum()
 
@@ -240,22 +275,37 @@ def test_characterize_model_result_head_map_and_sweep(tmp_path):
         cats = build_head_map(result, CharacterizationParams(tau=row.tau, delta=0.3, gamma=0.5)).category_array()
         red = [model_flops(lay, cats, [None, None], 16)["reduction"] for lay in layouts_]
         assert row.flops_reduction_mean == pytest.approx(np.mean(red))
-        chosen = [[[0.0 if cats[l, h] == 0 else p.nmse[l][h][cats[l, h] - 1] for h in range(4)] for l in range(2)] for p in result.prompts]
+        chosen = [
+            [[0.0 if cats[l, h] == 0 else p.nmse[l][h][cats[l, h] - 1] for h in range(4)] for l in range(2)]
+            for p in result.prompts
+        ]
         assert row.nmse_mean == pytest.approx(np.mean(chosen))
         assert row.agreement is None and row.sink_policy == SPEC.sinks
     np.testing.assert_allclose(nmse_of_categories(result.nmse_array(), cats), chosen)
     front = pareto_front(rows)
-    assert front and all(not (o.nmse_mean < r.nmse_mean and o.flops_reduction_mean > r.flops_reduction_mean) for r in front for o in rows)
+    assert front and all(
+        not (o.nmse_mean < r.nmse_mean and o.flops_reduction_mean > r.flops_reduction_mean) for r in front for o in rows
+    )
     assert pareto_figure(rows).axes
 
 
 def test_characterizing_8k_tokens_stays_far_below_sequence_squared_memory():
     """28 query heads, 4 KV heads, head_dim 128, 8K tokens, in a fresh process. One float32 [28, S, S] score
     tensor would take 7.5 GiB and even one [4, S, S] 1 GiB: the measured growth must stay under 1 GiB."""
-    cmd = [sys.executable, "-m", "bsight.harness.sparsity.footprint", "--tokens", "8192", "--layers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bsight.harness.benchmarks.characterization_memory",
+        "--tokens",
+        "8192",
+        "--layers",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
     growth = out["peak_rss_bytes"] - out["baseline_rss_bytes"]
-    print(f"8K-token characterization, 1 layer of 28x128 heads: peak RSS {out['peak_rss_bytes'] / 2**20:.0f} MiB, growth {growth / 2**20:.0f} MiB")
+    print(
+        f"8K-token characterization, 1 layer of 28x128 heads: peak RSS {out['peak_rss_bytes'] / 2**20:.0f} MiB, growth {growth / 2**20:.0f} MiB"
+    )
     assert out["tokens"] == 8192 and out["heads"] == 28
     assert growth < 2**30

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import bsight, env_with, ext_config, write_yaml
 
 from bsight.harness import cli
 from bsight.harness.cli import main
@@ -12,8 +13,6 @@ from bsight.harness.hookspecs import hookimpl
 from bsight.harness.plugins import load_registry
 from bsight.harness.store import RunFolder, RunStore
 from bsight.plugins.methods.dense import Dense
-
-from conftest import bsight, env_with, ext_config, write_yaml
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, write_yaml
 
 from bsight.harness.cli import main
-from bsight.harness.sparsity.headmap import HeadMap
-from bsight.harness.sparsity.sweep import SweepRow
 from bsight.harness.store import RunFolder
-
-from conftest import REPO, write_yaml
+from bsight.kernels.sparsity.headmap import HeadMap
+from bsight.kernels.sparsity.param_sweep import SweepRow
 
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "checkpoints"))
 import tiny_vlms  # noqa: E402
@@ -27,13 +26,18 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def cfg(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli")
     ckpt = tiny_vlms.qwen_checkpoint(root / "qwen")
-    return write_yaml(root / "bench.yaml", {
-        "models": {"tiny_qwen": {"plugin": "qwen2_vl", "options": {"checkpoint": str(ckpt)}}},
-        "methods": {"dense": {"plugin": "dense"}},
-        "tasks": {"offline": {"plugin": "offline_images", "options": {"image_size": 64, "per_subtask": 1}},
-                  "other": {"plugin": "offline_images", "options": {"image_size": 64, "per_subtask": 1, "seed": 1}}},
-        "jobs": [{"type": "accuracy", "limit": 1}],  # the command ignores the config's jobs
-    })
+    return write_yaml(
+        root / "bench.yaml",
+        {
+            "models": {"tiny_qwen": {"plugin": "qwen2_vl", "options": {"checkpoint": str(ckpt)}}},
+            "methods": {"dense": {"plugin": "dense"}},
+            "tasks": {
+                "offline": {"plugin": "offline_images", "options": {"image_size": 64, "per_subtask": 1}},
+                "other": {"plugin": "offline_images", "options": {"image_size": 64, "per_subtask": 1, "seed": 1}},
+            },
+            "jobs": [{"type": "accuracy", "limit": 1}],  # the command ignores the config's jobs
+        },
+    )
 
 
 def printed(out: str) -> dict[str, Path]:
@@ -43,11 +47,36 @@ def printed(out: str) -> dict[str, Path]:
 def test_characterize_writes_head_map_plots_and_sweep_and_resumes(cfg, tmp_path, capsys):
     taus = sorted(random.sample([0.001, 0.01, 0.05, 0.2, 1.0], 3))
     out_dir = tmp_path / "char"
-    args = ["characterize", str(cfg), "--model", "tiny_qwen", "--task", "offline", "--limit", "3", "--tau", str(taus[1]),
-            "--sweep-taus", ",".join(map(str, taus)), "--out", str(out_dir), "--publish", str(tmp_path / "pub" / "qwen.json")]
+    args = [
+        "characterize",
+        str(cfg),
+        "--model",
+        "tiny_qwen",
+        "--task",
+        "offline",
+        "--limit",
+        "3",
+        "--tau",
+        str(taus[1]),
+        "--sweep-taus",
+        ",".join(map(str, taus)),
+        "--out",
+        str(out_dir),
+        "--publish",
+        str(tmp_path / "pub" / "qwen.json"),
+    ]
     assert main(args) == 0
     paths = printed(capsys.readouterr().out)
-    assert set(paths) == {"head map", "published head map", "heatmap", "layer shares", "sweep", "sweep plot", "per-prompt tables", "report"}
+    assert set(paths) == {
+        "head map",
+        "published head map",
+        "heatmap",
+        "layer shares",
+        "sweep",
+        "sweep plot",
+        "per-prompt tables",
+        "report",
+    }
     hm = HeadMap.load(paths["head map"])
     assert hm.params.tau == taus[1] and hm.dataset.size == 3 and hm.weights == "random" and hm.num_layers == 2
     assert HeadMap.load(paths["published head map"]).categories == hm.categories
@@ -69,11 +98,23 @@ def test_characterize_writes_head_map_plots_and_sweep_and_resumes(cfg, tmp_path,
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--model", "nope", "--task", "offline"], "--model 'nope' is not defined under `models:` in {cfg}; defined: tiny_qwen"),
+        (
+            ["--model", "nope", "--task", "offline"],
+            "--model 'nope' is not defined under `models:` in {cfg}; defined: tiny_qwen",
+        ),
         (["--model", "tiny_qwen"], "--task is required; tasks defined in {cfg}: offline, other"),
-        (["--model", "tiny_qwen", "--task", "offline", "--tau", "-1"], "--tau: Input should be greater than 0 (got -1.0)"),
-        (["--model", "tiny_qwen", "--task", "offline", "--sweep-gammas", "0.5,2"], "--sweep-gammas: every value must lie in [0, 1], got [0.5, 2.0]"),
-        (["--model", "tiny_qwen", "--task", "offline", "--sink-fraction", "3"], "--sink-fraction/--sink-offsets: Input should be less than or equal to 1"),
+        (
+            ["--model", "tiny_qwen", "--task", "offline", "--tau", "-1"],
+            "--tau: Input should be greater than 0 (got -1.0)",
+        ),
+        (
+            ["--model", "tiny_qwen", "--task", "offline", "--sweep-gammas", "0.5,2"],
+            "--sweep-gammas: every value must lie in [0, 1], got [0.5, 2.0]",
+        ),
+        (
+            ["--model", "tiny_qwen", "--task", "offline", "--sink-fraction", "3"],
+            "--sink-fraction/--sink-offsets: Input should be less than or equal to 1",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_per_problem(cfg, tmp_path, capsys, extra, message):
@@ -85,12 +126,61 @@ def test_bad_input_exits_2_with_one_line_per_problem(cfg, tmp_path, capsys, extr
 
 def test_argument_and_config_errors(cfg, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["characterize", str(cfg), "--model", "tiny_qwen", "--task", "offline", "--sink-fraction", "0.1", "--discover-sinks", "2", "--out", "x"])
+        main(
+            [
+                "characterize",
+                str(cfg),
+                "--model",
+                "tiny_qwen",
+                "--task",
+                "offline",
+                "--sink-fraction",
+                "0.1",
+                "--discover-sinks",
+                "2",
+                "--out",
+                "x",
+            ]
+        )
     assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        main(["characterize", str(cfg), "--model", "tiny_qwen", "--task", "offline", "--sweep-taus", "0.1,x", "--out", "x"])
+        main(
+            [
+                "characterize",
+                str(cfg),
+                "--model",
+                "tiny_qwen",
+                "--task",
+                "offline",
+                "--sweep-taus",
+                "0.1,x",
+                "--out",
+                "x",
+            ]
+        )
     assert e.value.code == 2 and "expected comma-separated numbers" in capsys.readouterr().err
-    assert main(["characterize", str(tmp_path / "absent.yaml"), "--model", "m", "--task", "t", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            ["characterize", str(tmp_path / "absent.yaml"), "--model", "m", "--task", "t", "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
     assert "config file not found" in capsys.readouterr().err
-    assert main(["characterize", str(cfg), "--config", str(tmp_path / "other.yaml"), "--model", "m", "--task", "t", "--out", "o"]) == 2
+    assert (
+        main(
+            [
+                "characterize",
+                str(cfg),
+                "--config",
+                str(tmp_path / "other.yaml"),
+                "--model",
+                "m",
+                "--task",
+                "t",
+                "--out",
+                "o",
+            ]
+        )
+        == 2
+    )
     assert "two configs given" in capsys.readouterr().err

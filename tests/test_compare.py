@@ -6,12 +6,11 @@ import re
 
 import numpy as np
 import pytest
+from conftest import synthetic_accuracy_run
 
 from bsight.harness.cli import main
 from bsight.harness.compare import Comparison, collect_metrics, compare_runs, judge
 from bsight.harness.jobs.base import Metric
-
-from conftest import synthetic_accuracy_run
 
 
 def outcomes(n: int, correct: int) -> list[bool]:
@@ -80,7 +79,14 @@ def test_bad_threshold_is_a_usage_error(pair, capsys):
         (100.0, 112.0, False, True, True, False),  # 12% slower > 10%
         (100.0, 105.0, False, True, False, False),
         (100.0, 80.0, False, True, False, True),
-        (0.0, 1.0, False, True, True, False),  # from zero: any increase of a lower-is-better is beyond any relative threshold
+        (
+            0.0,
+            1.0,
+            False,
+            True,
+            True,
+            False,
+        ),  # from zero: any increase of a lower-is-better is beyond any relative threshold
     ],
 )
 def test_judge(a, b, higher, relative, regression, improvement):

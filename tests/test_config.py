@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+from conftest import REPO, ext_config, write_yaml
 from pydantic import BaseModel, ConfigDict, FilePath
 
 from bsight.harness.config import ConfigError, allowed_keys, load_config, parse_config
@@ -13,8 +14,6 @@ from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import Extraction, Task
 from bsight.harness.jobs.accuracy import AccuracySpec
 from bsight.harness.plugins import load_registry
-
-from conftest import REPO, ext_config, write_yaml
 
 
 def problems(data, registry) -> list[tuple[str, str]]:
@@ -93,8 +92,14 @@ def test_bad_names_are_rejected(good, ext_registry):
 def test_job_type_errors(good, ext_registry):
     good["jobs"] = [{"type": "acuracy"}, {"max_new_tokens": 3}, "accuracy"]
     found = dict(problems(good, ext_registry))
-    assert found["jobs[0].type"] == "unknown job type 'acuracy'; allowed: accuracy, baselines, characterize, flops, planted, tau_sweep, timing, ttft"
-    assert found["jobs[1].type"] == "missing; allowed: accuracy, baselines, characterize, flops, planted, tau_sweep, timing, ttft"
+    assert (
+        found["jobs[0].type"]
+        == "unknown job type 'acuracy'; allowed: accuracy, baselines, characterize, flops, planted, tau_sweep, timing, ttft"
+    )
+    assert (
+        found["jobs[1].type"]
+        == "missing; allowed: accuracy, baselines, characterize, flops, planted, tau_sweep, timing, ttft"
+    )
     assert "must be a mapping" in found["jobs[2]"]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import REPO
 
 from bsight.harness import provenance as prov
 from bsight.harness.cli import main
@@ -15,8 +16,6 @@ from bsight.harness.jobs.characterize import head_map_writers
 from bsight.harness.plugins import load_registry
 from bsight.harness.runner import plan
 from bsight.harness.store import RunFolder
-
-from conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +65,9 @@ def test_provenance_renders_no_machine_paths(tmp_path, monkeypatch):
     inside = tmp_path / "configs" / "bench.yaml"
     argv = [str(tmp_path / ".venv" / "bin" / "bsight"), "run", str(inside), "--out=/somewhere/else/run1", "--fresh"]
     env = environment("md")
-    assert env.from_string("{{ argv|command }}").render(argv=argv) == "bsight run configs/bench.yaml --out=…/run1 --fresh"
+    assert (
+        env.from_string("{{ argv|command }}").render(argv=argv) == "bsight run configs/bench.yaml --out=…/run1 --fresh"
+    )
     assert env.from_string("{{ p|portable }}").render(p=str(inside)) == "configs/bench.yaml"
     assert env.from_string("{{ p|portable }}").render(p="benchmarks.yaml") == "benchmarks.yaml"
     p = prov.collect("default", "0" * 16, str(inside)).model_copy(update={"command": argv})

@@ -10,16 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import env_with, ext_config, quiet, write_yaml
 
-from bsight.harness.config import BenchmarkConfig, PluginRef, parse_config
 from bsight.harness.cli import main
+from bsight.harness.config import BenchmarkConfig, PluginRef, parse_config
 from bsight.harness.distributed import Dist, LaunchError, session, shard_indices
 from bsight.harness.jobs.accuracy import AccuracyRow
 from bsight.harness.jobs.base import ResultRow, Unit
 from bsight.harness.runner import PlanError, check_launch, execute, plan
 from bsight.harness.store import RunFolder, RunStore, Shard, ShardWriter, StoreError, UnitRows
-
-from conftest import env_with, ext_config, quiet, write_yaml
 
 TIMING = {"prefill_s", "total_s", "overhead_ms"}  # wall-clock fields: the only ones that may differ between runs
 
@@ -29,7 +28,15 @@ class Row(ResultRow):
 
 
 def unit() -> Unit:
-    return Unit(job="accuracy", type="accuracy", id="accuracy/m/dense/t", model="m", method="dense", task="t", fingerprint="abc123")
+    return Unit(
+        job="accuracy",
+        type="accuracy",
+        id="accuracy/m/dense/t",
+        model="m",
+        method="dense",
+        task="t",
+        fingerprint="abc123",
+    )
 
 
 def test_shards_partition_the_items():
@@ -47,7 +54,9 @@ def test_shards_partition_the_items():
 def test_launch_environment_errors_name_the_variable(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("RANK", raising=False)
-    with pytest.raises(LaunchError, match="environment variable RANK is not set; start data-parallel runs with torchrun"):
+    with pytest.raises(
+        LaunchError, match="environment variable RANK is not set; start data-parallel runs with torchrun"
+    ):
         with session():
             pass
     monkeypatch.setenv("RANK", "one")
@@ -63,7 +72,9 @@ def test_a_model_spread_over_all_gpus_is_not_launched_data_parallel():
     def config(device_map):
         return BenchmarkConfig(models={"big": PluginRef(plugin="some-vlm", options={"device_map": device_map})})
 
-    with pytest.raises(PlanError, match="models.big.options.device_map is 'auto': a model spread over several GPUs runs in one process"):
+    with pytest.raises(
+        PlanError, match="models.big.options.device_map is 'auto': a model spread over several GPUs runs in one process"
+    ):
         check_launch(config("auto"), Dist(rank=1, world_size=2))
     check_launch(config("auto"), Dist())  # one process: fine
     check_launch(config({"": 0}), Dist(rank=0, world_size=2))  # pinned to one device per rank: fine
@@ -132,7 +143,9 @@ def rows_of(run_dir: Path, job: str) -> dict[str, list[dict]]:
     """Each unit's rows without wall-clock fields, in stored order, by model/method/task."""
     folder = RunFolder.open(run_dir)
     return {
-        rec.unit.id.split("/", 1)[1]: [{k: v for k, v in r.model_dump().items() if k not in TIMING} for r in folder.rows(rec.unit, AccuracyRow)]
+        rec.unit.id.split("/", 1)[1]: [
+            {k: v for k, v in r.model_dump().items() if k not in TIMING} for r in folder.rows(rec.unit, AccuracyRow)
+        ]
         for rec in folder.manifest().units
         if rec.unit.job == job
     }
@@ -180,8 +193,11 @@ def test_two_processes_give_the_rows_of_one_and_resume_any_run(reference, ext_re
     also in the unit file, as if killed between merging and deleting) left."""
     data, expected, rows = reference
     job = data["jobs"][0]
-    data = {**data, "run": {**data["run"], "name": "two", "output_dir": str(tmp_path / "runs")},
-            "jobs": [{**job, "name": "fresh"}, {**job, "name": "resumed"}]}
+    data = {
+        **data,
+        "run": {**data["run"], "name": "two", "output_dir": str(tmp_path / "runs")},
+        "jobs": [{**job, "name": "fresh"}, {**job, "name": "resumed"}],
+    }
     run_dir = tmp_path / "runs" / "two"
     folder = RunFolder(run_dir)
     resumed = [u for _, u in plan(parse_config(data, ext_registry)) if u.job == "resumed"]
@@ -197,11 +213,22 @@ def test_two_processes_give_the_rows_of_one_and_resume_any_run(reference, ext_re
             f.write(first[2].model_dump_json().encode()[:25])
         stored += len(folder.rows(u, AccuracyRow))
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "bsight.harness.cli", "run",
-           str(write_yaml(tmp_path / "c.yaml", data))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "bsight.harness.cli",
+        "run",
+        str(write_yaml(tmp_path / "c.yaml", data)),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env_with(ext_paths), timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count("report: ") == 1 and f"report: {run_dir / 'index.html'}" in res.stdout  # rank 0 alone prints
+    assert (
+        res.stdout.count("report: ") == 1 and f"report: {run_dir / 'index.html'}" in res.stdout
+    )  # rank 0 alone prints
     assert "over 2 processes (gloo)" in res.stderr
     assert rows_of(run_dir, "fresh") == expected  # same generations, answers, scores and order as one process
     assert rows_of(run_dir, "resumed") == expected  # nothing lost or duplicated, canonical order restored
@@ -211,7 +238,9 @@ def test_two_processes_give_the_rows_of_one_and_resume_any_run(reference, ext_re
     folder = RunFolder.open(run_dir)
     assert [(r.status, r.rows, r.expected) for r in folder.manifest().units] == [("done", N, N)] * 4
     session = folder.provenance().sessions[-1]
-    assert session.world_size == 2 and len(session.devices) == 2 and all(d.startswith("cpu on ") for d in session.devices)
+    assert (
+        session.world_size == 2 and len(session.devices) == 2 and all(d.startswith("cpu on ") for d in session.devices)
+    )
     assert session.rows_written == 4 * N - stored and session.status == "completed"
     assert "tiny on bright" in (run_dir / "index.html").read_text()
 

@@ -18,7 +18,7 @@ import reference_masks  # noqa: E402
 import tiny_vlms  # noqa: E402
 
 from bsight.harness.plugins import load_registry  # noqa: E402
-from bsight.harness.sparsity.layout import SinkPolicy  # noqa: E402
+from bsight.kernels.sparsity.layout import SinkPolicy  # noqa: E402
 from bsight.plugins.methods.blindsight import Blindsight  # noqa: E402
 from bsight.plugins.methods.dense import Dense  # noqa: E402
 
@@ -60,7 +60,13 @@ def test_the_installed_package_registers_its_adapter(registry):
 def test_the_external_adapter_runs_dense_and_blindsight(registry, tmp_path):
     cls = registry.get("model", "qwen3_vl")
     assert cls.__module__ == "bsight_ext_qwen3vl"
-    adapter = cls({"checkpoint": str(tiny_vlms.qwen_checkpoint(tmp_path / "q3", "qwen3_vl", seed=7)), "dtype": "float32", "device": "cpu"})
+    adapter = cls(
+        {
+            "checkpoint": str(tiny_vlms.qwen_checkpoint(tmp_path / "q3", "qwen3_vl", seed=7)),
+            "dtype": "float32",
+            "device": "cpu",
+        }
+    )
     adapter.load()
     assert adapter.info.weights == "random" and adapter.model.config.model_type == "qwen3_vl"
     rng = np.random.default_rng()
@@ -73,7 +79,9 @@ def test_the_external_adapter_runs_dense_and_blindsight(registry, tmp_path):
 
     info = adapter.info
     sinks = SinkPolicy(fraction=0.3)
-    head_map = reference_masks.random_head_map(info.model_id, info.num_layers, info.num_heads, int(rng.integers(1 << 30)), sinks)
+    head_map = reference_masks.random_head_map(
+        info.model_id, info.num_layers, info.num_heads, int(rng.integers(1 << 30)), sinks
+    )
     ours = adapter.logits(prep, Blindsight({"head_map": head_map}))
     masks = reference_masks.layer_masks(prep.layouts, head_map, info.sliding_windows, sinks)
     with torch.no_grad(), reference_masks.explicit_masks(adapter.model, masks):

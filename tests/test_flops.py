@@ -8,14 +8,22 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bsight.harness.sparsity.categories import Category
-from bsight.harness.sparsity.figures import flops_cdf
-from bsight.harness.sparsity.flops import KeptPairs, dataset_reductions, empirical_cdf, layer_pair_table, model_flops, pair_counts, reduction_from_pairs
-from bsight.harness.sparsity.layout import PromptLayout
-from bsight.harness.sparsity.masks import head_mask, materialize
-from bsight.harness.sparsity.metadata import LayoutMeta
-from bsight.harness.sparsity.planted import realistic_layout
-from bsight.harness.sparsity.strategies import layouts, windows
+from bsight.harness.figures import flops_cdf
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.flops import (
+    KeptPairs,
+    dataset_reductions,
+    empirical_cdf,
+    layer_pair_table,
+    model_flops,
+    pair_counts,
+    reduction_from_pairs,
+)
+from bsight.kernels.sparsity.layout import PromptLayout
+from bsight.kernels.sparsity.masks import head_mask, materialize
+from bsight.kernels.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.planted import realistic_layout
+from bsight.kernels.sparsity.strategies import layouts, windows
 
 ALL = torch.tensor([c.value for c in Category])
 
@@ -43,9 +51,19 @@ def test_known_values():
 
 
 @settings(max_examples=40, deadline=None)
-@given(layouts(max_tokens=50, max_images=5), st.lists(windows(20), min_size=1, max_size=3), st.integers(1, 4), st.data())
+@given(
+    layouts(max_tokens=50, max_images=5), st.lists(windows(20), min_size=1, max_size=3), st.integers(1, 4), st.data()
+)
 def test_model_reduction_equals_per_head_brute_force(lay, layer_windows, heads, data):
-    cats = np.array(data.draw(st.lists(st.lists(st.sampled_from(list(range(4))), min_size=heads, max_size=heads), min_size=len(layer_windows), max_size=len(layer_windows))))
+    cats = np.array(
+        data.draw(
+            st.lists(
+                st.lists(st.sampled_from(list(range(4))), min_size=heads, max_size=heads),
+                min_size=len(layer_windows),
+                max_size=len(layer_windows),
+            )
+        )
+    )
     meta = LayoutMeta.build(lay)
     kept = dense = 0
     for layer, w in enumerate(layer_windows):
@@ -71,7 +89,9 @@ def test_realistic_prompt_saves_most_image_to_image_work():
 
 def test_padded_layout_counts_the_unpadded_prompt():
     flat = PromptLayout.from_segments([("text", 3), ("image", 5), ("text", 2)])
-    padded = PromptLayout(13, tuple(type(s)(s.start + 3, s.end + 3, tuple(x + 3 for x in s.sinks)) for s in flat.spans), 3, 13)
+    padded = PromptLayout(
+        13, tuple(type(s)(s.start + 3, s.end + 3, tuple(x + 3 for x in s.sinks)) for s in flat.spans), 3, 13
+    )
     assert pair_counts(padded) == pair_counts(flat)
 
 

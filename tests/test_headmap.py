@@ -10,12 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bsight.harness.sparsity.aggregate import aggregate_categories, build_head_map, category_histograms
-from bsight.harness.sparsity.categories import Category
-from bsight.harness.sparsity.characterize import CharacterizationResult, PromptRecord
-from bsight.harness.sparsity.figures import category_heatmap, layer_shares
-from bsight.harness.sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
-from bsight.harness.sparsity.layout import SinkPolicy
+from bsight.harness.figures import category_heatmap, layer_shares
+from bsight.kernels.sparsity.aggregate import aggregate_categories, build_head_map, category_histograms
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.characterization import CharacterizationResult, PromptRecord
+from bsight.kernels.sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
+from bsight.kernels.sparsity.layout import SinkPolicy
 
 D, S, I, IS = (c.value for c in Category)
 
@@ -30,7 +30,11 @@ def rule(shares: list[float], delta: float, gamma: float) -> int:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=12), min_size=1, max_size=6), st.floats(0, 1), st.floats(0, 1))
+@given(
+    st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=12), min_size=1, max_size=6),
+    st.floats(0, 1),
+    st.floats(0, 1),
+)
 def test_aggregation_rule(choices_per_head, delta, gamma):
     P = max(len(c) for c in choices_per_head)
     choices = np.array([[c[p % len(c)] for c in choices_per_head] for p in range(P)])[:, None, :]  # [P, 1, H]
@@ -43,17 +47,33 @@ def test_aggregation_rule(choices_per_head, delta, gamma):
 def test_aggregation_examples():
     hist = np.array([[0.3, 0.7, 0, 0], [0.1, 0.5, 0.4, 0], [0.1, 0.3, 0.3, 0.3], [0.0, 0.45, 0.45, 0.1], [0, 0, 1, 0]])
     assert aggregate_categories(hist, delta=0.2, gamma=0.5).tolist() == [D, S, IS, IS, I]
-    assert aggregate_categories(hist, delta=0.2, gamma=0.4).tolist() == [D, S, IS, I, I]  # tie sink/intra: superset side
+    assert aggregate_categories(hist, delta=0.2, gamma=0.4).tolist() == [
+        D,
+        S,
+        IS,
+        I,
+        I,
+    ]  # tie sink/intra: superset side
     with pytest.raises(ValueError, match="prompts >= 1"):
         category_histograms(np.zeros((0, 2, 2)))
 
 
 def result_with(choice_nmse: list[list[float]]) -> CharacterizationResult:
     """One layer, heads whose NMSE per sparse category is given; pairs make sink cheapest, then intra_image."""
-    rec = PromptRecord(id="p", num_tokens=10, num_images=2, image_queries=6, nmse=[choice_nmse], pairs=[[55, 20, 30, 40]])
+    rec = PromptRecord(
+        id="p", num_tokens=10, num_images=2, image_queries=6, nmse=[choice_nmse], pairs=[[55, 20, 30, 40]]
+    )
     return CharacterizationResult(
-        model_id="m", weights="random", num_layers=1, num_heads=len(choice_nmse), num_kv_heads=1, head_dim=8, sliding_windows=[None],
-        dataset=DatasetInfo(name="d", size=1), sink_policy=SinkPolicy(fraction=0.1), prompts=[rec, rec.model_copy(update={"id": "q"})],
+        model_id="m",
+        weights="random",
+        num_layers=1,
+        num_heads=len(choice_nmse),
+        num_kv_heads=1,
+        head_dim=8,
+        sliding_windows=[None],
+        dataset=DatasetInfo(name="d", size=1),
+        sink_policy=SinkPolicy(fraction=0.1),
+        prompts=[rec, rec.model_copy(update={"id": "q"})],
     )
 
 
@@ -95,4 +115,6 @@ def test_invalid_head_maps_name_the_problem(tmp_path):
         good.check_model(2, 4)
     with pytest.raises(ValueError, match="no characterized prompts"):
         build_head_map(result_with([[0.0, 0.0, 0.0]]).model_copy(update={"prompts": []}))
-    assert torch.equal(HeadMap.uniform("m", 1, 2, Category.DENSE, SinkPolicy()).layer_categories(0), torch.zeros(2, dtype=torch.int32))
+    assert torch.equal(
+        HeadMap.uniform("m", 1, 2, Category.DENSE, SinkPolicy()).layer_categories(0), torch.zeros(2, dtype=torch.int32)
+    )

@@ -1,4 +1,4 @@
-"""The Hopper probe (:mod:`bsight.kernels.hopper_probe`): its kernel variants compute what they claim (under
+"""The Hopper probe (:mod:`bsight.harness.benchmarks.hopper_probe`): its kernel variants compute what they claim (under
 Triton's interpreter here, compiled on a GPU), and its compile-only report runs without a GPU."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from bsight.kernels import hopper_probe
-from bsight.kernels.hopper_probe import SHAPES, TIMED, Variant
+from bsight.harness.benchmarks import hopper_probe
+from bsight.harness.benchmarks.hopper_probe import SHAPES, TIMED, Variant
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -21,7 +21,9 @@ def _cases() -> list:
     """Every timed variant, and the one-loop masked shape. On a GPU, the plain loop (the shape Triton does
     warp-specialize) with 3 stages is expected to fail: Triton 3.6 on an H100 returned non-finite outputs for it
     (the probe reports this). The masked shape asks for specialization too but does not get it: it passes."""
-    miscompiled = pytest.mark.xfail(reason="Triton 3.6, H100: warp-specialized loop with 3 stages returns non-finite outputs (kernels/NOTES.md, round 4)")
+    miscompiled = pytest.mark.xfail(
+        reason="Triton 3.6, H100: warp-specialized loop with 3 stages returns non-finite outputs (kernels/NOTES.md, round 4)"
+    )
 
     def expected_to_fail(v: Variant) -> bool:
         return DEVICE == "cuda" and v.warp_specialize and v.num_stages > 2 and not v.causal
@@ -45,7 +47,11 @@ def test_probe_variant_matches_its_mask(variant: Variant) -> None:
     keys = torch.arange(S)[None, :]
     mask = keys <= rows if variant.causal else keys < rows // 128 * 128
     expected = torch.nn.functional.scaled_dot_product_attention(
-        q.float().cpu(), k.float().cpu().repeat_interleave(H // KV, 0), v.float().cpu().repeat_interleave(H // KV, 0), attn_mask=mask)
+        q.float().cpu(),
+        k.float().cpu().repeat_interleave(H // KV, 0),
+        v.float().cpu().repeat_interleave(H // KV, 0),
+        attn_mask=mask,
+    )
     checked = slice(0, S) if variant.causal else slice(128, S)  # tile 0 has no full block
     got = out[:, checked].float().cpu()
     err = ((got - expected[:, checked]).abs().max() / expected[:, checked].abs().max()).item()
@@ -64,8 +70,22 @@ def test_compile_only_report_without_gpu(tmp_path) -> None:
     Triton's Hopper warp specialization, is gone and the notes need a new look)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, do not interpret
     out = tmp_path / "probe.json"
-    proc = subprocess.run([sys.executable, "-m", "bsight.kernels.hopper_probe", "--compile-only", "--target", "90", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bsight.harness.benchmarks.hopper_probe",
+            "--compile-only",
+            "--target",
+            "90",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     shapes = {s["name"]: s for s in doc["shapes"]}
@@ -74,5 +94,9 @@ def test_compile_only_report_without_gpu(tmp_path) -> None:
     for s in doc["shapes"]:
         assert s["compiled"] or s["error"], s
         assert s["name"] in proc.stdout
-    assert doc["rows"] == [] and doc["provenance"]["command"][:3] == ["python", "-m", "bsight.kernels.hopper_probe"]
+    assert doc["rows"] == [] and doc["provenance"]["command"][:3] == [
+        "python",
+        "-m",
+        "bsight.harness.benchmarks.hopper_probe",
+    ]
     assert str(tmp_path) not in json.dumps(doc["provenance"]), "published provenance must not name this machine's paths"

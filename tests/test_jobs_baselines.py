@@ -16,25 +16,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, quiet
 
+from bsight.harness.benchmarks import baselines_sweep
 from bsight.harness.config import ConfigError, parse_config
 from bsight.harness.interfaces import AttentionMethod
 from bsight.harness.jobs.accuracy import AccuracyJob
 from bsight.harness.jobs.baselines import BaselinesJob, BaselinesRow, SweepMethod
 from bsight.harness.runner import execute, plan
-from bsight.harness.sparsity.layout import SinkPolicy
-from bsight.harness.sparsity.masks import head_mask, materialize
-from bsight.harness.sparsity.metadata import LayoutMeta
 from bsight.harness.store import RunFolder
-from bsight.kernels import baselines_sweep
+from bsight.kernels.dispatch import dense_prefill
 from bsight.kernels.reference import reference_attention
-from bsight.plugins.methods.dense import dense_prefill
+from bsight.kernels.sparsity.layout import SinkPolicy
+from bsight.kernels.sparsity.masks import head_mask, materialize
+from bsight.kernels.sparsity.metadata import LayoutMeta
 from bsight.plugins.methods.mminference import HeadPattern, PatternConfig
 from bsight.plugins.methods.streaming import streaming_mask
 from bsight.plugins.models.qwen2_vl import Qwen2VL
 from bsight.plugins.tasks.offline_images import OfflineImages
-
-from conftest import REPO, quiet
 
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "checkpoints"))
 import reference_masks  # noqa: E402
@@ -111,13 +110,23 @@ def nmse(out: torch.Tensor, dense: torch.Tensor, rows: torch.Tensor) -> np.ndarr
 
 def test_rows_match_a_recomputation_from_the_layer_inputs(registry, checkpoint, qwen, tmp_path):
     info = qwen.info
-    hm = reference_masks.random_head_map("tiny", info.num_layers, info.num_heads, random.randrange(1 << 30), SinkPolicy(fraction=random.choice([0.1, 0.3])))
+    hm = reference_masks.random_head_map(
+        "tiny",
+        info.num_layers,
+        info.num_heads,
+        random.randrange(1 << 30),
+        SinkPolicy(fraction=random.choice([0.1, 0.3])),
+    )
     hm.save(tmp_path / "hm.json")
     n_sink, window = random.randint(1, 6), random.randint(16, 64)
-    methods = {"bs": {"plugin": "blindsight", "options": {"head_map": str(tmp_path / "hm.json")}},
-               "stream": {"plugin": "streaming", "options": {"n_sink": n_sink, "window": window}}}
-    jobs = [{"type": "baselines", "tasks": ["offline"], "methods": ["bs", "stream", "dense"], "limit": 2, "gpu": None},
-            {"type": "accuracy", "tasks": ["offline"], "methods": ["dense", "bs"], "limit": 2, "max_new_tokens": 2}]
+    methods = {
+        "bs": {"plugin": "blindsight", "options": {"head_map": str(tmp_path / "hm.json")}},
+        "stream": {"plugin": "streaming", "options": {"n_sink": n_sink, "window": window}},
+    }
+    jobs = [
+        {"type": "baselines", "tasks": ["offline"], "methods": ["bs", "stream", "dense"], "limit": 2, "gpu": None},
+        {"type": "accuracy", "tasks": ["offline"], "methods": ["dense", "bs"], "limit": 2, "max_new_tokens": 2},
+    ]
     out = run(registry, config(tmp_path, checkpoint, methods, jobs), tmp_path)
     assert not out.failed
     folder = RunFolder.open(out.run_dir)
@@ -138,7 +147,10 @@ def test_rows_match_a_recomputation_from_the_layer_inputs(registry, checkpoint, 
             np.testing.assert_allclose(p.nmse_all[layer], nmse(mine, dense, everything), rtol=1e-5, atol=1e-12)
             np.testing.assert_allclose(p.nmse_segment[layer], nmse(mine, dense, seg), rtol=1e-5, atol=1e-12)
         assert p.segment_queries == seg.numel() and p.tokens == meta.length and p.flops_source == "layout"
-        explicit = sum(int(materialize(head_mask(meta, cats[i], w), meta.length, info.num_heads).sum()) for i, w in enumerate(info.sliding_windows))
+        explicit = sum(
+            int(materialize(head_mask(meta, cats[i], w), meta.length, info.num_heads).sum())
+            for i, w in enumerate(info.sliding_windows)
+        )
         assert p.sparse_flops == 4.0 * info.head_dim * explicit
         assert "layout_metadata" in p.overhead_ms and p.attention_ms > 0
     assert any(np.max(p.nmse_segment) > 1e-4 for p in rows["bs"])  # sparse heads change image rows ...
@@ -147,7 +159,9 @@ def test_rows_match_a_recomputation_from_the_layer_inputs(registry, checkpoint, 
 
     for p, sample in zip(rows["stream"], samples):  # a dynamic method: the pairs it computed
         meta = LayoutMeta.build(qwen.prepare(sample).layouts[0])
-        kept = sum(int(materialize(streaming_mask(meta, n_sink, window, w), meta.length).sum()) for w in info.sliding_windows)
+        kept = sum(
+            int(materialize(streaming_mask(meta, n_sink, window, w), meta.length).sum()) for w in info.sliding_windows
+        )
         assert p.flops_source == "measured" and p.sparse_flops == 4.0 * info.head_dim * info.num_heads * kept
 
     # the section: numbers from the rows, accuracy and agreement from the accuracy job's rows
@@ -156,12 +170,22 @@ def test_rows_match_a_recomputation_from_the_layer_inputs(registry, checkpoint, 
     mean = float(np.mean([p.reduction for p in rows["bs"]]))
     nm = float(np.mean([p.nmse_segment for p in rows["bs"]]))
     per_layer = np.mean([p.nmse_segment for p in rows["bs"]], axis=(0, 2))
-    assert f"{100 * mean:.1f}%" in t and f"{nm:.3f}" in t and f"{per_layer.max():.3f} (layer {int(per_layer.argmax())})" in t
+    assert (
+        f"{100 * mean:.1f}%" in t
+        and f"{nm:.3f}" in t
+        and f"{per_layer.max():.3f} (layer {int(per_layer.argmax())})" in t
+    )
     assert "Random-weight model" in t and s.count("<svg") == 1
-    acc = {m.name: m.value for m in AccuracyJob().metrics(folder, [r for r in folder.manifest().units if r.unit.type == "accuracy"])}
+    acc = {
+        m.name: m.value
+        for m in AccuracyJob().metrics(folder, [r for r in folder.manifest().units if r.unit.type == "accuracy"])
+    }
     (group,) = BaselinesJob()._groups(folder, units)
     cell = next(m for m in group["methods"] if m["method"] == "bs")["accuracy"]
-    assert cell["accuracy"] == acc["accuracy/qwen/offline/bs/accuracy"] and cell["agreement"] == acc["accuracy/qwen/offline/bs/agreement"]
+    assert (
+        cell["accuracy"] == acc["accuracy/qwen/offline/bs/accuracy"]
+        and cell["agreement"] == acc["accuracy/qwen/offline/bs/agreement"]
+    )
     assert next(m for m in group["methods"] if m["method"] == "stream")["accuracy"] is None  # no accuracy job covers it
     assert f"{100 * cell['agreement']:.1f}% vs dense" in t
     metrics = {m.name: m.value for m in BaselinesJob().metrics(folder, units)}
@@ -177,16 +201,40 @@ def test_rows_match_a_recomputation_from_the_layer_inputs(registry, checkpoint, 
 def test_pattern_search_from_a_config_and_resume(registry, checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     methods = {"mm": {"plugin": "mminference", "options": {"pattern_config": "pub/qwen.json", "backend": "reference"}}}
-    candidates = [{"pattern": "vertical_slash", "boundary": "none", "vertical_size": random.randint(4, 16), "slash_size": random.randint(16, 64)},
-                  {"pattern": "block_sparse", "boundary": "2d_boundary", "top_k": random.randint(1, 3)}]
-    search = {"task": "search", "sample": random.randint(0, 3), "max_density": random.choice([0.3, 0.5]), "publish": "pub/{model}.json",
-              "candidates": candidates}
-    job = {"type": "baselines", "methods": ["mm"], "tasks": ["offline"], "limit": 1, "search_patterns": search, "gpu": None}
+    candidates = [
+        {
+            "pattern": "vertical_slash",
+            "boundary": "none",
+            "vertical_size": random.randint(4, 16),
+            "slash_size": random.randint(16, 64),
+        },
+        {"pattern": "block_sparse", "boundary": "2d_boundary", "top_k": random.randint(1, 3)},
+    ]
+    search = {
+        "task": "search",
+        "sample": random.randint(0, 3),
+        "max_density": random.choice([0.3, 0.5]),
+        "publish": "pub/{model}.json",
+        "candidates": candidates,
+    }
+    job = {
+        "type": "baselines",
+        "methods": ["mm"],
+        "tasks": ["offline"],
+        "limit": 1,
+        "search_patterns": search,
+        "gpu": None,
+    }
 
-    with pytest.raises(ConfigError, match=r"jobs\[0\]\.methods\[0\]: method 'mm' reads pattern_config 'pub/qwen.json', which does not exist"):
+    with pytest.raises(
+        ConfigError,
+        match=r"jobs\[0\]\.methods\[0\]: method 'mm' reads pattern_config 'pub/qwen.json', which does not exist",
+    ):
         parse_config(config(tmp_path, checkpoint, methods, [{**job, "search_patterns": None}]), registry)
     with pytest.raises(ConfigError, match=r"search_patterns\.task: 'nope' is not defined"):
-        parse_config(config(tmp_path, checkpoint, methods, [{**job, "search_patterns": {**search, "task": "nope"}}]), registry)
+        parse_config(
+            config(tmp_path, checkpoint, methods, [{**job, "search_patterns": {**search, "task": "nope"}}]), registry
+        )
 
     answers = {"type": "accuracy", "methods": ["mm"], "tasks": ["offline"], "baseline": None, "limit": 1}
 
@@ -215,11 +263,19 @@ def test_pattern_search_from_a_config_and_resume(registry, checkpoint, tmp_path,
     sample = list(OfflineImages({**TASK["options"], "per_subtask": 1}).samples())[search["sample"]]
     assert cfg.search.sample == sample.id and cfg.search.max_density == search["max_density"]
     tried = [HeadPattern.model_validate(c) for c in candidates]
-    assert all(h.model_copy(update={"nmse": None, "density": None}) in tried for layer in cfg.patterns for h in layer)  # only the given candidates
-    assert PatternConfig.load(tmp_path / "pub" / "qwen.json") == cfg == PatternConfig.load(out.run_dir / search_rec.info["files"]["patterns"])
+    assert all(
+        h.model_copy(update={"nmse": None, "density": None}) in tried for layer in cfg.patterns for h in layer
+    )  # only the given candidates
+    assert (
+        PatternConfig.load(tmp_path / "pub" / "qwen.json")
+        == cfg
+        == PatternConfig.load(out.run_dir / search_rec.info["files"]["patterns"])
+    )
     assert mm_rec.info["patterns"] == {"source": "searched", "sample": sample.id, "max_density": search["max_density"]}
     (row,) = folder.rows(mm_rec.unit, BaselinesRow)
-    assert row.prompt.flops_source == "measured" and {"pattern_estimation", "layout_metadata"} <= set(row.prompt.overhead_ms)
+    assert row.prompt.flops_source == "measured" and {"pattern_estimation", "layout_metadata"} <= set(
+        row.prompt.overhead_ms
+    )
     assert calls == [row.key]
 
     again = run(registry, config(tmp_path, checkpoint, methods, [{**job, "limit": 2}]), tmp_path)
@@ -239,7 +295,19 @@ def test_sweep_methods_are_the_scripts():
 
 def test_gpu_part_measured_published_or_missing(registry, checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    doc = baselines_sweep.main(["--out", str(tmp_path / "sweep.json"), "--small", "--lengths", "320", "--reps", "1", "--methods", "dense,blindsight"])
+    doc = baselines_sweep.main(
+        [
+            "--out",
+            str(tmp_path / "sweep.json"),
+            "--small",
+            "--lengths",
+            "320",
+            "--reps",
+            "1",
+            "--methods",
+            "dense,blindsight",
+        ]
+    )
     base = {"type": "baselines", "methods": ["dense"], "tasks": ["offline"], "limit": 1}
     jobs = [
         {**base, "name": "published", "gpu": {"source": "published", "published": "sweep.json"}},
@@ -247,9 +315,14 @@ def test_gpu_part_measured_published_or_missing(registry, checkpoint, tmp_path, 
         {**base, "name": "measured", "gpu": {"small": True, "lengths": [320], "reps": 1, "methods": ["dense"]}},
     ]
     monkeypatch.setattr("bsight.harness.jobs.timing.published_file", lambda p: Path(p) if Path(p).is_file() else None)
-    monkeypatch.setattr("bsight.harness.jobs.baselines.published_file", lambda p: Path(p) if Path(p).is_file() else None)
+    monkeypatch.setattr(
+        "bsight.harness.jobs.baselines.published_file", lambda p: Path(p) if Path(p).is_file() else None
+    )
     with pytest.raises(ConfigError, match=r"gpu\.published: 'gone\.json' not found"):
-        parse_config(config(tmp_path, checkpoint, {}, [{**base, "gpu": {"source": "published", "published": "gone.json"}}]), registry)
+        parse_config(
+            config(tmp_path, checkpoint, {}, [{**base, "gpu": {"source": "published", "published": "gone.json"}}]),
+            registry,
+        )
     out = run(registry, config(tmp_path, checkpoint, {}, jobs), tmp_path)
     assert not out.failed
     folder = RunFolder.open(out.run_dir)
@@ -258,19 +331,32 @@ def test_gpu_part_measured_published_or_missing(registry, checkpoint, tmp_path, 
     assert gpu["measured"].info["source"] == "measured" and gpu["measured"].unit.id == "measured/gpu/measure"
     (pub,) = folder.rows(gpu["published"].unit, BaselinesRow)
     (meas,) = folder.rows(gpu["measured"].unit, BaselinesRow)
-    assert pub.timing.model_dump() == doc["rows"][0] and set(pub.timing.methods) == {"dense", "blindsight/intra_image_sink"} and set(meas.timing.methods) == {"dense"}
+    assert (
+        pub.timing.model_dump() == doc["rows"][0]
+        and set(pub.timing.methods) == {"dense", "blindsight/intra_image_sink"}
+        and set(meas.timing.methods) == {"dense"}
+    )
     t = text(section(out.run_dir))
     bs, dense = pub.timing.methods["blindsight/intra_image_sink"], pub.timing.methods["dense"]
     assert f"{bs['attention_ms']:.2f} ms" in t and f"{dense['attention_ms'] / bs['attention_ms']:.2f}x" in t
     assert f"{sum(bs['overhead_ms'].values()):.2f} ms" in t and f"{100 * bs['flops_reduction']:.1f}%" in t
-    assert "Published results, not measured in this run" in t and doc["provenance"]["git_commit"][:12] in t and "sweep.json" in t
+    assert (
+        "Published results, not measured in this run" in t
+        and doc["provenance"]["git_commit"][:12] in t
+        and "sweep.json" in t
+    )
     assert "reduced CPU shape" in t  # the published file came from --small: labelled, never taken for a GPU timing
     assert "Not measured" in t and "reports/published/baselines_h100.json" in t
     metrics = {m.name for m in BaselinesJob().metrics(folder, list(gpu.values()))}
     assert metrics == {"measured/gpu/320/dense/attention_ms"}  # published numbers are not this run's
 
     (tmp_path / "other.json").write_text(json.dumps({"schema": "something/else", "rows": []}))
-    bad = run(registry, config(tmp_path, checkpoint, {}, [{**base, "gpu": {"source": "published", "published": "other.json"}}]), tmp_path, name="bad")
+    bad = run(
+        registry,
+        config(tmp_path, checkpoint, {}, [{**base, "gpu": {"source": "published", "published": "other.json"}}]),
+        tmp_path,
+        name="bad",
+    )
     assert bad.failed == ["baselines/gpu/published"]
     err = next(r for r in RunFolder.open(bad.run_dir).manifest().units if r.unit.model is None).error
     assert "other.json" in err and "bsight.baselines_sweep/1" in err

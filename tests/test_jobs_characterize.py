@@ -14,20 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, kill_run_when, quiet, write_yaml
 
+from bsight.harness.characterize import characterize_model
 from bsight.harness.config import ConfigError, parse_config
 from bsight.harness.jobs.characterize import SETUP_KEY, CharacterizeJob, CharacterizeRow
 from bsight.harness.runner import execute
-from bsight.harness.sparsity.aggregate import build_head_map
-from bsight.harness.sparsity.characterize import characterize_model
-from bsight.harness.sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
-from bsight.harness.sparsity.sinks import top_offsets
-from bsight.harness.sparsity.sweep import SweepRow, sweep
+from bsight.harness.sinks import top_offsets
 from bsight.harness.store import RunFolder
+from bsight.kernels.sparsity.aggregate import build_head_map
+from bsight.kernels.sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
+from bsight.kernels.sparsity.param_sweep import SweepRow, sweep
 from bsight.plugins.models.qwen2_vl import Qwen2VL
 from bsight.plugins.tasks.offline_images import OfflineImages
-
-from conftest import REPO, kill_run_when, quiet, write_yaml
 
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "checkpoints"))
 import tiny_vlms  # noqa: E402
@@ -39,14 +38,19 @@ TASK = {"plugin": "offline_images", "options": {"image_size": 64, "per_subtask":
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpt")
-    return {"qwen": tiny_vlms.qwen_checkpoint(root / "qwen", seed=random.randrange(1000)), "gemma": tiny_vlms.gemma_checkpoint(root / "gemma")}
+    return {
+        "qwen": tiny_vlms.qwen_checkpoint(root / "qwen", seed=random.randrange(1000)),
+        "gemma": tiny_vlms.gemma_checkpoint(root / "gemma"),
+    }
 
 
 def config(root: Path, checkpoints: dict[str, Path], jobs: list[dict], name: str = "c") -> dict:
     return {
         "run": {"name": name, "output_dir": str(root)},
-        "models": {"qwen": {"plugin": "qwen2_vl", "options": {"checkpoint": str(checkpoints["qwen"])}},
-                   "gemma": {"plugin": "gemma3", "options": {"checkpoint": str(checkpoints["gemma"])}}},
+        "models": {
+            "qwen": {"plugin": "qwen2_vl", "options": {"checkpoint": str(checkpoints["qwen"])}},
+            "gemma": {"plugin": "gemma3", "options": {"checkpoint": str(checkpoints["gemma"])}},
+        },
         "methods": {"dense": {"plugin": "dense"}},
         "tasks": {"offline": TASK},
         "jobs": jobs,
@@ -65,7 +69,14 @@ def unit_rows(folder: RunFolder, model: str) -> tuple:
 def test_head_map_is_the_library_head_map_of_the_same_prompts(registry, checkpoints, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     taus = sorted(random.sample([0.002, 0.01, 0.03, 0.1, 0.3, 1.0], 3))
-    job = {"type": "characterize", "models": ["qwen"], "limit": 4, "tau": 0.05, "sweep_taus": taus, "publish": "maps/{model}.json"}
+    job = {
+        "type": "characterize",
+        "models": ["qwen"],
+        "limit": 4,
+        "tau": 0.05,
+        "sweep_taus": taus,
+        "publish": "maps/{model}.json",
+    }
     out = run(registry, config(tmp_path, checkpoints, [job]), tmp_path)
     assert not out.failed
     folder = RunFolder.open(out.run_dir)
@@ -77,7 +88,12 @@ def test_head_map_is_the_library_head_map_of_the_same_prompts(registry, checkpoi
     adapter.load()
     task = OfflineImages(TASK["options"])
     samples = list(task.samples())[:4]
-    result = characterize_model(adapter, [(s.id, adapter.prepare(s)) for s in samples], dataset=DatasetInfo(name="offline", size=4), run=adapter.logits)
+    result = characterize_model(
+        adapter,
+        [(s.id, adapter.prepare(s)) for s in samples],
+        dataset=DatasetInfo(name="offline", size=4),
+        run=adapter.logits,
+    )
     for mine, ref in zip([r.record for r in rows[1:]], result.prompts):
         assert mine.id == ref.id and mine.pairs == ref.pairs
         np.testing.assert_allclose(mine.nmse, ref.nmse, rtol=1e-5, atol=1e-9)
@@ -91,14 +107,23 @@ def test_head_map_is_the_library_head_map_of_the_same_prompts(registry, checkpoi
     ref_grid = sweep(result, taus)
     assert [r.tau for r in grid] == taus
     for a, b in zip(grid, ref_grid):
-        assert a.shares == b.shares and a.flops_reduction_mean == pytest.approx(b.flops_reduction_mean) and a.nmse_mean == pytest.approx(b.nmse_mean, rel=1e-4, abs=1e-9)
+        assert (
+            a.shares == b.shares
+            and a.flops_reduction_mean == pytest.approx(b.flops_reduction_mean)
+            and a.nmse_mean == pytest.approx(b.nmse_mean, rel=1e-4, abs=1e-9)
+        )
 
     html = (out.run_dir / "index.html").read_text()
     section = re.search(r'<section id="characterization">(.*?)</section>', html, re.S).group(1)
     assert section.count("<svg") == 3 and "Random-weight model" in section and "maps/qwen.json" in section
-    assert all((out.run_dir / "plots" / f"characterization-characterize-qwen-{k}.svg").is_file() for k in ("heatmap", "shares", "pareto"))
+    assert all(
+        (out.run_dir / "plots" / f"characterization-characterize-qwen-{k}.svg").is_file()
+        for k in ("heatmap", "shares", "pareto")
+    )
     metrics = {m.name: m.value for m in CharacterizeJob().metrics(folder, [rec])}
-    assert metrics["characterize/qwen/flops_reduction_mean"] == pytest.approx(sweep(result, [0.05])[0].flops_reduction_mean)
+    assert metrics["characterize/qwen/flops_reduction_mean"] == pytest.approx(
+        sweep(result, [0.05])[0].flops_reduction_mean
+    )
 
 
 def test_new_parameters_reaggregate_and_a_higher_limit_adds_prompts(registry, checkpoints, tmp_path):
@@ -114,7 +139,10 @@ def test_new_parameters_reaggregate_and_a_higher_limit_adds_prompts(registry, ch
     assert rows[0] == setup
     hm = HeadMap.load(first.run_dir / rec.info["files"]["head_map"])
     result = CharacterizeJob()._stored(folder, rec).result
-    assert hm.params.tau == tau and hm.categories == build_head_map(result, CharacterizationParams(tau=tau, delta=delta, gamma=0.5)).categories
+    assert (
+        hm.params.tau == tau
+        and hm.categories == build_head_map(result, CharacterizationParams(tau=tau, delta=delta, gamma=0.5)).categories
+    )
     more = run(registry, config(tmp_path, checkpoints, [{**job, "limit": 5}]), tmp_path)
     assert more.rows_written == 2 and HeadMap.load(first.run_dir / rec.info["files"]["head_map"]).dataset.size == 5
 
@@ -135,7 +163,9 @@ def test_fixed_offset_sinks_are_discovered_on_gemma(registry, checkpoints, tmp_p
 
 def test_killed_run_resumes_without_redoing_a_prompt(registry, checkpoints, tmp_path):
     n = 80
-    data = config(tmp_path / "runs", checkpoints, [{"type": "characterize", "models": ["qwen"], "limit": n}], name="killed")
+    data = config(
+        tmp_path / "runs", checkpoints, [{"type": "characterize", "models": ["qwen"], "limit": n}], name="killed"
+    )
     cfg = write_yaml(tmp_path / "c.yaml", data)
     run_dir = tmp_path / "runs" / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -169,11 +199,17 @@ def test_config_errors(registry, checkpoints, tmp_path):
             parse_config(data, registry)
         return str(e.value)
 
-    assert "jobs[0].publish: this job characterizes 2 models: put '{model}' in the path" in problems([{"type": "characterize", "publish": "m.json"}])
-    assert "jobs[0].task: 'nope' is not defined under `tasks:`; defined: offline" in problems([{"type": "characterize", "task": "nope"}])
+    assert "jobs[0].publish: this job characterizes 2 models: put '{model}' in the path" in problems(
+        [{"type": "characterize", "publish": "m.json"}]
+    )
+    assert "jobs[0].task: 'nope' is not defined under `tasks:`; defined: offline" in problems(
+        [{"type": "characterize", "task": "nope"}]
+    )
     assert "jobs[0].task: name the task" in problems([{"type": "characterize"}], tasks={"a": TASK, "b": TASK})
     assert "jobs[0].models[0]: 'big' is not defined" in problems([{"type": "characterize", "models": ["big"]}])
-    assert "not both" in problems([{"type": "characterize", "sinks": {"fraction": 0.1}, "discover_sinks": {"top_k": 2}}])
+    assert "not both" in problems(
+        [{"type": "characterize", "sinks": {"fraction": 0.1}, "discover_sinks": {"top_k": 2}}]
+    )
     assert "jobs[0].tau" in problems([{"type": "characterize", "tau": 0}])
 
 
@@ -192,4 +228,7 @@ def test_lean_prefill_keeps_only_the_last_position(checkpoints):
     finally:
         hook.remove()
     S = prepared.inputs["input_ids"].shape[1]
-    assert shapes == [(1, 1, adapter.model.config.get_text_config().vocab_size), (1, S, adapter.model.config.get_text_config().vocab_size)]
+    assert shapes == [
+        (1, 1, adapter.model.config.get_text_config().vocab_size),
+        (1, S, adapter.model.config.get_text_config().vocab_size),
+    ]

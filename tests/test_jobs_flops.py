@@ -13,23 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, quiet
 
 from bsight.harness.config import ConfigError, parse_config
 from bsight.harness.jobs.flops import FlopsJob, FlopsRow
 from bsight.harness.runner import execute, plan
-from bsight.harness.sparsity.categories import Category
-from bsight.harness.sparsity.headmap import HeadMap
-from bsight.harness.sparsity.layout import SinkPolicy
-from bsight.harness.sparsity.masks import base_mask, head_mask, materialize
-from bsight.harness.sparsity.metadata import LayoutMeta
 from bsight.harness.store import RunFolder
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.headmap import HeadMap
+from bsight.kernels.sparsity.layout import SinkPolicy
+from bsight.kernels.sparsity.masks import base_mask, head_mask, materialize
+from bsight.kernels.sparsity.metadata import LayoutMeta
 from bsight.plugins.methods.streaming import streaming_mask
 from bsight.plugins.models.gemma3 import Gemma3
 from bsight.plugins.models.hf_vlm import HFVLMAdapter
 from bsight.plugins.models.qwen2_vl import Qwen2VL
 from bsight.plugins.tasks.offline_images import OfflineImages
-
-from conftest import REPO, quiet
 
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "checkpoints"))
 import tiny_vlms  # noqa: E402
@@ -43,7 +42,10 @@ ADAPTERS = {"qwen": Qwen2VL, "gemma": Gemma3}
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpt")
-    return {"qwen": tiny_vlms.qwen_checkpoint(root / "qwen", num_layers=3), "gemma": tiny_vlms.gemma_checkpoint(root / "gemma")}
+    return {
+        "qwen": tiny_vlms.qwen_checkpoint(root / "qwen", num_layers=3),
+        "gemma": tiny_vlms.gemma_checkpoint(root / "gemma"),
+    }
 
 
 def config(root: Path, checkpoints: dict[str, Path], methods: dict, jobs: list[dict], name: str = "f") -> dict:
@@ -80,37 +82,51 @@ def explicit_flops(adapter: HFVLMAdapter, cats: np.ndarray, sinks: SinkPolicy | 
         dense = sparse = 0
         for layer, window in enumerate(info.sliding_windows):
             dense += int(materialize(base_mask(meta, window), meta.length).sum()) * info.num_heads
-            sparse += int(materialize(head_mask(meta, torch.tensor(cats[layer]), window), meta.length, info.num_heads).sum())
+            sparse += int(
+                materialize(head_mask(meta, torch.tensor(cats[layer]), window), meta.length, info.num_heads).sum()
+            )
         out.append((4.0 * info.head_dim * dense, 4.0 * info.head_dim * sparse))
     return out
 
 
 def test_static_head_maps_are_counted_exactly_without_running_the_model(registry, checkpoints, tmp_path, monkeypatch):
     qwen, gemma = loaded("qwen", checkpoints["qwen"]), loaded("gemma", checkpoints["gemma"])
-    sinks = SinkPolicy(fraction=random.choice([0.1, 0.3, 0.5]))  # not the adapter's: the head map's policy must be applied
+    sinks = SinkPolicy(
+        fraction=random.choice([0.1, 0.3, 0.5])
+    )  # not the adapter's: the head map's policy must be applied
     hm = random_head_map(tmp_path / "hm.json", qwen.info.num_layers, qwen.info.num_heads, sinks)
     uniform = random.choice(["sink", "intra_image", "intra_image_sink"])
-    methods = {"mapped": {"plugin": "blindsight", "options": {"head_map": str(tmp_path / "hm.json")}},
-               "uniform": {"plugin": "blindsight", "options": {"uniform": uniform}}}
-    jobs = [{"type": "flops", "models": ["qwen"], "methods": ["dense", "mapped"], "limit": LIMIT},
-            {"type": "flops", "name": "gemma", "models": ["gemma"], "methods": ["dense", "uniform"], "limit": LIMIT}]
+    methods = {
+        "mapped": {"plugin": "blindsight", "options": {"head_map": str(tmp_path / "hm.json")}},
+        "uniform": {"plugin": "blindsight", "options": {"uniform": uniform}},
+    }
+    jobs = [
+        {"type": "flops", "models": ["qwen"], "methods": ["dense", "mapped"], "limit": LIMIT},
+        {"type": "flops", "name": "gemma", "models": ["gemma"], "methods": ["dense", "uniform"], "limit": LIMIT},
+    ]
 
     def never(*args, **kwargs):
         raise AssertionError("a static head map needs no model run")
 
     for name in ("prefill", "logits", "generate", "forward"):
         monkeypatch.setattr(HFVLMAdapter, name, never)
-    out = execute(parse_config(config(tmp_path, checkpoints, methods, jobs), registry), registry, tmp_path / "f", console=quiet())
+    out = execute(
+        parse_config(config(tmp_path, checkpoints, methods, jobs), registry), registry, tmp_path / "f", console=quiet()
+    )
     assert not out.failed
     folder = RunFolder.open(out.run_dir)
     rows = {rec.unit.id: folder.rows(rec.unit, FlopsRow) for rec in folder.manifest().units}
     assert all(len(r) == LIMIT for r in rows.values())
 
     g = gemma.info
-    assert g.sliding_windows[0] is not None and g.sliding_windows[1] is None  # windows and bidirectional images both exercised
+    assert (
+        g.sliding_windows[0] is not None and g.sliding_windows[1] is None
+    )  # windows and bidirectional images both exercised
     expected = {
         "flops/qwen/mapped/offline": explicit_flops(qwen, hm.category_array(), sinks),
-        "gemma/gemma/uniform/offline": explicit_flops(gemma, np.full((g.num_layers, g.num_heads), Category.parse(uniform).value), None),
+        "gemma/gemma/uniform/offline": explicit_flops(
+            gemma, np.full((g.num_layers, g.num_heads), Category.parse(uniform).value), None
+        ),
     }
     for unit, ref in expected.items():
         for row, (dense, sparse) in zip(rows[unit], ref):
@@ -133,9 +149,16 @@ def test_static_head_maps_are_counted_exactly_without_running_the_model(registry
 def test_dynamic_methods_count_what_they_computed(registry, checkpoints, tmp_path):
     n_sink, window = random.randint(1, 8), random.randint(8, 40)
     methods = {"stream": {"plugin": "streaming", "options": {"n_sink": n_sink, "window": window}}}
-    jobs = [{"type": "flops", "models": ["qwen"], "methods": ["stream"], "limit": 2, "run_model": True},
-            {"type": "flops", "name": "static_only", "models": ["qwen"], "methods": ["stream"], "limit": 2}]
-    out = execute(parse_config(config(tmp_path, {"qwen": checkpoints["qwen"]}, methods, jobs), registry), registry, tmp_path / "f", console=quiet())
+    jobs = [
+        {"type": "flops", "models": ["qwen"], "methods": ["stream"], "limit": 2, "run_model": True},
+        {"type": "flops", "name": "static_only", "models": ["qwen"], "methods": ["stream"], "limit": 2},
+    ]
+    out = execute(
+        parse_config(config(tmp_path, {"qwen": checkpoints["qwen"]}, methods, jobs), registry),
+        registry,
+        tmp_path / "f",
+        console=quiet(),
+    )
     assert out.failed == ["static_only/qwen/stream/offline"]
     folder = RunFolder.open(out.run_dir)
     measured, refused = folder.manifest().units
@@ -144,7 +167,9 @@ def test_dynamic_methods_count_what_they_computed(registry, checkpoints, tmp_pat
     info = qwen.info
     for row, sample in zip(folder.rows(measured.unit, FlopsRow), OfflineImages(TASK["options"]).samples()):
         meta = LayoutMeta.build(qwen.prepare(sample).layouts[0].unpadded())
-        kept = sum(int(materialize(streaming_mask(meta, n_sink, window, w), meta.length).sum()) for w in info.sliding_windows)
+        kept = sum(
+            int(materialize(streaming_mask(meta, n_sink, window, w), meta.length).sum()) for w in info.sliding_windows
+        )
         dense = sum(int(materialize(base_mask(meta, w), meta.length).sum()) for w in info.sliding_windows)
         assert row.source == "measured" and row.sparse_flops == 4.0 * info.head_dim * info.num_heads * kept
         assert row.dense_flops == 4.0 * info.head_dim * info.num_heads * dense
@@ -153,12 +178,22 @@ def test_dynamic_methods_count_what_they_computed(registry, checkpoints, tmp_pat
 def test_head_maps_of_an_earlier_characterize_job(registry, checkpoints, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     methods = {"bs": {"plugin": "blindsight", "options": {"head_map": "maps/qwen.json"}}}
-    characterize = {"type": "characterize", "models": ["qwen"], "task": "offline", "limit": 2, "publish": "maps/{model}.json"}
+    characterize = {
+        "type": "characterize",
+        "models": ["qwen"],
+        "task": "offline",
+        "limit": 2,
+        "publish": "maps/{model}.json",
+    }
     flops = {"type": "flops", "models": ["qwen"], "methods": ["bs"], "limit": 2}
     ckpt = {"qwen": checkpoints["qwen"]}
 
-    with pytest.raises(ConfigError, match=r"jobs\[0\]\.methods\[0\]: method 'bs' reads head_map 'maps/qwen.json', which does not exist"):
-        parse_config(config(tmp_path, ckpt, methods, [flops, characterize]), registry)  # written only after the flops job
+    with pytest.raises(
+        ConfigError, match=r"jobs\[0\]\.methods\[0\]: method 'bs' reads head_map 'maps/qwen.json', which does not exist"
+    ):
+        parse_config(
+            config(tmp_path, ckpt, methods, [flops, characterize]), registry
+        )  # written only after the flops job
 
     def fingerprint(tau: float) -> str:
         cfg = parse_config(config(tmp_path, ckpt, methods, [{**characterize, "tau": tau}, flops]), registry)
@@ -173,7 +208,9 @@ def test_head_maps_of_an_earlier_characterize_job(registry, checkpoints, tmp_pat
     char_rec, flops_rec = folder.manifest().units
     hm = HeadMap.load(tmp_path / "maps" / "qwen.json")
     assert flops_rec.info["head_map"]["weights"] == "random" and flops_rec.info["head_map"]["shares"] == hm.shares()
-    assert (out.run_dir / char_rec.info["files"]["head_map"]).read_text() == (tmp_path / "maps" / "qwen.json").read_text()
+    assert (out.run_dir / char_rec.info["files"]["head_map"]).read_text() == (
+        tmp_path / "maps" / "qwen.json"
+    ).read_text()
     rows = folder.rows(flops_rec.unit, FlopsRow)
     ref = explicit_flops(loaded("qwen", checkpoints["qwen"]), hm.category_array(), hm.sink_policy)
     assert [(r.dense_flops, r.sparse_flops) for r in rows] == ref[:2]

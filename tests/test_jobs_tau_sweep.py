@@ -14,22 +14,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, env_with, kill_run_when, quiet, write_yaml
 
 from bsight.harness import stats
 from bsight.harness.config import ConfigError, parse_config
 from bsight.harness.interfaces import Sample, TextPart
-from bsight.harness.jobs.tau_sweep import SETUP_KEY, DefaultRule, TauSweepJob, TauSweepRow, choose_tau, sample_key, tau_key
+from bsight.harness.jobs.tau_sweep import (
+    SETUP_KEY,
+    DefaultRule,
+    TauSweepJob,
+    TauSweepRow,
+    choose_tau,
+    sample_key,
+    tau_key,
+)
 from bsight.harness.runner import execute
-from bsight.harness.sparsity.aggregate import build_head_map
-from bsight.harness.sparsity.characterize import CharacterizationResult
-from bsight.harness.sparsity.flops import model_flops
-from bsight.harness.sparsity.headmap import CharacterizationParams, HeadMap
-from bsight.harness.sparsity.metadata import LayoutMeta
 from bsight.harness.store import RunFolder
+from bsight.kernels.sparsity.aggregate import build_head_map
+from bsight.kernels.sparsity.characterization import CharacterizationResult
+from bsight.kernels.sparsity.flops import model_flops
+from bsight.kernels.sparsity.headmap import CharacterizationParams, HeadMap
+from bsight.kernels.sparsity.metadata import LayoutMeta
 from bsight.plugins.methods.blindsight import Blindsight
 from bsight.plugins.methods.dense import Dense
-
-from conftest import REPO, env_with, kill_run_when, quiet, write_yaml
 
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "checkpoints"))
 import prompts  # noqa: E402
@@ -43,16 +50,30 @@ def model_options() -> dict:
     return {"layers": 2, "heads": 4, "kv_heads": 2, "head_dim": 16, "image_grid": 4, "seed": random.randrange(1000)}
 
 
-def config(root: Path, name: str, taus: list[float], model: dict, held: int = 8, limit: int = 5, rule: dict | None = None) -> dict:
+def config(
+    root: Path, name: str, taus: list[float], model: dict, held: int = 8, limit: int = 5, rule: dict | None = None
+) -> dict:
     return {
         "run": {"name": name, "output_dir": str(root), "seed": 0},
         "models": {"tiny": {"plugin": "tiny-llama", "options": model}},
-        "methods": {"dense": {"plugin": "dense"}, "bs": {"plugin": "blindsight", "options": {"uniform": "dense", "kernel": "reference"}}},
-        "tasks": {"char": {"plugin": "brightest-image", "options": {"n": 4, "max_images": 4, "seed": 1}},
-                  "held": {"plugin": "brightest-image", "options": {"n": held, "max_images": 4, "seed": 2}}},
+        "methods": {
+            "dense": {"plugin": "dense"},
+            "bs": {"plugin": "blindsight", "options": {"uniform": "dense", "kernel": "reference"}},
+        },
+        "tasks": {
+            "char": {"plugin": "brightest-image", "options": {"n": 4, "max_images": 4, "seed": 1}},
+            "held": {"plugin": "brightest-image", "options": {"n": held, "max_images": 4, "seed": 2}},
+        },
         "jobs": [
             {"type": "characterize", "task": "char", "tau": taus[1]},
-            {"type": "tau_sweep", "taus": taus, "limit": limit, "max_new_tokens": 3, "method": "bs", "rule": rule or {"min_agreement": 0.6, "max_kl": 0.05}},
+            {
+                "type": "tau_sweep",
+                "taus": taus,
+                "limit": limit,
+                "max_new_tokens": 3,
+                "method": "bs",
+                "rule": rule or {"min_agreement": 0.6, "max_kl": 0.05},
+            },
         ],
     }
 
@@ -79,7 +100,9 @@ def test_rows_match_a_hand_computation(swept, ext_registry):
     rec = sweep_record(folder)
     rows = {r.key: r for r in folder.rows(rec.unit, TauSweepRow)}
     samples = list(ext_registry.get("task", "brightest-image")(data["tasks"]["held"]["options"]).samples())[:5]
-    assert set(rows) == {SETUP_KEY} | {f"#{tau_key(t)}" for t in taus} | {sample_key(s.id, t) for s in samples for t in [None, *taus]}
+    assert set(rows) == {SETUP_KEY} | {f"#{tau_key(t)}" for t in taus} | {
+        sample_key(s.id, t) for s in samples for t in [None, *taus]
+    }
     assert (rec.status, rec.rows, rec.expected) == ("done", len(rows), len(rows))
 
     # each tau's head map is the characterization re-aggregated with the characterize job's delta and gamma
@@ -138,8 +161,12 @@ def test_section_numbers_follow_from_the_rows(swept):
         assert point["kl_mean"] == pytest.approx(np.mean([r.fidelity.kl_mean for r in mine]))
         assert point["flops_heldout"] == pytest.approx(np.mean([r.fidelity.flops_reduction for r in mine]))
         assert point["accuracy"] == pytest.approx(np.mean([r.answer.correct for r in mine]))
-        delta = stats.paired_bootstrap([r.answer.correct for r in mine], [dense[r.answer.sample_id].correct for r in mine], seed=0)
-        assert (point["delta"].delta, point["delta"].lo, point["delta"].hi) == pytest.approx((delta.delta, delta.lo, delta.hi))
+        delta = stats.paired_bootstrap(
+            [r.answer.correct for r in mine], [dense[r.answer.sample_id].correct for r in mine], seed=0
+        )
+        assert (point["delta"].delta, point["delta"].lo, point["delta"].hi) == pytest.approx(
+            (delta.delta, delta.lo, delta.hi)
+        )
         ok = point["agreement"] >= rule.min_agreement and point["kl_mean"] <= rule.max_kl
         assert point["qualifies"] == ok
         by_hand.append((point["flops_heldout"], -tau, tau, ok))
@@ -152,8 +179,12 @@ def test_section_numbers_follow_from_the_rows(swept):
         mine = [r for r in rows if r.kind == "sample" and r.tau == tau]
         subtasks = [r.answer.subtask for r in mine]
         assert point["accuracy"] == pytest.approx(stats.macro_accuracy(subtasks, [r.answer.correct for r in mine]))
-        delta = stats.paired_bootstrap([r.answer.correct for r in mine], [dense[r.answer.sample_id].correct for r in mine], seed=0, groups=subtasks)
-        assert (point["delta"].delta, point["delta"].lo, point["delta"].hi) == pytest.approx((delta.delta, delta.lo, delta.hi))
+        delta = stats.paired_bootstrap(
+            [r.answer.correct for r in mine], [dense[r.answer.sample_id].correct for r in mine], seed=0, groups=subtasks
+        )
+        assert (point["delta"].delta, point["delta"].lo, point["delta"].hi) == pytest.approx(
+            (delta.delta, delta.lo, delta.hi)
+        )
     assert unit["used_tau"] == data["jobs"][0]["tau"]
     md = (run_dir / "report.md").read_text()
     assert "Tau sweep" in md and "Rule: the largest mean FLOPs reduction" in md
@@ -169,8 +200,16 @@ def test_section_numbers_follow_from_the_rows(swept):
 def test_default_tau_rule():
     rule = DefaultRule(min_agreement=random.uniform(0.5, 0.9), max_kl=random.uniform(0.01, 0.1))
     for _ in range(200):
-        points = [{"tau": t, "n": random.randint(0, 3), "agreement": random.random(), "kl_mean": random.uniform(0, 0.2),
-                   "flops_heldout": random.choice([0.1, 0.2, 0.3])} for t in sorted(random.sample(TAUS + [0.01, 0.1], 4))]
+        points = [
+            {
+                "tau": t,
+                "n": random.randint(0, 3),
+                "agreement": random.random(),
+                "kl_mean": random.uniform(0, 0.2),
+                "flops_heldout": random.choice([0.1, 0.2, 0.3]),
+            }
+            for t in sorted(random.sample(TAUS + [0.01, 0.1], 4))
+        ]
         ok = [p for p in points if p["n"] and p["agreement"] >= rule.min_agreement and p["kl_mean"] <= rule.max_kl]
         chosen = choose_tau(points, rule)
         if not ok:
@@ -186,7 +225,9 @@ def test_killed_run_resumes_without_redoing_a_row(ext_registry, ext_paths, tmp_p
     cfg = write_yaml(tmp_path / "c.yaml", data)
     run_dir = tmp_path / "runs" / "killed"
     rows = lambda: list((run_dir / "results" / "tau_sweep").glob("*.jsonl")) if (run_dir / "results").exists() else []  # noqa: E731
-    kill_run_when(cfg, env_with(ext_paths), lambda: any(f.read_bytes().count(b"\n") >= 1 + len(taus) + 6 for f in rows()))
+    kill_run_when(
+        cfg, env_with(ext_paths), lambda: any(f.read_bytes().count(b"\n") >= 1 + len(taus) + 6 for f in rows())
+    )
     files = rows()
     (path,) = files
     written = path.read_bytes()
@@ -211,12 +252,21 @@ def test_config_errors(ext_registry, tmp_path):
             parse_config(data, ext_registry)
         return str(e.value)
 
-    assert "jobs[0].characterize: no characterize job before this one (characterize jobs in the config: characterize)" in problems(lambda d: d["jobs"].reverse())
-    assert "jobs[1].characterize: no characterize job named 'other'" in problems(lambda d: d["jobs"][1].update(characterize="other"))
-    assert "jobs[1].task: 'char' is the task job 'characterize' characterizes on" in problems(lambda d: d["jobs"][1].update(task="char"))
+    assert (
+        "jobs[0].characterize: no characterize job before this one (characterize jobs in the config: characterize)"
+        in problems(lambda d: d["jobs"].reverse())
+    )
+    assert "jobs[1].characterize: no characterize job named 'other'" in problems(
+        lambda d: d["jobs"][1].update(characterize="other")
+    )
+    assert "jobs[1].task: 'char' is the task job 'characterize' characterizes on" in problems(
+        lambda d: d["jobs"][1].update(task="char")
+    )
     assert "jobs[1].method: 'dense' uses plugin 'dense'" in problems(lambda d: d["jobs"][1].update(method="dense"))
     assert "jobs[1].models[0]: 'big' is not defined" in problems(lambda d: d["jobs"][1].update(models=["big"]))
-    assert "jobs[1].baseline: 'nope' is not defined under `methods:`" in problems(lambda d: d["jobs"][1].update(baseline="nope"))
+    assert "jobs[1].baseline: 'nope' is not defined under `methods:`" in problems(
+        lambda d: d["jobs"][1].update(baseline="nope")
+    )
     assert "jobs[1].taus" in problems(lambda d: d["jobs"][1].update(taus=[0.1, 0.1]))
     assert "jobs[1].taus" in problems(lambda d: d["jobs"][1].update(taus=[0.0]))
 
@@ -231,22 +281,32 @@ def test_vlm_adapters_teacher_force_after_the_answer_prefix(kind, tmp_path):
     if kind == "gemma3":
         adapter = Gemma3({"checkpoint": str(tiny_vlms.gemma_checkpoint(tmp_path / kind)), "device": "cpu"})
     else:
-        adapter = Qwen2VL({"checkpoint": str(tiny_vlms.qwen_checkpoint(tmp_path / kind, seed=random.randrange(100))), "device": "cpu"})
+        adapter = Qwen2VL(
+            {"checkpoint": str(tiny_vlms.qwen_checkpoint(tmp_path / kind, seed=random.randrange(100))), "device": "cpu"}
+        )
     adapter.load()
     rng = np.random.default_rng()
     sample: Sample = prompts.interleaved_sample(rng, [(56, 56), (56, 84)])
-    sample = sample.model_copy(update={"answer_prefix": " the dog", "parts": [*sample.parts, TextPart(text=" Tell me.")]})
+    sample = sample.model_copy(
+        update={"answer_prefix": " the dog", "parts": [*sample.parts, TextPart(text=" Tell me.")]}
+    )
     prepared = adapter.prepare(sample)
     ids = prepared.inputs["input_ids"][0]
     assert adapter.tokenizer.decode(ids).endswith(" the dog")
     forced = adapter.prepare(sample, continuation=" red car")
     more = forced.inputs["input_ids"][0]
     n = more.shape[0] - ids.shape[0]
-    assert n > 0 and torch.equal(more[: ids.shape[0]], ids) and adapter.tokenizer.decode(more[ids.shape[0] :]) == " red car"
+    assert (
+        n > 0
+        and torch.equal(more[: ids.shape[0]], ids)
+        and adapter.tokenizer.decode(more[ids.shape[0] :]) == " red car"
+    )
     for key, value in prepared.inputs.items():
         if key != "input_ids" and value.shape[:2] == ids[None].shape:  # per-token tensors: text after the prompt
             tail = forced.inputs[key][0, ids.shape[0] :]
-            assert torch.equal(forced.inputs[key][0, : ids.shape[0]], value[0]) and bool((tail == (1 if key == "attention_mask" else 0)).all())
+            assert torch.equal(forced.inputs[key][0, : ids.shape[0]], value[0]) and bool(
+                (tail == (1 if key == "attention_mask" else 0)).all()
+            )
     assert forced.layouts[0].spans == prepared.layouts[0].spans
     dense = Dense()
     full = adapter.logits(forced, dense)

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import REPO, quiet
 
 from bsight.harness.config import ConfigError, parse_config
 from bsight.harness.jobs.timing import TimingJob, TimingRow, load_published, published_file, timing_context
@@ -16,8 +17,6 @@ from bsight.harness.jobs.ttft import TTFTRow
 from bsight.harness.report import render_report
 from bsight.harness.runner import execute
 from bsight.harness.store import RunFolder
-
-from conftest import REPO, quiet
 
 PUBLISHED = "reports/published/kernel_sweep_h100.json"
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -56,10 +55,18 @@ def test_published_sweep_loads_with_provenance_and_renders(registry, tmp_path):
     s = sections_of((out.run_dir / "index.html").read_text())["timing"]
     t = text(s)
     prov = doc["provenance"]
-    assert "not measured in this run" in t and prov["gpu"] in t and prov["git_commit"][:12] in t and prov["date"][:10] in t
+    assert (
+        "not measured in this run" in t and prov["gpu"] in t and prov["git_commit"][:12] in t and prov["date"][:10] in t
+    )
     assert s.count("<svg") == 4  # time and speedup per layout
     # a table cell and a speedup computed from the published numbers
-    pick = random.choice([p for p in doc["rows"] if p["method"] == "ours" and p["category"] == "intra_image_sink" and p["layout"] == "peers"])
+    pick = random.choice(
+        [
+            p
+            for p in doc["rows"]
+            if p["method"] == "ours" and p["category"] == "intra_image_sink" and p["layout"] == "peers"
+        ]
+    )
     cudnn = next(p["ms"] for p in doc["rows"] if p["method"] == "cudnn" and p["tokens"] == pick["tokens"])
     assert f"{pick['ms']:.2f}" in t and f"{cudnn / pick['ms']:.2f}x" in t
     md = (out.run_dir / "report.md").read_text()
@@ -70,9 +77,16 @@ def test_halves_of_mixed30_are_times_not_speedups():
     """The dense and kernel halves of a mixed30 call are timed apart: the ms table shows them, the speedup
     table and plots over cuDNN (whole attention calls only) do not."""
     base = {"tokens": 36864, "layout": "peers", "config": "default"}
-    points = [dict(base, method=m, category=c, ms=ms) for m, c, ms in [
-        ("cudnn", "dense", 16.0), ("ours", "mixed30", 7.0), ("ours", "mixed30_serial", 6.5),
-        ("ours", "mixed30_dense_part", 5.0), ("ours", "mixed30_kernel_part", 1.5)]]
+    points = [
+        dict(base, method=m, category=c, ms=ms)
+        for m, c, ms in [
+            ("cudnn", "dense", 16.0),
+            ("ours", "mixed30", 7.0),
+            ("ours", "mixed30_serial", 6.5),
+            ("ours", "mixed30_dense_part", 5.0),
+            ("ours", "mixed30_kernel_part", 1.5),
+        ]
+    ]
     ctx = timing_context(points)
     assert {"ours mixed30_dense_part", "ours mixed30_kernel_part", "ours mixed30"} <= set(ctx["columns"])
     assert ctx["speed_columns"] == ["ours mixed30", "ours mixed30_serial"]
@@ -88,7 +102,9 @@ def test_published_files_resolve_outside_a_checkout(tmp_path, monkeypatch):
     (tmp_path / "reports" / "published").mkdir(parents=True)
     own = tmp_path / PUBLISHED
     own.write_text(json.dumps({"provenance": {"gpu": "mine"}, "rows": []}))
-    assert json.loads(published_file(PUBLISHED).read_text())["provenance"]["gpu"] == "mine"  # the working directory's wins
+    assert (
+        json.loads(published_file(PUBLISHED).read_text())["provenance"]["gpu"] == "mine"
+    )  # the working directory's wins
     assert published_file("reports/published/none.json") is None and published_file("elsewhere/x.json") is None
     own.write_text("[1, 2]")
     with pytest.raises(ValueError, match="expected a JSON object"):
@@ -97,7 +113,9 @@ def test_published_files_resolve_outside_a_checkout(tmp_path, monkeypatch):
 
 def test_config_errors_name_the_field(registry, tmp_path):
     with pytest.raises(ConfigError) as e:
-        parse_config({"jobs": [{"type": "timing", "source": "published", "published": str(tmp_path / "absent.json")}]}, registry)
+        parse_config(
+            {"jobs": [{"type": "timing", "source": "published", "published": str(tmp_path / "absent.json")}]}, registry
+        )
     assert "jobs[0].published:" in str(e.value) and "not found" in str(e.value)
     with pytest.raises(ConfigError, match=r"jobs\[0\].lengths"):
         parse_config({"jobs": [{"type": "timing", "lengths": [100]}]}, registry)
@@ -118,12 +136,42 @@ def fake_sweep(calls: list[int], fail_at: int | None, ms: dict):
             raise RuntimeError("device lost")
         rows = []
         for lay in layouts:
-            rows.append({"tokens": n, "layout": lay, "images": n // 1040, "method": "layout_meta_build", "category": "-", "ms": 0.5})
-            for method, cats in (("cudnn", ["dense"]), ("ours", ["dense", "sink", "intra_image", "intra_image_sink", "mixed30"])):
+            rows.append(
+                {
+                    "tokens": n,
+                    "layout": lay,
+                    "images": n // 1040,
+                    "method": "layout_meta_build",
+                    "category": "-",
+                    "ms": 0.5,
+                }
+            )
+            for method, cats in (
+                ("cudnn", ["dense"]),
+                ("ours", ["dense", "sink", "intra_image", "intra_image_sink", "mixed30"]),
+            ):
                 for c in cats:
-                    rows.append({"tokens": n, "layout": lay, "images": n // 1040, "method": method, "category": c, "config": "default",
-                                 "ms": ms.setdefault((n, method, c), random.uniform(1, 100))})
-        rows.append({"tokens": None, "layout": "-", "method": "ours", "category": "compiled_variants_growth", "ms": None, "value": 0})
+                    rows.append(
+                        {
+                            "tokens": n,
+                            "layout": lay,
+                            "images": n // 1040,
+                            "method": method,
+                            "category": c,
+                            "config": "default",
+                            "ms": ms.setdefault((n, method, c), random.uniform(1, 100)),
+                        }
+                    )
+        rows.append(
+            {
+                "tokens": None,
+                "layout": "-",
+                "method": "ours",
+                "category": "compiled_variants_growth",
+                "ms": None,
+                "value": 0,
+            }
+        )
         return rows
 
     return run_sweep
@@ -132,7 +180,7 @@ def fake_sweep(calls: list[int], fail_at: int | None, ms: dict):
 def test_measured_sweep_is_durable_per_length_and_resumes(registry, tmp_path, monkeypatch):
     import torch
 
-    import bsight.kernels.sweep as sweep
+    import bsight.harness.benchmarks.kernel_sweep as sweep
 
     monkeypatch.setattr(TimingJob, "can_measure", lambda self, spec: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Test GPU")
@@ -167,8 +215,8 @@ def test_measured_sweep_is_durable_per_length_and_resumes(registry, tmp_path, mo
 
 @pytest.fixture(scope="module")
 def small_ttft(tmp_path_factory) -> Path:
-    """A real ``python -m bsight.harness.ttft --small`` result (tiny Qwen2-VL on the CPU)."""
-    from bsight.harness import ttft
+    """A real ``python -m bsight.harness.benchmarks.ttft --small`` result (tiny Qwen2-VL on the CPU)."""
+    from bsight.harness.benchmarks import ttft
 
     out = tmp_path_factory.mktemp("ttft") / "ttft_small.json"
     assert ttft.main(["--small", "--lengths", "200", "--out", str(out)]) == 0
@@ -196,7 +244,11 @@ def test_ttft_without_a_file_says_so_and_small_runs_measure(registry, tmp_path, 
 
     monkeypatch.chdir(tmp_path)  # no reports/ here, and no packaged results either (until the GPU run lands):
     monkeypatch.setattr(timing, "PUBLISHED_PACKAGE", "bsight.harness")
-    out = run(registry, tmp_path, [{"type": "ttft", "source": "published"}, {"type": "ttft", "name": "small", "small": True, "lengths": [160]}])
+    out = run(
+        registry,
+        tmp_path,
+        [{"type": "ttft", "source": "published"}, {"type": "ttft", "name": "small", "small": True, "lengths": [160]}],
+    )
     assert not out.failed
     folder = RunFolder.open(out.run_dir)
     none, small = folder.manifest().units
@@ -204,7 +256,9 @@ def test_ttft_without_a_file_says_so_and_small_runs_measure(registry, tmp_path, 
     (row,) = folder.rows(small.unit, TTFTRow)
     assert row.source == "measured" and row.tokens == 160 and row.dense["ttft_ms"] > 0 and row.blindsight["ttft_ms"] > 0
     assert "tiny config" in small.info["meta"]["model"]["weights"]
-    assert re.search(r"--out ttft\.json --lengths 160 ", small.info["meta"]["provenance"]["command"])  # no temporary path kept
+    assert re.search(
+        r"--out ttft\.json --lengths 160 ", small.info["meta"]["provenance"]["command"]
+    )  # no temporary path kept
     render_report(folder)
     s = text(sections_of((out.run_dir / "index.html").read_text())["timing"])
     assert "No TTFT data: not measured in this run (source: published)" in s and "reports/published/ttft_h100.json" in s

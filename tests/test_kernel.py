@@ -24,13 +24,12 @@ if not torch.cuda.is_available():
 
 import pytest
 
-from bsight.harness.sparsity.categories import Category
-from bsight.harness.sparsity.layout import PromptLayout, SinkPolicy
-from bsight.harness.sparsity.metadata import LayoutMeta
-from bsight.kernels.blindsight_attention import blindsight_attention
-from bsight.kernels.reference import reference_attention
-from bsight.kernels.blindsight_attention import KernelConfig, interpreting
+from bsight.kernels.blindsight_attention import KernelConfig, blindsight_attention, interpreting
 from bsight.kernels.plan import build_plan
+from bsight.kernels.reference import reference_attention
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -42,7 +41,9 @@ MEDIUM = None if GPU else KernelConfig(block_m=32, block_n=32, num_warps=4, num_
 @pytest.fixture(autouse=True)
 def _kernel_runs_here():
     if not GPU and not interpreting():
-        pytest.fail("no GPU and the kernel is compiled: set TRITON_INTERPRET=1 before triton is first imported (e.g. in CI's env)")
+        pytest.fail(
+            "no GPU and the kernel is compiled: set TRITON_INTERPRET=1 before triton is first imported (e.g. in CI's env)"
+        )
 
 
 def _seed() -> int:
@@ -51,8 +52,15 @@ def _seed() -> int:
     return seed
 
 
-def random_layout(rng: random.Random, images: list[int], text: tuple[int, int] = (0, 9), lead_text: bool = True, tail_text: bool = True,
-                  sinks: SinkPolicy = SinkPolicy(kind="offsets", offsets=(0, 1, 2, 3)), bidirectional: bool = False) -> PromptLayout:
+def random_layout(
+    rng: random.Random,
+    images: list[int],
+    text: tuple[int, int] = (0, 9),
+    lead_text: bool = True,
+    tail_text: bool = True,
+    sinks: SinkPolicy = SinkPolicy(kind="offsets", offsets=(0, 1, 2, 3)),
+    bidirectional: bool = False,
+) -> PromptLayout:
     """Images of the given sizes with random text between them (none before / after the images if asked)."""
     segs: list[tuple[str, int]] = []
     for i, n in enumerate(images):
@@ -73,14 +81,29 @@ def _reference(q, k, v, meta: LayoutMeta, cats: torch.Tensor, window: int | None
     g = q.shape[0] // k.shape[0]
     parts = []
     for h in range(k.shape[0]):
-        parts.append(reference_attention(q[h * g:(h + 1) * g], k[h:h + 1], v[h:h + 1], meta, cats[h * g:(h + 1) * g], window=window).float())
+        parts.append(
+            reference_attention(
+                q[h * g : (h + 1) * g], k[h : h + 1], v[h : h + 1], meta, cats[h * g : (h + 1) * g], window=window
+            ).float()
+        )
         torch.cuda.empty_cache()
     return torch.cat(parts)
 
 
-def check(layout: PromptLayout, categories: list[int], hkv: int, d: int = 32, dtype=torch.bfloat16, window: int | None = None,
-          config: KernelConfig | None = SMALL, dense_backend: str = "kernel", probe: bool = True, label: str = "",
-          token_major: bool = False, overlap_dense: bool = False) -> None:
+def check(
+    layout: PromptLayout,
+    categories: list[int],
+    hkv: int,
+    d: int = 32,
+    dtype=torch.bfloat16,
+    window: int | None = None,
+    config: KernelConfig | None = SMALL,
+    dense_backend: str = "kernel",
+    probe: bool = True,
+    label: str = "",
+    token_major: bool = False,
+    overlap_dense: bool = False,
+) -> None:
     """Kernel vs reference on random data (rel. error per head <= 1e-2) and on the uniform probe.
 
     ``token_major``: q, k, v are ``[S, H, D]`` buffers seen as ``[H, S, D]`` (what a model's projections
@@ -93,13 +116,28 @@ def check(layout: PromptLayout, categories: list[int], hkv: int, d: int = 32, dt
 
     def run(q, k, v):
         out = torch.full_like(q, float("nan"))
-        got = blindsight_attention(q, k, v, meta, cats, window=window, dense_backend=dense_backend, config=config, out=out, overlap_dense=overlap_dense)
+        got = blindsight_attention(
+            q,
+            k,
+            v,
+            meta,
+            cats,
+            window=window,
+            dense_backend=dense_backend,
+            config=config,
+            out=out,
+            overlap_dense=overlap_dense,
+        )
         assert got.data_ptr() == out.data_ptr()
         assert torch.isfinite(out).all(), f"unwritten or non-finite output: {ctx}"
         return out.float(), _reference(q, k, v, meta, cats, window)
 
     def draw(h: int) -> torch.Tensor:
-        return torch.randn(S, h, d, device=DEVICE, dtype=dtype).transpose(0, 1) if token_major else torch.randn(h, S, d, device=DEVICE, dtype=dtype)
+        return (
+            torch.randn(S, h, d, device=DEVICE, dtype=dtype).transpose(0, 1)
+            if token_major
+            else torch.randn(h, S, d, device=DEVICE, dtype=dtype)
+        )
 
     q, k, v = draw(hq), draw(hkv), draw(hkv)
     out, ref = run(q, k, v)
@@ -139,8 +177,14 @@ def test_gqa_ratios(group: int):
 @pytest.mark.parametrize("category", list(Category))
 def test_single_category_all_heads(category: Category):
     rng = random.Random(_seed())
-    layout = random_layout(rng, [rng.randint(20, 70), rng.randint(1, 20), rng.randint(20, 70)], sinks=SinkPolicy(kind="fraction", fraction=0.1))
-    check(layout, [category.value] * 2, hkv=1, config=MEDIUM, probe=category is not Category.DENSE, label=category.label)
+    layout = random_layout(
+        rng,
+        [rng.randint(20, 70), rng.randint(1, 20), rng.randint(20, 70)],
+        sinks=SinkPolicy(kind="fraction", fraction=0.1),
+    )
+    check(
+        layout, [category.value] * 2, hkv=1, config=MEDIUM, probe=category is not Category.DENSE, label=category.label
+    )
 
 
 def test_block_boundaries():
@@ -174,7 +218,15 @@ def test_dense_heads_through_sdpa_match(overlap: bool):
     """Dense heads on SDPA, the rest in the kernel (on a GPU with ``overlap_dense``: on a side stream)."""
     rng = random.Random(_seed())
     layout = random_layout(rng, [rng.randint(1, 50) for _ in range(3)])
-    check(layout, [0, 3, 0, 1], hkv=2, dense_backend="auto", probe=False, label="dense heads on SDPA", overlap_dense=overlap)
+    check(
+        layout,
+        [0, 3, 0, 1],
+        hkv=2,
+        dense_backend="auto",
+        probe=False,
+        label="dense heads on SDPA",
+        overlap_dense=overlap,
+    )
 
 
 def test_token_major_inputs():
@@ -187,14 +239,23 @@ def test_token_major_inputs():
 def test_bidirectional_images_with_inner_sinks():
     """Gemma 3: bidirectional inside each image; sinks at fixed offsets, some after a query in its region."""
     rng = random.Random(_seed())
-    layout = random_layout(rng, [rng.randint(10, 45), 1, 2, rng.randint(3, 30)], bidirectional=True,
-                           sinks=SinkPolicy(kind="offsets", offsets=(0, 3, 9, 20)))
+    layout = random_layout(
+        rng,
+        [rng.randint(10, 45), 1, 2, rng.randint(3, 30)],
+        bidirectional=True,
+        sinks=SinkPolicy(kind="offsets", offsets=(0, 3, 9, 20)),
+    )
     check(layout, mixed_categories(rng, 8), hkv=2, dtype=torch.float16, label="bidirectional")
 
 
 def test_sliding_window_with_bidirectional_images():
     rng = random.Random(_seed())
-    layout = random_layout(rng, [rng.randint(10, 40) for _ in range(3)], bidirectional=True, sinks=SinkPolicy(kind="offsets", offsets=(0, 5)))
+    layout = random_layout(
+        rng,
+        [rng.randint(10, 40) for _ in range(3)],
+        bidirectional=True,
+        sinks=SinkPolicy(kind="offsets", offsets=(0, 5)),
+    )
     check(layout, [0, 1, 2, 3], hkv=1, window=rng.randint(5, 25), label="window + bidirectional")
 
 
@@ -244,7 +305,9 @@ def test_bad_inputs_are_named():
         blindsight_attention(q, kv, kv, meta, cats, window=0)
     with pytest.raises(ValueError, match="scale must be a positive number"):
         blindsight_attention(q, kv, kv, meta, cats, scale=-0.1)
-    bidir = LayoutMeta.build(PromptLayout.from_segments([("text", 4), ("image", 8), ("text", 4)], bidirectional=True), DEVICE)
+    bidir = LayoutMeta.build(
+        PromptLayout.from_segments([("text", 4), ("image", 8), ("text", 4)], bidirectional=True), DEVICE
+    )
     with pytest.raises(ValueError, match="plain causal"):
         blindsight_attention(q, kv, kv, bidir, cats, dense_backend="sdpa")
 
@@ -261,21 +324,29 @@ def test_plan_covers_every_row_once(window: int | None):
     seen = torch.zeros(layout.length, dtype=torch.int64)
     starts, ends = meta.img_start.tolist(), meta.img_end.tolist()
     text_idx = meta.text_idx.tolist()
-    per_image = list(zip(meta.text_before.tolist(), meta.glob_before.tolist(), (meta.sink_ptr[1:] - meta.sink_ptr[:-1]).tolist(),
-                         starts, meta.bidir_start.tolist(), meta.bidir_end.tolist()))
+    per_image = list(
+        zip(
+            meta.text_before.tolist(),
+            meta.glob_before.tolist(),
+            (meta.sink_ptr[1:] - meta.sink_ptr[:-1]).tolist(),
+            starts,
+            meta.bidir_start.tolist(),
+            meta.bidir_end.tolist(),
+        )
+    )
     for kind, a, cnt, img, lo_text, lo_glob, *image_cols, qmin, qmax, _, _ in plan.tiles.tolist():
         if kind < 0:
             assert cnt <= 0 and qmax < qmin, "an empty slot must give the kernel no rows and no keys"
             continue
         assert 1 <= cnt <= bm
         if kind == 0:
-            seen[meta.text_idx[a:a + cnt].long()] += 1
+            seen[meta.text_idx[a : a + cnt].long()] += 1
             assert (qmin, qmax) == (text_idx[a], text_idx[a + cnt - 1])
             continue
         assert starts[img] <= a and a + cnt <= ends[img], "an image tile leaves its image"
         assert tuple(image_cols) == per_image[img], "per-image columns copied from the wrong image"
         assert (qmin, qmax) == (a, a + cnt - 1)
-        seen[a:a + cnt] += 1
+        seen[a : a + cnt] += 1
         if window is not None:  # first list entries inside the window of the tile's first row
             assert lo_text == int((meta.text_idx < a - window + 1).sum())
             assert lo_glob == int((meta.glob_idx < a - window + 1).sum())
@@ -285,11 +356,10 @@ def test_plan_covers_every_row_once(window: int | None):
     assert work == sorted(work, reverse=True), "tiles not in longest-first order"
 
 
-
 def test_sweep_layouts_and_counts_match_the_spec():
     """The sweep's prompts (peers.md layout), its mixed head map and its FLOP counts."""
-    from bsight.harness.sparsity.masks import head_mask, materialize
-    from bsight.kernels.sweep import kept_pairs, make_layout, mixed_head_map
+    from bsight.harness.benchmarks.kernel_sweep import kept_pairs, make_layout, mixed_head_map
+    from bsight.kernels.sparsity.masks import head_mask, materialize
 
     layout = make_layout(36_864)
     assert layout.length == 36_864 and layout.num_images == 35  # as in peers.md
@@ -308,13 +378,23 @@ def test_sweep_layouts_and_counts_match_the_spec():
 def test_sweep_page_shows_speedups_and_verdicts():
     """The published page is rendered from the rows: speedups are cuDNN (or Flex) over ours, and each target's
     verdict follows its measured ratio (random times, so a swapped ratio or verdict shows)."""
-    from bsight.kernels.sweep import markdown, targets
+    from bsight.harness.benchmarks.kernel_sweep import markdown, targets
 
     rng = random.Random(_seed())
     cudnn, ours, flex = rng.uniform(10, 20), rng.uniform(1, 3), rng.uniform(10, 20)
-    rows = [{"tokens": 36_864, "layout": "peers", "images": 35, "method": m, "category": c, "ms": t}
-            for m, c, t in (("cudnn", "dense", cudnn), ("ours", "intra_image_sink", ours), ("flex", "intra_image_sink", flex))]
-    doc = {"rows": rows, "targets": targets(rows), "provenance": {"gpu": "GPU", "git_commit": "0" * 40, "git_dirty": False, "command": ["x"]}}
+    rows = [
+        {"tokens": 36_864, "layout": "peers", "images": 35, "method": m, "category": c, "ms": t}
+        for m, c, t in (
+            ("cudnn", "dense", cudnn),
+            ("ours", "intra_image_sink", ours),
+            ("flex", "intra_image_sink", flex),
+        )
+    ]
+    doc = {
+        "rows": rows,
+        "targets": targets(rows),
+        "provenance": {"gpu": "GPU", "git_commit": "0" * 40, "git_dirty": False, "command": ["x"]},
+    }
     page = markdown(doc)
     speedups = page.split("## Speedups")[1].split("##")[0]
     assert f"| {cudnn / ours:.2f} |" in speedups and f"| {flex / ours:.2f} |" in speedups
@@ -335,13 +415,22 @@ def test_sweep_flex_path_traced_by_dynamo_matches_reference():
     import torch._dynamo
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    from bsight.kernels.sweep import _FlexMasks
+    from bsight.harness.benchmarks.kernel_sweep import _FlexMasks
 
     rng = random.Random(_seed())
     images = [rng.randint(20, 90) for _ in range(3)]
     S = 384  # three 128-row query blocks: the chunked build makes one call per block
-    layout = PromptLayout.from_segments([("text", 5), ("image", images[0]), ("text", 7), ("image", images[1]), ("image", images[2]),
-                                         ("text", S - 12 - sum(images))], sinks=SinkPolicy(kind="offsets", offsets=(0, 1, 2, 3)))
+    layout = PromptLayout.from_segments(
+        [
+            ("text", 5),
+            ("image", images[0]),
+            ("text", 7),
+            ("image", images[1]),
+            ("image", images[2]),
+            ("text", S - 12 - sum(images)),
+        ],
+        sinks=SinkPolicy(kind="offsets", offsets=(0, 1, 2, 3)),
+    )
     meta = LayoutMeta.build(layout)
     cats = mixed_categories(rng, 8)
     torch._dynamo.reset()
@@ -352,12 +441,14 @@ def test_sweep_flex_path_traced_by_dynamo_matches_reference():
     flex = torch.compile(flex_attention, backend="eager", dynamic=False)
     out = flex(q[None], k[None], v[None], block_mask=masks.for_heads(cats), enable_gqa=True)[0]
     ref = reference_attention(q, k, v, meta, torch.tensor(cats, dtype=torch.int32))
-    assert torch.allclose(out, ref.to(out.dtype), atol=1e-4, rtol=1e-4), f"max diff {(out - ref).abs().max().item():.2e}, cats={cats}"
+    assert torch.allclose(out, ref.to(out.dtype), atol=1e-4, rtol=1e-4), (
+        f"max diff {(out - ref).abs().max().item():.2e}, cats={cats}"
+    )
 
 
 def _compiled_variants() -> int:
     """Compiled specializations of the attention kernel and the tile-plan kernel on the current device."""
-    from bsight.kernels.sweep import _compiled_variants as count
+    from bsight.harness.benchmarks.kernel_sweep import _compiled_variants as count
 
     return count()
 
@@ -366,7 +457,7 @@ def _compiled_variants() -> int:
 @pytest.mark.parametrize("mixed_sizes", [False, True])
 def test_full_size_on_gpu(mixed_sizes: bool):
     """36K tokens, Qwen2-VL-7B heads (28/4, d=128), every category in one head map, both sweep layouts."""
-    from bsight.kernels.sweep import make_layout
+    from bsight.harness.benchmarks.kernel_sweep import make_layout
 
     layout = make_layout(36_864, mixed_sizes=mixed_sizes)
     cats = [0, 1, 2, 3] * 7

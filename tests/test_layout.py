@@ -9,14 +9,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bsight.harness.sparsity.layout import LayoutError, LayoutSpec, PromptLayout, SinkPolicy, Span, layout_from_ids, layouts_from_batch
+from bsight.kernels.sparsity.layout import (
+    LayoutError,
+    LayoutSpec,
+    PromptLayout,
+    SinkPolicy,
+    Span,
+    layout_from_ids,
+    layouts_from_batch,
+)
 
 START, END, PAD_IMG, PAD = 90, 91, 92, 0
 TEXT_IDS = st.integers(1, 80)
 
 
 def spec(bidirectional: bool = False, sinks: SinkPolicy = SinkPolicy(fraction=0.1), inner: bool = True) -> LayoutSpec:
-    return LayoutSpec(start_ids=(START,), end_ids=(END,), inner_ids=(PAD_IMG,) if inner else (), bidirectional=bidirectional, sinks=sinks)
+    return LayoutSpec(
+        start_ids=(START,),
+        end_ids=(END,),
+        inner_ids=(PAD_IMG,) if inner else (),
+        bidirectional=bidirectional,
+        sinks=sinks,
+    )
 
 
 @st.composite
@@ -34,7 +48,9 @@ def prompts(draw: st.DrawFn) -> tuple[list[int], list[tuple[int, int]]]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(prompts(), st.booleans(), st.sampled_from([0.0, 0.1, 0.5]), st.integers(0, 3), st.sampled_from(["left", "right"]))
+@given(
+    prompts(), st.booleans(), st.sampled_from([0.0, 0.1, 0.5]), st.integers(0, 3), st.sampled_from(["left", "right"])
+)
 def test_layout_from_ids_finds_every_image(prompt, bidirectional, fraction, pad, side):
     ids, spans = prompt
     mask = [1] * len(ids)
@@ -94,7 +110,11 @@ def test_video_frames_split_one_segment():
         ([1, PAD_IMG, END, 2], {}, "end at position 2 without a start token"),
         ([START, PAD_IMG, START, END], {}, "start at position 2 inside the segment opened at 0"),
         ([START, PAD_IMG, 7, END], {}, "token 7 at position 2 inside the segment opened at 0"),
-        ([1, START, PAD_IMG, PAD_IMG, PAD_IMG, END], {"expected_inner": [2]}, "opened at position 1 holds 3 tokens but the model's grid says 2"),
+        (
+            [1, START, PAD_IMG, PAD_IMG, PAD_IMG, END],
+            {"expected_inner": [2]},
+            "opened at position 1 holds 3 tokens but the model's grid says 2",
+        ),
         ([START, PAD_IMG, END], {"expected_inner": [1, 4]}, "2 images expected from the grid, 1 found"),
         ([1, PAD_IMG, START, PAD_IMG, END], {}, "image token 92 at position 1 is outside every image segment"),
         ([1, 2, 3, 4], {"attention_mask": [1, 0, 1, 1]}, "padding at position 1 is inside the prompt"),
@@ -124,7 +144,13 @@ def test_sink_policies():
     assert SinkPolicy(fraction=0.0).sink_offsets(5) == (0,)
     assert SinkPolicy(fraction=1.0).sink_offsets(4) == (0, 1, 2, 3)
     assert SinkPolicy(kind="offsets", offsets=(9, 2, 40)).sink_offsets(20) == (2, 9)
-    for bad in ({"kind": "offsets"}, {"kind": "offsets", "offsets": (-1,)}, {"kind": "fraction", "offsets": (1,)}, {"kind": "pct"}, {"fraction": 1.5}):
+    for bad in (
+        {"kind": "offsets"},
+        {"kind": "offsets", "offsets": (-1,)},
+        {"kind": "fraction", "offsets": (1,)},
+        {"kind": "pct"},
+        {"fraction": 1.5},
+    ):
         with pytest.raises(ValueError):
             SinkPolicy(**bad)
     lay = PromptLayout.from_segments([("text", 2), ("image", 10)], frac)

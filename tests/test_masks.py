@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import create_mask
 
-from bsight.harness.sparsity.categories import Category
-from bsight.harness.sparsity.layout import PromptLayout
-from bsight.harness.sparsity.masks import base_mask, category_mask, head_mask, materialize, sliding_window
-from bsight.harness.sparsity.metadata import LayoutMeta
-from bsight.harness.sparsity.strategies import layouts, windows
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.layout import PromptLayout
+from bsight.kernels.sparsity.masks import base_mask, category_mask, head_mask, materialize, sliding_window
+from bsight.kernels.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.strategies import layouts, windows
 
 
 def design_mask(lay: PromptLayout, cat: Category, window: int | None) -> torch.Tensor:
@@ -48,7 +48,9 @@ def test_head_mask_follows_the_design(lay, window):
         want = design_mask(lay, c, window)
         assert torch.equal(got[c.value], want), c
         # the single-category form agrees with the per-head form
-        single = materialize(lambda b, h, q, kv: base_mask(meta, window)(b, h, q, kv) & category_mask(meta, c)(b, h, q, kv), S)[0]
+        single = materialize(
+            lambda b, h, q, kv: base_mask(meta, window)(b, h, q, kv) & category_mask(meta, c)(b, h, q, kv), S
+        )[0]
         assert torch.equal(single, want)
     dense, sink, intra, both = got
     assert bool((sink <= both).all() and (intra <= both).all() and (both <= dense).all())

@@ -6,9 +6,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from bsight.harness.sparsity.layout import LayoutError, PromptLayout
-from bsight.harness.sparsity.metadata import LayoutMeta
-from bsight.harness.sparsity.strategies import layouts
+from bsight.kernels.sparsity.layout import LayoutError, PromptLayout
+from bsight.kernels.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.strategies import layouts
 
 
 @settings(max_examples=150, deadline=None)
@@ -42,7 +42,9 @@ def test_tables_match_the_layout(lay: PromptLayout):
         assert m.text_idx[: m.text_before[i]].tolist() == [p for p in text if p < s.start]
         assert glob[: m.glob_before[i]] == [p for p in range(s.start) if seg[p] < 0 or (sink[p] and seg[p] < i)]
         assert m.sink_idx[m.sink_ptr[i] : m.sink_ptr[i + 1]].tolist() == list(s.sinks)
-    assert all(t.dtype == torch.int32 for t in (m.seg_id, m.bidir_group, m.text_idx, m.glob_idx, m.sink_idx, m.sink_ptr))
+    assert all(
+        t.dtype == torch.int32 for t in (m.seg_id, m.bidir_group, m.text_idx, m.glob_idx, m.sink_idx, m.sink_ptr)
+    )
     # O(S) memory: no table is larger than the sequence plus the image count
     tables = [m.seg_id, m.is_sink, m.bidir_group, m.img_start, m.img_end, m.bidir_start, m.bidir_end, m.text_idx]
     tables += [m.text_before, m.glob_idx, m.glob_before, m.sink_idx, m.sink_ptr]
@@ -50,7 +52,9 @@ def test_tables_match_the_layout(lay: PromptLayout):
 
 
 def test_padded_layout_is_rejected_until_unpadded():
-    lay = PromptLayout(8, PromptLayout.from_segments([("text", 1), ("image", 3), ("text", 1)]).spans, valid_start=0, valid_end=5)
+    lay = PromptLayout(
+        8, PromptLayout.from_segments([("text", 1), ("image", 3), ("text", 1)]).spans, valid_start=0, valid_end=5
+    )
     with pytest.raises(LayoutError, match="unpadded"):
         LayoutMeta.build(lay)
     assert LayoutMeta.build(lay.unpadded()).length == 5

@@ -73,7 +73,9 @@ def test_samples_are_deterministic_and_splits_disjoint():
 
 @pytest.mark.parametrize("num_passages", [3, 6, 9])
 def test_answer_sits_in_exactly_one_passage_at_the_recorded_slot(passages, num_passages):
-    opts = MultiDocOptions(num_passages=num_passages, answer_words=random.randint(1, 5), prefix_words=random.randint(6, 12))
+    opts = MultiDocOptions(
+        num_passages=num_passages, answer_words=random.randint(1, 5), prefix_words=random.randint(6, 12)
+    )
     samples = build_samples(passages, opts)
     by_id = {p.id: p for p in passages}
     slots = []
@@ -114,7 +116,11 @@ def test_extract_and_score_compare_words_without_case_or_punctuation():
     gold = sample.answer.split()
     rng = random.Random()
     tail = rng.choice([" and so on", ".\nNext", '"', ""])
-    variants = [" " + " ".join(gold) + tail, " " + " ".join(w.upper() for w in gold) + tail, "\n" + " ".join(gold) + ","]
+    variants = [
+        " " + " ".join(gold) + tail,
+        " " + " ".join(w.upper() for w in gold) + tail,
+        "\n" + " ".join(gold) + ",",
+    ]
     for gen in variants:
         ext = task.extract(gen, sample)
         assert ext.rule == "continuation" and task.score(ext, sample), gen

@@ -8,16 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from bsight.harness.interfaces import LayerCall
-from bsight.harness.sparsity.aggregate import DEFAULT_PARAMS, build_head_map
-from bsight.harness.sparsity.categories import Category
-from bsight.harness.sparsity.characterize import CharacterizationResult, characterize_layers
-from bsight.harness.sparsity.figures import confusion_figure
-from bsight.harness.sparsity.headmap import DatasetInfo
-from bsight.harness.sparsity.layout import SinkPolicy
-from bsight.harness.sparsity.metadata import LayoutMeta
-from bsight.harness.sparsity.planted import confusion_matrix, format_confusion, planted_labels, planted_qkv, realistic_layout
-from bsight.harness.sparsity.sinks import SinkOffsetProbe, sink_offset_votes, top_offsets
+from bsight.harness.characterize import characterize_layers
+from bsight.harness.figures import confusion_figure
+from bsight.harness.sinks import SinkOffsetProbe, sink_offset_votes, top_offsets
+from bsight.kernels.dispatch import LayerCall
+from bsight.kernels.sparsity.aggregate import DEFAULT_PARAMS, build_head_map
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.characterization import CharacterizationResult
+from bsight.kernels.sparsity.headmap import DatasetInfo
+from bsight.kernels.sparsity.layout import SinkPolicy
+from bsight.kernels.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.planted import (
+    confusion_matrix,
+    format_confusion,
+    planted_labels,
+    planted_qkv,
+    realistic_layout,
+)
 
 LAYERS, HEADS, KV_HEADS, HEAD_DIM = 4, 16, 4, 64
 
@@ -42,8 +49,16 @@ def recovered():
         )
         records.append(characterize_layers(f"planted{i}", lay, layers))
     result = CharacterizationResult(
-        model_id="planted", weights="synthetic", num_layers=LAYERS, num_heads=HEADS, num_kv_heads=KV_HEADS, head_dim=HEAD_DIM,
-        sliding_windows=[None] * LAYERS, dataset=DatasetInfo(name="planted", size=len(prompts)), sink_policy=sinks, prompts=records,
+        model_id="planted",
+        weights="synthetic",
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        num_kv_heads=KV_HEADS,
+        head_dim=HEAD_DIM,
+        sliding_windows=[None] * LAYERS,
+        dataset=DatasetInfo(name="planted", size=len(prompts)),
+        sink_policy=sinks,
+        prompts=records,
     )
     return labels.numpy(), build_head_map(result, DEFAULT_PARAMS).category_array(), result
 
@@ -51,7 +66,9 @@ def recovered():
 def test_characterization_recovers_planted_categories(recovered):
     planted, found, _ = recovered
     matrix = confusion_matrix(planted, found)
-    print(f"\nplanted vs recovered, {LAYERS} layers x {HEADS} heads, tau={DEFAULT_PARAMS.tau}:\n{format_confusion(matrix)}")
+    print(
+        f"\nplanted vs recovered, {LAYERS} layers x {HEADS} heads, tau={DEFAULT_PARAMS.tau}:\n{format_confusion(matrix)}"
+    )
     assert matrix.sum() == LAYERS * HEADS
     assert all(matrix[c].sum() > 0 for c in range(len(Category)))  # every category was planted
     assert np.trace(matrix) / matrix.sum() >= 0.98
@@ -76,17 +93,32 @@ def test_sink_offset_discovery_finds_planted_offsets():
     print(f"\nplanted sink offsets, seed {seed}")
     g = torch.Generator().manual_seed(seed)
     offsets = tuple(sorted(torch.randperm(60, generator=g)[:3].add(1).tolist()))
-    lay = realistic_layout(8, 66, prefix_tokens=10, label_tokens=4, question_tokens=8, sinks=SinkPolicy(kind="offsets", offsets=offsets), bidirectional=True)
+    lay = realistic_layout(
+        8,
+        66,
+        prefix_tokens=10,
+        label_tokens=4,
+        question_tokens=8,
+        sinks=SinkPolicy(kind="offsets", offsets=offsets),
+        bidirectional=True,
+    )
     probe = SinkOffsetProbe({"queries_per_image": 8, "top_per_query": 3})
     meta = LayoutMeta.build(lay)
     for layer in range(2):
-        labels = torch.tensor([Category.SINK.value] * 3 + [Category.INTRA_IMAGE_SINK.value] * 2 + [Category.DENSE.value])
+        labels = torch.tensor(
+            [Category.SINK.value] * 3 + [Category.INTRA_IMAGE_SINK.value] * 2 + [Category.DENSE.value]
+        )
         q, k, v = planted_qkv(lay, labels, 2, 32, g)
         out = probe.prefill(q, k, v, meta, LayerCall(layer_idx=layer, scale=32**-0.5))
         assert out.shape == q.shape
     policy = top_offsets(probe.votes, top_k=3)
     assert policy.kind == "offsets" and policy.offsets == offsets
     one = realistic_layout(1, 66)  # a single image has no earlier image to vote for
-    assert int(sink_offset_votes(torch.randn(4, one.length, 8), torch.randn(2, one.length, 8), LayoutMeta.build(one)).sum()) == 0
+    assert (
+        int(
+            sink_offset_votes(torch.randn(4, one.length, 8), torch.randn(2, one.length, 8), LayoutMeta.build(one)).sum()
+        )
+        == 0
+    )
     with pytest.raises(ValueError, match="no sink votes"):
         top_offsets(torch.zeros(5, dtype=torch.int64), 2)

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import bsight, env_with, ext_config, write_dist_info, write_yaml
 
 from bsight.harness.interfaces import ModelAdapter
-
-from conftest import bsight, env_with, ext_config, write_dist_info, write_yaml
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -27,7 +26,9 @@ def broken_site(tmp_path_factory) -> Path:
 def test_registry_records_the_external_package(ext_registry):
     infos = {(i.family, i.name): i for i in ext_registry.all()}
     for key in (("model", "tiny-llama"), ("task", "brightest-image"), ("method", "sink-window")):
-        assert infos[key].package == "bsight-tinyext" and infos[key].version == "0.1.0" and infos[key].plugin == "tinyext"
+        assert (
+            infos[key].package == "bsight-tinyext" and infos[key].version == "0.1.0" and infos[key].plugin == "tinyext"
+        )
     assert infos[("method", "dense")].package == "bsight"  # built-ins take the same road
 
 
@@ -38,7 +39,9 @@ def test_cli_lists_plugins_and_failures(ext_paths, broken_site):
     for family, name in (("model", "tiny-llama"), ("task", "brightest-image"), ("method", "sink-window")):
         assert any(family in ln and name in ln and "bsight-tinyext" in ln and "0.1.0" in ln for ln in lines), res.stdout
     assert any("method" in ln and " dense " in ln and "bsight " in ln for ln in lines)
-    assert any("broken_demo" in ln and "bsight-broken-demo" in ln and "broken on purpose" in ln for ln in lines), res.stdout
+    assert any("broken_demo" in ln and "bsight-broken-demo" in ln and "broken on purpose" in ln for ln in lines), (
+        res.stdout
+    )
     assert "Traceback" not in res.stdout + res.stderr
 
 
@@ -53,7 +56,9 @@ def test_run_goes_on_past_a_broken_plugin(ext_paths, broken_site, tmp_path):
 
 
 def _prompt(adapter: ModelAdapter, ext_registry):
-    task = ext_registry.get("task", "brightest-image")({"n": 2, "max_images": 3, "seed": int(torch.randint(0, 1000, ()))})
+    task = ext_registry.get("task", "brightest-image")(
+        {"n": 2, "max_images": 3, "seed": int(torch.randint(0, 1000, ()))}
+    )
     sample = list(task.samples())[-1]  # three images: the longest prompt
     return adapter.prepare(sample)
 

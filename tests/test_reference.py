@@ -10,19 +10,21 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bsight.harness.sparsity.categories import Category
-from bsight.harness.sparsity.masks import head_mask, materialize
-from bsight.harness.sparsity.metadata import LayoutMeta
-from bsight.harness.sparsity.planted import realistic_layout
-from bsight.harness.sparsity.strategies import layouts, windows
 from bsight.kernels.reference import reference_attention
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.masks import head_mask, materialize
+from bsight.kernels.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.planted import realistic_layout
+from bsight.kernels.sparsity.strategies import layouts, windows
 
 
 def explicit(q, k, v, meta, cats, window, scale):
     """SDPA over the materialized S x S mask, GQA by repeating k and v."""
     G = q.shape[0] // k.shape[0]
     mask = materialize(head_mask(meta, cats, window), meta.length, q.shape[0])
-    return F.scaled_dot_product_attention(q, k.repeat_interleave(G, 0), v.repeat_interleave(G, 0), attn_mask=mask, scale=scale)
+    return F.scaled_dot_product_attention(
+        q, k.repeat_interleave(G, 0), v.repeat_interleave(G, 0), attn_mask=mask, scale=scale
+    )
 
 
 @settings(max_examples=60, deadline=None)

@@ -7,13 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import synthetic_accuracy_run
 
 from bsight.harness import plots, stats
 from bsight.harness.cli import main
 from bsight.harness.jobs.accuracy import AccuracyJob
 from bsight.harness.report import fmt_num, fmt_pct, render_report
-
-from conftest import synthetic_accuracy_run
 
 
 def sections_of(html: str) -> dict[str, str]:
@@ -25,7 +24,16 @@ def test_real_run_report_is_self_contained(ext_run):
     assert not re.search(r"<script|<link|<img|<iframe|@import|src=", html, re.I)  # nothing loads from anywhere
     assert not re.search(r'(href|url\()\s*=?\s*"?(https?:)?//', html)
     s = sections_of(html)
-    assert list(s) == ["accuracy", "flops", "characterization", "timing", "tau_sweep", "baselines", "units", "provenance"]
+    assert list(s) == [
+        "accuracy",
+        "flops",
+        "characterization",
+        "timing",
+        "tau_sweep",
+        "baselines",
+        "units",
+        "provenance",
+    ]
     for key in ("flops", "characterization", "timing", "tau_sweep", "baselines"):
         assert "No data in this run." in s[key]
     assert "tiny on bright" in s["accuracy"] and "Random-weight model" in s["accuracy"]
@@ -34,7 +42,15 @@ def test_real_run_report_is_self_contained(ext_run):
     md = (ext_run / "report.md").read_text()
     link = re.search(r"!\[[^\]]*\]\((plots/[^)]+\.svg)\)", md).group(1)
     assert (ext_run / link).read_text().startswith("<svg")
-    for title in ("## Accuracy", "## FLOPs", "## Characterization", "## Kernel timing", "## Tau sweep", "## Baseline comparison", "## Provenance"):
+    for title in (
+        "## Accuracy",
+        "## FLOPs",
+        "## Characterization",
+        "## Kernel timing",
+        "## Tau sweep",
+        "## Baseline comparison",
+        "## Provenance",
+    ):
         assert title in md
     assert md.count("_No data in this run._") == 5
 
@@ -47,18 +63,24 @@ def test_accuracy_numbers_match_the_rows(tmp_path):
     answers_b = [None if i % 7 == 0 else ("A" if c else "B") for i, c in enumerate(base)]
     answers_m = [None if i % 5 == 0 else ("A" if c else "B") for i, c in enumerate(meth)]
     subtasks = ["x" if i % 2 else "y" for i in range(n)]
-    run = synthetic_accuracy_run(tmp_path / "r", {"dense": base, "fast": meth}, {"dense": answers_b, "fast": answers_m}, subtasks, seed=5)
+    run = synthetic_accuracy_run(
+        tmp_path / "r", {"dense": base, "fast": meth}, {"dense": answers_b, "fast": answers_m}, subtasks, seed=5
+    )
     render_report(run)
     acc = sections_of((run.root / "index.html").read_text())["accuracy"]
     d = stats.paired_bootstrap(meth, base, resamples=2000, seed=5)
     row = re.search(r"<tr>\s*<td class=\"l\">fast</td>(.*?)</tr>", acc, re.S).group(1)
     cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td>(.*?)</td>", row, re.S)]
     assert cells[:6] == [
-        fmt_pct(stats.accuracy(meth)), fmt_pct(d.delta, signed=True), f"[{fmt_pct(d.lo, signed=True)}, {fmt_pct(d.hi, signed=True)}]",
-        str(n), str(stats.unparsed(answers_m)), fmt_pct(stats.agreement(answers_m, answers_b)),
+        fmt_pct(stats.accuracy(meth)),
+        fmt_pct(d.delta, signed=True),
+        f"[{fmt_pct(d.lo, signed=True)}, {fmt_pct(d.hi, signed=True)}]",
+        str(n),
+        str(stats.unparsed(answers_m)),
+        fmt_pct(stats.agreement(answers_m, answers_b)),
     ]
     by = stats.by_group(subtasks, meth)
-    assert f"{fmt_pct(by['x'][0])} <span class=\"muted\">(n={by['x'][1]})</span>" in acc
+    assert f'{fmt_pct(by["x"][0])} <span class="muted">(n={by["x"][1]})</span>' in acc
 
 
 def test_report_rerenders_from_the_folder_alone(ext_run, tmp_path):
@@ -103,7 +125,9 @@ def test_svg_ids_are_prefixed_per_plot():
 def test_generic_plots_carry_their_series():
     rng = np.random.default_rng()
     tokens = np.sort(rng.integers(1000, 300_000, 5))
-    fig = plots.line_plot({"dense": (tokens, rng.random(5)), "blindsight": (tokens, rng.random(5))}, "tokens", "ms", logx=True, hline=1.0)
+    fig = plots.line_plot(
+        {"dense": (tokens, rng.random(5)), "blindsight": (tokens, rng.random(5))}, "tokens", "ms", logx=True, hline=1.0
+    )
     svg = plots.figure_to_svg(fig, "p")
     assert "dense" in svg and "blindsight" in svg and "tokens" in svg  # text kept as text
     cdf = plots.cdf_plot({"flops": rng.random(17)}, "reduction")
@@ -114,7 +138,12 @@ def test_generic_plots_carry_their_series():
 
 @pytest.mark.parametrize(
     ("value", "num", "pct", "signed"),
-    [(0.1234, "0.123", "12.3%", "+12.3 pp"), (-0.05, "-0.050", "-5.0%", "-5.0 pp"), (3, "3", "300.0%", "+300.0 pp"), (float("nan"), "–", "–", "–")],
+    [
+        (0.1234, "0.123", "12.3%", "+12.3 pp"),
+        (-0.05, "-0.050", "-5.0%", "-5.0 pp"),
+        (3, "3", "300.0%", "+300.0 pp"),
+        (float("nan"), "–", "–", "–"),
+    ],
 )
 def test_formatting(value, num, pct, signed):
     assert fmt_num(value) == num and fmt_pct(value) == pct and fmt_pct(value, signed=True) == signed

@@ -23,15 +23,23 @@ DRIVER = shutil.which("chromedriver")
 def browser(tmp_path_factory):
     if CHROMIUM is None or DRIVER is None:
         if os.environ.get("CI"):
-            pytest.fail("chromium and chromedriver must be installed in CI (.ci/run installs Debian's chromium and chromium-driver)")
+            pytest.fail(
+                "chromium and chromedriver must be installed in CI (.ci/run installs Debian's chromium and chromium-driver)"
+            )
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--window-size=1200,2000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--window-size=1200,2000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)  # no driver download
@@ -43,20 +51,29 @@ def browser(tmp_path_factory):
 def method_run(ext_registry, tmp_path_factory) -> Path:
     """A real run of every method job type on the example plugin's tiny model (random weights), the published
     kernel sweep and a tiny-configuration TTFT measurement."""
+    from conftest import quiet, torch_threads
+
     from bsight.harness.config import parse_config
     from bsight.harness.runner import execute
-
-    from conftest import quiet, torch_threads
 
     root = tmp_path_factory.mktemp("method-run")
     data = {
         "run": {"name": "methods", "output_dir": str(root)},
         "models": {"tiny": {"plugin": "tiny-llama", "options": {"layers": 3}}},
-        "methods": {"dense": {"plugin": "dense"}, "bs": {"plugin": "blindsight", "options": {"head_map": str(root / "maps" / "tiny.json")}}},
+        "methods": {
+            "dense": {"plugin": "dense"},
+            "bs": {"plugin": "blindsight", "options": {"head_map": str(root / "maps" / "tiny.json")}},
+        },
         "tasks": {"bright": {"plugin": "brightest-image", "options": {"n": 5}}},
         "jobs": [
             {"type": "characterize", "sweep_taus": [0.01, 0.05, 0.2], "publish": str(root / "maps" / "{model}.json")},
-            {"type": "planted", "layers": 2, "heads": 8, "kv_heads": 2, "prompts": [{"images": 5, "image_tokens": 48, "label_tokens": 4}]},
+            {
+                "type": "planted",
+                "layers": 2,
+                "heads": 8,
+                "kv_heads": 2,
+                "prompts": [{"images": 5, "image_tokens": 48, "label_tokens": 4}],
+            },
             {"type": "flops", "methods": ["dense", "bs"]},
             {"type": "timing", "source": "published"},
             {"type": "ttft", "small": True, "lengths": [160]},
@@ -125,7 +142,11 @@ def test_method_sections_render_in_chromium(browser, method_run):
     load(browser, method_run / "index.html")
     assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
-    expected = {"flops": 1, "characterization": 4, "timing": 6}  # CDF; heatmap, shares, Pareto, confusion; 2 x 2 sweep + 2 TTFT
+    expected = {
+        "flops": 1,
+        "characterization": 4,
+        "timing": 6,
+    }  # CDF; heatmap, shares, Pareto, confusion; 2 x 2 sweep + 2 TTFT
     for key, n in expected.items():
         section = browser.find_element(By.ID, key)
         assert not section.find_elements(By.CSS_SELECTOR, "p.empty, p.error"), key
@@ -135,7 +156,9 @@ def test_method_sections_render_in_chromium(browser, method_run):
             assert svg.size["width"] > 150 and svg.size["height"] > 100
             assert browser.execute_script("return arguments[0].querySelectorAll('path, use, text').length", svg) > 10
         assert section.find_elements(By.CSS_SELECTOR, "table")
-    assert browser.find_element(By.ID, "accuracy").find_element(By.CSS_SELECTOR, "p.empty").text == "No data in this run."
+    assert (
+        browser.find_element(By.ID, "accuracy").find_element(By.CSS_SELECTOR, "p.empty").text == "No data in this run."
+    )
     confusion = browser.find_element(By.CSS_SELECTOR, "#characterization table.confusion")
     assert len(confusion.find_elements(By.CSS_SELECTOR, "tbody tr")) == 4
     heatmap = browser.find_element(By.CSS_SELECTOR, "#characterization figure svg")

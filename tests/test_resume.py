@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import env_with, ext_config, kill_run_when, quiet, write_yaml
 
 from bsight.harness.cli import main
 from bsight.harness.config import parse_config
 from bsight.harness.jobs.accuracy import AccuracyRow
 from bsight.harness.runner import execute
 from bsight.harness.store import RunFolder, UnitRows
-
-from conftest import env_with, ext_config, kill_run_when, quiet, write_yaml
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -17,8 +17,8 @@ import torch
 
 from bsight.harness.interfaces import AttentionMethod, ImagePart, PassagePart, Sample, TextPart
 from bsight.harness.plugins import load_registry
-from bsight.harness.sparsity.categories import Category
 from bsight.kernels.reference import reference_attention
+from bsight.kernels.sparsity.categories import Category
 from bsight.plugins.methods.dense import Dense
 from bsight.plugins.models.segmented_text import CHECKPOINTS, Checkpoint, ModelPackageError, SegmentedText, _installed
 from bsight.plugins.tasks.multidoc import MultiDoc
@@ -135,7 +135,9 @@ def test_bad_prompts_and_markers_are_clear_errors(adapter: SegmentedText, sample
     with pytest.raises(ValueError, match="part 1 is an image"):
         adapter.prepare(bad)
     marker = adapter.tokenizer.decode(adapter.layout_spec().start_ids)
-    leaky = sample.model_copy(update={"parts": [TextPart(text="quote:\n"), PassagePart(text=marker), TextPart(text="?")]})
+    leaky = sample.model_copy(
+        update={"parts": [TextPart(text="quote:\n"), PassagePart(text=marker), TextPart(text="?")]}
+    )
     with pytest.raises(ValueError, match="contains a passage marker token"):
         adapter.prepare(leaky)
     with pytest.raises(ValueError, match=r"start_marker '<document>' is \d+ tokens"):

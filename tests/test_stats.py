@@ -55,7 +55,9 @@ def test_bootstrap_chunking_does_not_change_results(monkeypatch):
     gen = np.random.default_rng(3)
     diff = m.astype(float) - b.astype(float)
     chunk = 4_000_000 // 64
-    means = np.concatenate([diff[gen.integers(0, 64, size=(min(chunk, 70_000 - s), 64))].mean(1) for s in range(0, 70_000, chunk)])
+    means = np.concatenate(
+        [diff[gen.integers(0, 64, size=(min(chunk, 70_000 - s), 64))].mean(1) for s in range(0, 70_000, chunk)]
+    )
     assert (d.lo, d.hi) == tuple(np.quantile(means, [0.025, 0.975]))
 
 

@@ -16,12 +16,21 @@ class Row(ResultRow):
 
 
 def unit(fp: str = "abc123") -> Unit:
-    return Unit(job="accuracy", type="accuracy", id="accuracy/m/dense/t", model="m", method="dense", task="t", fingerprint=fp)
+    return Unit(
+        job="accuracy", type="accuracy", id="accuracy/m/dense/t", model="m", method="dense", task="t", fingerprint=fp
+    )
 
 
 def random_rows(n: int) -> list[Row]:
     rng = random.Random()
-    return [Row(key=f"k{i}-{rng.randrange(10**6)}", value=rng.random(), text="".join(rng.choice("ab|\"\n{}") for _ in range(5))) for i in range(n)]
+    return [
+        Row(
+            key=f"k{i}-{rng.randrange(10**6)}",
+            value=rng.random(),
+            text="".join(rng.choice('ab|"\n{}') for _ in range(5)),
+        )
+        for i in range(n)
+    ]
 
 
 def test_rows_round_trip_in_order(tmp_path):
@@ -69,7 +78,7 @@ def test_torn_last_line_is_cut_and_appending_continues(tmp_path):
 def test_corrupt_complete_line_names_file_and_line(tmp_path):
     path = tmp_path / "u.jsonl"
     good = random_rows(1)[0].model_dump_json()
-    path.write_text(f"{good}\n{{\"key\": 3}}\n")
+    path.write_text(f'{good}\n{{"key": 3}}\n')
     with pytest.raises(StoreError, match=r"u\.jsonl:2: not a valid Row row"):
         UnitRows(path, Row)
 

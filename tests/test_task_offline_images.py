@@ -120,7 +120,10 @@ def test_order_questions_have_exactly_one_right_list() -> None:
             right = ", ".join(str(k + 1) for k in np.argsort(zooms))
         elif s.subtask == "sequence_order":
             question = s.parts[-1].text
-            by_position = sorted(range(3), key=lambda k: question.index(next(p.description for p in PHOTOS if p.file == s.meta["photos"][k])))
+            by_position = sorted(
+                range(3),
+                key=lambda k: question.index(next(p.description for p in PHOTOS if p.file == s.meta["photos"][k])),
+            )
             right = ", ".join(str(k + 1) for k in by_position)
         else:
             continue

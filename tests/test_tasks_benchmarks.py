@@ -50,7 +50,9 @@ def signature(samples: list[Sample]) -> list[tuple]:
     """Everything a model sees and the scorer uses, with images as pixel hashes (refs differ by layout)."""
     out = []
     for s in samples:
-        parts = tuple(p.text if isinstance(p, TextPart) else hashlib.sha256(p.image.tobytes()).hexdigest() for p in s.parts)
+        parts = tuple(
+            p.text if isinstance(p, TextPart) else hashlib.sha256(p.image.tobytes()).hexdigest() for p in s.parts
+        )
         out.append((s.id, s.subtask, s.answer, tuple(s.options), parts))
     return out
 
@@ -84,7 +86,9 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """``datasets.load_dataset`` answering from the fixture files; records every call."""
     calls: list[tuple] = []
 
-    def load_dataset(path: str, name: str | None = None, *, split: str, revision: str | None = None) -> datasets.Dataset:
+    def load_dataset(
+        path: str, name: str | None = None, *, split: str, revision: str | None = None
+    ) -> datasets.Dataset:
         calls.append((path, name, split, revision))
         if path == "BLINK-Benchmark/BLINK":
             file = FIXTURES / "blink/hub" / str(name) / f"{split}-00000-of-00001.parquet"
@@ -110,7 +114,11 @@ def test_registry_provides_the_four_benchmarks() -> None:
 
 def test_defaults_are_the_real_dataset_ids() -> None:
     assert (MMIU.Options().source, MMIU.Options().split) == ("FanqingM/MMIU-Benchmark", "test")
-    assert (MantisEval.Options().source, MantisEval.Options().config, MantisEval.Options().split) == ("TIGER-Lab/Mantis-Eval", "mantis_eval", "test")
+    assert (MantisEval.Options().source, MantisEval.Options().config, MantisEval.Options().split) == (
+        "TIGER-Lab/Mantis-Eval",
+        "mantis_eval",
+        "test",
+    )
     assert (MuirBench.Options().source, MuirBench.Options().split) == ("MUIRBENCH/MUIRBENCH", "test")
     assert (Blink.Options().source, Blink.Options().split) == ("BLINK-Benchmark/BLINK", "val")
     assert len(BLINK_CONFIGS) == 14
@@ -127,7 +135,9 @@ def test_defaults_are_the_real_dataset_ids() -> None:
 def test_every_local_layout_gives_the_same_samples(bench: str, tmp_path: Path) -> None:
     cls = TASKS[bench]
     reference = list(cls({"source": str(FIXTURES / bench / "hub")}).samples())
-    assert len(reference) == len([r for r in fx.ROWS[bench] if r.get("split", "val" if bench == "blink" else None) != "test"])
+    assert len(reference) == len(
+        [r for r in fx.ROWS[bench] if r.get("split", "val" if bench == "blink" else None) != "test"]
+    )
     layouts = [str(FIXTURES / JSON[bench]), str(save_to_disk_copy(bench, tmp_path))]
     if bench in HUB:
         layouts.append(str(FIXTURES / HUB[bench][3]))  # a single parquet file
@@ -172,7 +182,11 @@ def test_mmiu_prompt_order_and_images() -> None:
         assert s.options == [line.split(": ", 1)[1] for line in row["options"].split("\n")]
         *images, text = s.parts
         assert all(isinstance(p, ImagePart) for p in images) and isinstance(text, TextPart)
-        first, second = (row["question"], row["context"]) if row["task"] in TASKS_QUESTION_FIRST else (row["context"], row["question"])
+        first, second = (
+            (row["question"], row["context"])
+            if row["task"] in TASKS_QUESTION_FIRST
+            else (row["context"], row["question"])
+        )
         assert text.text == f"{first}\n{second}\nPlease answer the option directly like A,B,C,D..."
         for k, got in enumerate(images_of(s)):  # JPEG files: compare with the same encoding decoded
             assert np.array_equal(got, pixels(fx._seed("mmiu", r, k), "JPEG"))
@@ -190,13 +204,17 @@ def test_mantis_prompt_interleaves_images_and_labels_options() -> None:
     )
     two = samples["2"]  # 3 images, 2 tags: the untagged image goes first; blank text between them is dropped
     assert [p.kind for p in two.parts] == ["image", "image", "image", "text"]
-    assert two.parts[-1].text.endswith("\n (A) red\n (B) blue\n (C) green\nAnswer with the option's letter from the given choices directly.")
+    assert two.parts[-1].text.endswith(
+        "\n (A) red\n (B) blue\n (C) green\nAnswer with the option's letter from the given choices directly."
+    )
     assert (two.options, two.answer) == (["red", "blue", "green"], "B")
     for k, got in enumerate(images_of(two)):
         assert np.array_equal(got, pixels(fx._seed("mantis", 1, k)))
     short = samples["3"]
     assert (short.options, short.answer, short.subtask) == ([], "3", "Counting")
-    assert short.parts[0].text.startswith("Given the images, answer the following short answer vqa question:\nQ: How many dogs")
+    assert short.parts[0].text.startswith(
+        "Given the images, answer the following short answer vqa question:\nQ: How many dogs"
+    )
     task = MantisEval({"source": str(FIXTURES / "mantis/hub")})
     assert task.score(task.extract("Two in the first, one in the second.\nFinal Answer: 3", short), short)
     assert not task.score(task.extract("Final Answer: 4", short), short)
@@ -231,7 +249,9 @@ def test_blink_prompt_images_first_then_note_and_prompt() -> None:
     )
     assert (sim.options, sim.answer) == (row["choices"], "A")
     count = samples[0]
-    assert [p.kind for p in count.parts] == ["image", "text"] and count.parts[-1].text.startswith("Note: You only need to respond with A, B, C, D ")
+    assert [p.kind for p in count.parts] == ["image", "text"] and count.parts[-1].text.startswith(
+        "Note: You only need to respond with A, B, C, D "
+    )
 
 
 def test_gold_letters_score_and_wrong_letters_do_not() -> None:
@@ -283,7 +303,9 @@ def write_rows(bench: str, tmp: Path, edit) -> Path:
 def muir_parquet(tmp: Path, records: list[dict[str, Any]]) -> Path:
     out = tmp / "muir_custom" / "data"
     out.mkdir(parents=True)
-    datasets.Dataset.from_list(records, features=fx.MUIRBENCH_FEATURES).to_parquet(str(out / "test-00000-of-00001.parquet"))
+    datasets.Dataset.from_list(records, features=fx.MUIRBENCH_FEATURES).to_parquet(
+        str(out / "test-00000-of-00001.parquet")
+    )
     return out.parent
 
 
@@ -299,9 +321,15 @@ def muir_records(**changes: Any) -> list[dict[str, Any]]:
         ({"question": None}, r"muirbench: sample '1' \(.*row 1\): field 'question': missing"),
         ({"answer": "E"}, r"sample '1'.*field 'answer': gold answer 'E' is not one of the option letters A, B, C"),
         ({"options": []}, r"sample '1'.*field 'options': empty list"),
-        ({"image_list": [{"bytes": b"not an image", "path": None}]}, r"sample '1'.*field 'image_list\[0\]'.*could not be decoded"),
+        (
+            {"image_list": [{"bytes": b"not an image", "path": None}]},
+            r"sample '1'.*field 'image_list\[0\]'.*could not be decoded",
+        ),
         ({"image_list": []}, r"sample '1'.*field 'image_list': empty list"),
-        ({"question": "<image> <image> <image> <image> four tags"}, r"sample '1'.*field 'question/options': 6 <image> tags but only 3 images"),
+        (
+            {"question": "<image> <image> <image> <image> four tags"},
+            r"sample '1'.*field 'question/options': 6 <image> tags but only 3 images",
+        ),
         ({"idx": "0"}, r"sample id '0' appears twice"),
         ({"task": None}, r"sample '1'.*field 'task': missing subtask"),
     ],

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # effective only before triton is first imported
 
-from bsight.harness.interfaces import LayerCall
-from bsight.harness.sparsity.layout import PromptLayout
-from bsight.harness.sparsity.masks import base_mask, materialize
-from bsight.harness.sparsity.metadata import LayoutMeta
 from bsight.kernels import vertical_slash as _vs
+from bsight.kernels.dispatch import LayerCall
+from bsight.kernels.sparsity.layout import PromptLayout
+from bsight.kernels.sparsity.masks import base_mask, materialize
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 TILE = _vs.TILE
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernel tests run compiled on a GPU, interpreted here
@@ -27,7 +27,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernel tests run 
 def vs():
     """The kernel module; without a GPU its Triton kernel must be interpreted."""
     if not torch.cuda.is_available() and not _vs._is_interpreted():
-        pytest.fail("no GPU and the Triton kernel is compiled: set TRITON_INTERPRET=1 before triton is first imported (e.g. in CI's env)")
+        pytest.fail(
+            "no GPU and the Triton kernel is compiled: set TRITON_INTERPRET=1 before triton is first imported (e.g. in CI's env)"
+        )
     return _vs
 
 
@@ -36,7 +38,10 @@ def _layout(gen: torch.Generator, bidirectional: bool = False) -> PromptLayout:
     n = int(torch.randint(2, 4, (1,), generator=gen))
     segs = [("text", int(torch.randint(5, 40, (1,), generator=gen)))]
     for _ in range(n):
-        segs += [("image", int(torch.randint(40, 110, (1,), generator=gen))), ("text", int(torch.randint(3, 30, (1,), generator=gen)))]
+        segs += [
+            ("image", int(torch.randint(40, 110, (1,), generator=gen))),
+            ("text", int(torch.randint(3, 30, (1,), generator=gen))),
+        ]
     return PromptLayout.from_segments(segs, bidirectional=bidirectional)
 
 
@@ -49,7 +54,9 @@ def _index(vs, space, gen: torch.Generator, heads: int, group: int, split: list[
     NT, N = space.num_tiles, space.size
     s = torch.randint(-TILE, N, (heads, 2, 5), generator=gen)
     offsets, offset_count, covered = vs.slash_tiles(s, torch.rand(heads, 2, 5, generator=gen) < 0.7, NT)
-    columns, column_count = vs.distinct_sorted(torch.randint(0, N, (heads, 2, 12), generator=gen), torch.rand(heads, 2, 12, generator=gen) < 0.7)
+    columns, column_count = vs.distinct_sorted(
+        torch.randint(0, N, (heads, 2, 12), generator=gen), torch.rand(heads, 2, 12, generator=gen) < 0.7
+    )
     raw = torch.stack([torch.randperm(NT, generator=gen)[:2] for _ in range(heads * NT)]).view(heads, NT, 2)
     blocks, _ = vs.distinct_sorted(raw, torch.rand(heads, NT, 2, generator=gen) < 0.8, pad=-1)
     for h in range(heads):
@@ -58,7 +65,17 @@ def _index(vs, space, gen: torch.Generator, heads: int, group: int, split: list[
         else:
             blocks[h] = -1
     hs = torch.arange(heads, dtype=torch.int32)
-    parts = (hs, hs // group, torch.tensor(split, dtype=torch.int32), offsets, offset_count, covered, columns, column_count, blocks)
+    parts = (
+        hs,
+        hs // group,
+        torch.tensor(split, dtype=torch.int32),
+        offsets,
+        offset_count,
+        covered,
+        columns,
+        column_count,
+        blocks,
+    )
     return vs.SparseIndex(*(t.to(space.pos.device) for t in parts))
 
 
@@ -83,7 +100,9 @@ def _definition(space, index, h: int, x: int, y: int) -> bool:
     return slash or column or block
 
 
-@pytest.mark.parametrize("two_d,bidirectional,window", [(False, False, None), (True, False, None), (False, True, 70), (True, True, None)])
+@pytest.mark.parametrize(
+    "two_d,bidirectional,window", [(False, False, None), (True, False, None), (False, True, 70), (True, True, None)]
+)
 def test_keep_mask_is_the_documented_definition(vs, two_d, bidirectional, window):
     gen = torch.Generator().manual_seed(11 + 7 * two_d + 3 * bidirectional)
     meta = _meta(gen, bidirectional)
@@ -132,15 +151,21 @@ def test_reference_equals_sdpa_under_the_explicit_mask(vs, two_d):
     meta = _meta(gen)
     space = vs.Space.build(meta, None, two_d)
     Hq, Hkv, D, S = 4, 2, 16, meta.length
-    index = _index(vs, space, gen, heads=Hq, group=Hq // Hkv, split=[1] * Hq if two_d else [0, 1, 1, 0], block_heads={3})
+    index = _index(
+        vs, space, gen, heads=Hq, group=Hq // Hkv, split=[1] * Hq if two_d else [0, 1, 1, 0], block_heads={3}
+    )
     q, k, v = (torch.randn(h, S, D, generator=gen, dtype=torch.float64) for h in (Hq, Hkv, Hkv))
-    out, kept = vs.sparse_attention(space.gather(q), space.gather(k), space.gather(v), space, index, 0.3, backend="reference")
+    out, kept = vs.sparse_attention(
+        space.gather(q), space.gather(k), space.gather(v), space, index, 0.3, backend="reference"
+    )
     out, kept = space.scatter(out), space.scatter(kept)
     mask = vs.keep_mask(space, index, torch.arange(space.size))
     if space.coord is not None:
         mask = mask[:, space.coord][:, :, space.coord]
     assert torch.equal(kept, mask.sum(-1))
-    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 0), v.repeat_interleave(2, 0), attn_mask=mask, scale=0.3)
+    ref = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 0), v.repeat_interleave(2, 0), attn_mask=mask, scale=0.3
+    )
     live = mask.any(-1)
     torch.testing.assert_close(out[live], ref[live], rtol=1e-10, atol=1e-10)
     assert not out[~live].any()  # a row that keeps no key gives zeros
@@ -148,14 +173,22 @@ def test_reference_equals_sdpa_under_the_explicit_mask(vs, two_d):
 
 @pytest.mark.parametrize(
     "two_d,bidirectional,window,dtype",
-    [(False, False, None, torch.float32), (True, False, 90, torch.float32), (False, True, None, torch.bfloat16), (True, False, None, torch.float16), (True, True, 60, torch.float32)],
+    [
+        (False, False, None, torch.float32),
+        (True, False, 90, torch.float32),
+        (False, True, None, torch.bfloat16),
+        (True, False, None, torch.float16),
+        (True, True, 60, torch.float32),
+    ],
 )
 def test_triton_kernel_matches_reference(vs, two_d, bidirectional, window, dtype):
     gen = torch.Generator().manual_seed(31 + 2 * two_d + bidirectional)
     meta = LayoutMeta.build(_layout(gen, bidirectional), DEVICE)
     Hq, Hkv, D, S = 4, 2, 32, meta.length
     space = vs.Space.build(meta, window, two_d)
-    index = _index(vs, space, gen, heads=Hq, group=Hq // Hkv, split=[1] * Hq if two_d else [1, 0, 1, 0], block_heads={2})
+    index = _index(
+        vs, space, gen, heads=Hq, group=Hq // Hkv, split=[1] * Hq if two_d else [1, 0, 1, 0], block_heads={2}
+    )
     q, k, v = (space.gather(torch.randn(h, S, D, generator=gen).to(DEVICE, dtype)) for h in (Hq, Hkv, Hkv))
     ref, kept_ref = vs.sparse_attention(q.float(), k.float(), v.float(), space, index, 0.25, backend="reference")
     out, kept = vs.sparse_attention(q, k, v, space, index, 0.25, backend="triton")
@@ -172,8 +205,12 @@ def test_mminference_through_the_triton_kernel(vs):
     meta = LayoutMeta.build(_layout(gen), DEVICE)
     Hq, Hkv, D, S = 4, 2, 32, meta.length
     q, k, v = (torch.randn(h, S, D, generator=gen).to(DEVICE) for h in (Hq, Hkv, Hkv))
-    pats = [HeadPattern(boundary="2d_boundary", vertical_size=8, slash_size=20), HeadPattern(boundary="q_boundary", vertical_size=8, slash_size=20),
-            HeadPattern(pattern="block_sparse", boundary="none", top_k=2), HeadPattern(pattern="dense")]
+    pats = [
+        HeadPattern(boundary="2d_boundary", vertical_size=8, slash_size=20),
+        HeadPattern(boundary="q_boundary", vertical_size=8, slash_size=20),
+        HeadPattern(pattern="block_sparse", boundary="none", top_k=2),
+        HeadPattern(pattern="dense"),
+    ]
     call = LayerCall(layer_idx=0, scale=D**-0.5)
     opts = {"local_slashes": 4, "init_verticals": 2}
     ref, kept_ref = MMInference({**opts, "backend": "reference"}).attend(pats, q, k, v, meta, call)
@@ -203,7 +240,14 @@ def test_bad_inputs_are_named(vs):
     with pytest.raises(ValueError, match="backend"):
         vs.sparse_attention(q, q, q, space, good, 1.0, backend="cuda")
     with pytest.raises(ValueError, match="head_dim"):
-        vs.sparse_attention_triton(torch.randn(2, space.size, 24), torch.randn(2, space.size, 24), torch.randn(2, space.size, 24), space, good, 1.0)
+        vs.sparse_attention_triton(
+            torch.randn(2, space.size, 24),
+            torch.randn(2, space.size, 24),
+            torch.randn(2, space.size, 24),
+            space,
+            good,
+            1.0,
+        )
     longer = vs.Space.build(LayoutMeta.build(PromptLayout.from_segments([("text", 20 * TILE)])), None, True)
     with pytest.raises(ValueError, match="tiles"):
         vs.sparse_attention(q, q, q, longer, good, 1.0, backend="reference")

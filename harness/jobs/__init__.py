@@ -66,15 +66,15 @@ Adding a job type is one module here and one line in :data:`JOB_TYPES`. The modu
 
 from __future__ import annotations
 
-from .accuracy import AccuracyJob
-from .baselines import BaselinesJob
-from .base import JobSpec, JobType, Metric, ResultRow, SectionData, Unit
-from .characterize import CharacterizeJob
-from .flops import FlopsJob
-from .planted import PlantedJob
-from .tau_sweep import TauSweepJob
-from .timing import TimingJob
-from .ttft import TTFTJob
+from bsight.harness.jobs.accuracy import AccuracyJob
+from bsight.harness.jobs.base import JobSpec, JobType, Metric, ResultRow, SectionData, Unit
+from bsight.harness.jobs.baselines import BaselinesJob
+from bsight.harness.jobs.characterize import CharacterizeJob
+from bsight.harness.jobs.flops import FlopsJob
+from bsight.harness.jobs.planted import PlantedJob
+from bsight.harness.jobs.tau_sweep import TauSweepJob
+from bsight.harness.jobs.timing import TimingJob
+from bsight.harness.jobs.ttft import TTFTJob
 
 JOB_TYPES: dict[str, JobType] = {
     AccuracyJob.type: AccuracyJob(),

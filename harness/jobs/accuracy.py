@@ -19,15 +19,26 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from .. import stats
-from ..plots import Plot, interval_plot, make_plot
-from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint, name_issues, selected
+from bsight.harness import stats
+from bsight.harness.jobs.base import (
+    ConfigIssue,
+    JobSpec,
+    JobType,
+    Metric,
+    ResultRow,
+    SectionData,
+    Unit,
+    fingerprint,
+    name_issues,
+    selected,
+)
+from bsight.harness.plots import Plot, interval_plot, make_plot
 
 if TYPE_CHECKING:
-    from ..config import BenchmarkConfig
-    from ..interfaces import AttentionMethod, ModelAdapter, Prepared, Sample, Task
-    from ..runner import RunContext
-    from ..store import RunFolder, UnitRecord, UnitRowSet
+    from bsight.harness.config import BenchmarkConfig
+    from bsight.harness.interfaces import AttentionMethod, ModelAdapter, Prepared, Sample, Task
+    from bsight.harness.runner import RunContext
+    from bsight.harness.store import RunFolder, UnitRecord, UnitRowSet
 
 
 DEFAULT_MAX_NEW_TOKENS = 16  # for tasks that declare no default_max_new_tokens
@@ -42,7 +53,9 @@ class AccuracySpec(JobSpec):
     baseline: str | None = Field("dense", description="method name the others are compared with; null for none")
     limit: int | None = Field(None, ge=1, description="first N samples of each task")
     max_new_tokens: int | None = Field(
-        None, ge=1, description=f"tokens to generate; default: the task's default_max_new_tokens, else {DEFAULT_MAX_NEW_TOKENS}"
+        None,
+        ge=1,
+        description=f"tokens to generate; default: the task's default_max_new_tokens, else {DEFAULT_MAX_NEW_TOKENS}",
     )
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for the paired CI")
     confidence: float = Field(0.95, gt=0, lt=1)
@@ -86,12 +99,17 @@ class AccuracyJob(JobType):
         issues = name_issues(spec, config, ("models", "methods", "tasks"))
         methods = selected(spec, config, "methods")
         if spec.baseline is not None and spec.baseline not in methods:
-            issues.append(ConfigIssue(("baseline",), f"{spec.baseline!r} is not among this job's methods ({', '.join(methods) or 'none'}); add it or set baseline: null"))
+            issues.append(
+                ConfigIssue(
+                    ("baseline",),
+                    f"{spec.baseline!r} is not among this job's methods ({', '.join(methods) or 'none'}); add it or set baseline: null",
+                )
+            )
         return issues
 
     def expand(self, spec: AccuracySpec, config: BenchmarkConfig) -> list[Unit]:
-        from .baselines import method_pattern_identity
-        from .flops import method_head_map_identity
+        from bsight.harness.jobs.baselines import method_pattern_identity
+        from bsight.harness.jobs.flops import method_head_map_identity
 
         units = []
         index = next((i for i, s in enumerate(config.jobs) if s is spec), len(config.jobs))
@@ -103,12 +121,33 @@ class AccuracyJob(JobType):
                 for method in methods:
                     # a head map re-characterized (or patterns re-searched) by an earlier job of this run makes the
                     # method's answers stale
-                    inputs = [i for i in (method_head_map_identity(config, method, index), method_pattern_identity(config, method, index)) if i is not None]
+                    inputs = [
+                        i
+                        for i in (
+                            method_head_map_identity(config, method, index),
+                            method_pattern_identity(config, method, index),
+                        )
+                        if i is not None
+                    ]
                     fp = fingerprint(
-                        self.type, config.models[model].model_dump(), config.methods[method].model_dump(),
-                        config.tasks[task].model_dump(), spec.max_new_tokens, *inputs,
+                        self.type,
+                        config.models[model].model_dump(),
+                        config.methods[method].model_dump(),
+                        config.tasks[task].model_dump(),
+                        spec.max_new_tokens,
+                        *inputs,
                     )
-                    units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}/{method}/{task}", model=model, method=method, task=task, fingerprint=fp))
+                    units.append(
+                        Unit(
+                            job=spec.name,
+                            type=self.type,
+                            id=f"{spec.name}/{model}/{method}/{task}",
+                            model=model,
+                            method=method,
+                            task=task,
+                            fingerprint=fp,
+                        )
+                    )
         return units
 
     def run_unit(self, spec: AccuracySpec, unit: Unit, ctx: RunContext, rows: UnitRowSet[AccuracyRow]) -> None:
@@ -123,8 +162,20 @@ class AccuracyJob(JobType):
         todo = [s for s in mine if s.id not in rows.done]
         with ctx.progress(unit.id, total=len(mine), completed=len(mine) - len(todo)) as bar:
             for sample in todo:
-                rows.append(greedy_answer(adapter, method, task, sample, adapter.prepare(sample), max_new_tokens,
-                                          key=sample.id, model=unit.model, method_name=unit.method, task_name=unit.task))
+                rows.append(
+                    greedy_answer(
+                        adapter,
+                        method,
+                        task,
+                        sample,
+                        adapter.prepare(sample),
+                        max_new_tokens,
+                        key=sample.id,
+                        model=unit.model,
+                        method_name=unit.method,
+                        task_name=unit.task,
+                    )
+                )
                 bar.advance()
 
     # ------------------------------------------------------------------------------------- reporting
@@ -136,7 +187,8 @@ class AccuracyJob(JobType):
             u = rec.unit
             spec: AccuracySpec = self.spec_of(rec)
             g = groups.setdefault(
-                (u.job, u.model, u.task), {"job": u.job, "model": u.model, "task": u.task, "spec": spec, "methods": {}, "headline": "micro"}
+                (u.job, u.model, u.task),
+                {"job": u.job, "model": u.model, "task": u.task, "spec": spec, "methods": {}, "headline": "micro"},
             )
             g["methods"][u.method] = {"record": rec, "rows": {r.key: r for r in run.rows(u, AccuracyRow)}}
             if "headline" in rec.info:  # what the task declared when it ran (one task per group)
@@ -155,23 +207,40 @@ class AccuracyJob(JobType):
             correct = [r.correct for r in rows.values()]
             subtasks = [r.subtask for r in rows.values()]
             item: dict[str, Any] = {
-                "method": name, "n": len(rows), "expected": entry["record"].expected, "status": entry["record"].status,
-                "accuracy": stats.headline_accuracy(headline, subtasks, correct), "micro_accuracy": stats.accuracy(correct),
-                "unparsed": stats.unparsed([r.extracted for r in rows.values()]), "is_baseline": name == spec.baseline,
-                "delta": None, "agreement": None, "paired_n": 0,
+                "method": name,
+                "n": len(rows),
+                "expected": entry["record"].expected,
+                "status": entry["record"].status,
+                "accuracy": stats.headline_accuracy(headline, subtasks, correct),
+                "micro_accuracy": stats.accuracy(correct),
+                "unparsed": stats.unparsed([r.extracted for r in rows.values()]),
+                "is_baseline": name == spec.baseline,
+                "delta": None,
+                "agreement": None,
+                "paired_n": 0,
                 "prefill_ms": float(np.median([r.prefill_s for r in rows.values()]) * 1e3) if rows else float("nan"),
-                "overhead_ms": float(np.mean([sum(r.overhead_ms.values()) for r in rows.values()])) if rows else float("nan"),
+                "overhead_ms": float(np.mean([sum(r.overhead_ms.values()) for r in rows.values()]))
+                if rows
+                else float("nan"),
             }
             if base is not None and name != spec.baseline:
                 keys = stats.paired(rows, base["rows"])
                 d = stats.paired_bootstrap(
-                    [rows[k].correct for k in keys], [base["rows"][k].correct for k in keys],
-                    resamples=spec.bootstrap, confidence=spec.confidence, seed=seed,
+                    [rows[k].correct for k in keys],
+                    [base["rows"][k].correct for k in keys],
+                    resamples=spec.bootstrap,
+                    confidence=spec.confidence,
+                    seed=seed,
                     groups=[rows[k].subtask for k in keys] if headline == "macro" else None,
                 )
                 item.update(
-                    delta=d, paired_n=d.n,
-                    agreement=stats.agreement([rows[k].extracted for k in keys], [base["rows"][k].extracted for k in keys]) if keys else float("nan"),
+                    delta=d,
+                    paired_n=d.n,
+                    agreement=stats.agreement(
+                        [rows[k].extracted for k in keys], [base["rows"][k].extracted for k in keys]
+                    )
+                    if keys
+                    else float("nan"),
                 )
             out.append(item)
         return out
@@ -189,26 +258,47 @@ class AccuracyJob(JobType):
             breakdown = []
             if len(subtasks) > 1:
                 per_method = {
-                    name: stats.by_group([r.subtask for r in m["rows"].values()], [r.correct for r in m["rows"].values()])
+                    name: stats.by_group(
+                        [r.subtask for r in m["rows"].values()], [r.correct for r in m["rows"].values()]
+                    )
                     for name, m in g["methods"].items()
                 }
-                breakdown = [{"subtask": st, "cells": [per_method[name].get(st, (float("nan"), 0)) for name in g["methods"]]} for st in subtasks]
+                breakdown = [
+                    {"subtask": st, "cells": [per_method[name].get(st, (float("nan"), 0)) for name in g["methods"]]}
+                    for st in subtasks
+                ]
             compared = [m for m in methods if m["delta"] is not None and m["paired_n"]]
             plot: Plot | None = None
             if compared:
                 spec: AccuracySpec = g["spec"]
                 fig = interval_plot(
-                    [m["method"] for m in compared], [100 * m["delta"].delta for m in compared], [100 * m["delta"].lo for m in compared],
-                    [100 * m["delta"].hi for m in compared], f"accuracy change vs {spec.baseline}, percentage points ({spec.confidence:.0%} paired bootstrap CI)",
+                    [m["method"] for m in compared],
+                    [100 * m["delta"].delta for m in compared],
+                    [100 * m["delta"].lo for m in compared],
+                    [100 * m["delta"].hi for m in compared],
+                    f"accuracy change vs {spec.baseline}, percentage points ({spec.confidence:.0%} paired bootstrap CI)",
                 )
-                plot = make_plot(f"accuracy-{gi}-{g['model']}-{g['task']}", f"{g['model']} on {g['task']}: change vs {spec.baseline}", fig)
+                plot = make_plot(
+                    f"accuracy-{gi}-{g['model']}-{g['task']}",
+                    f"{g['model']} on {g['task']}: change vs {spec.baseline}",
+                    fig,
+                )
                 plots.append(plot)
-            tables.append({
-                "job": g["job"], "model": g["model"], "task": g["task"], "baseline": g["spec"].baseline, "confidence": g["spec"].confidence,
-                "headline": g["headline"],
-                "random_weights": "random" in weights,
-                "methods": methods, "method_names": list(g["methods"]), "breakdown": breakdown, "plot": plot,
-            })
+            tables.append(
+                {
+                    "job": g["job"],
+                    "model": g["model"],
+                    "task": g["task"],
+                    "baseline": g["spec"].baseline,
+                    "confidence": g["spec"].confidence,
+                    "headline": g["headline"],
+                    "random_weights": "random" in weights,
+                    "methods": methods,
+                    "method_names": list(g["methods"]),
+                    "breakdown": breakdown,
+                    "plot": plot,
+                }
+            )
         return SectionData(context={"tables": tables}, plots=plots)
 
     def metrics(self, run: RunFolder, records: list[UnitRecord]) -> list[Metric]:
@@ -227,25 +317,51 @@ class AccuracyJob(JobType):
         return out
 
 
-def greedy_answer(adapter: ModelAdapter, method: AttentionMethod, task: Task, sample: Sample, prepared: Prepared,
-                  max_new_tokens: int, *, key: str, model: str, method_name: str, task_name: str) -> AccuracyRow:
+def greedy_answer(
+    adapter: ModelAdapter,
+    method: AttentionMethod,
+    task: Task,
+    sample: Sample,
+    prepared: Prepared,
+    max_new_tokens: int,
+    *,
+    key: str,
+    model: str,
+    method_name: str,
+    task_name: str,
+) -> AccuracyRow:
     """Greedy generation under ``method``, extracted and scored by the task: one accuracy row (also the tau
     sweep's answers)."""
     method.overhead.take()  # count only this sample's overhead
     gen = adapter.generate(prepared, method, max_new_tokens)
     extraction = task.extract(gen.text, sample)
     return AccuracyRow(
-        key=key, sample_id=sample.id, task=task_name, subtask=sample.subtask, model=model, method=method_name,
-        weights=adapter.info.weights, prompt_tokens=gen.prompt_tokens, generation=gen.text, extracted=extraction.answer,
-        rule=extraction.rule, gold=sample.answer, correct=bool(task.score(extraction, sample)), prefill_s=gen.prefill_s,
-        total_s=gen.total_s, overhead_ms=method.overhead.take(), max_new_tokens=max_new_tokens,
+        key=key,
+        sample_id=sample.id,
+        task=task_name,
+        subtask=sample.subtask,
+        model=model,
+        method=method_name,
+        weights=adapter.info.weights,
+        prompt_tokens=gen.prompt_tokens,
+        generation=gen.text,
+        extracted=extraction.answer,
+        rule=extraction.rule,
+        gold=sample.answer,
+        correct=bool(task.score(extraction, sample)),
+        prefill_s=gen.prefill_s,
+        total_s=gen.total_s,
+        overhead_ms=method.overhead.take(),
+        max_new_tokens=max_new_tokens,
     )
 
 
 def check_budget(rows: Iterable[AccuracyRow], max_new_tokens: int, unit: Unit) -> None:
     """Refuse to extend rows generated with another budget (the task's default changed since): a unit's rows
     must all answer under the same conditions."""
-    used = sorted({r.max_new_tokens for r in rows if r.max_new_tokens is not None and r.max_new_tokens != max_new_tokens})
+    used = sorted(
+        {r.max_new_tokens for r in rows if r.max_new_tokens is not None and r.max_new_tokens != max_new_tokens}
+    )
     if used:
         raise ValueError(
             f"unit {unit.id}: stored rows were generated with max_new_tokens={used} but this session uses {max_new_tokens}; "

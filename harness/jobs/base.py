@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from ..config import BenchmarkConfig
-    from ..plots import Plot
-    from ..runner import RunContext
-    from ..store import RunFolder, UnitRecord, UnitRowSet
+    from bsight.harness.config import BenchmarkConfig
+    from bsight.harness.plots import Plot
+    from bsight.harness.runner import RunContext
+    from bsight.harness.store import RunFolder, UnitRecord, UnitRowSet
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # names end up in file names and unit ids
 
@@ -85,10 +85,20 @@ def name_issues(spec: JobSpec, config: BenchmarkConfig, sections: tuple[str, ...
         defined = list(getattr(config, section))
         chosen = selected(spec, config, section)
         if not chosen:
-            issues.append(ConfigIssue((section,), f"no {section} to run; define some under `{section}:` (defined: {', '.join(defined) or 'none'})"))
+            issues.append(
+                ConfigIssue(
+                    (section,),
+                    f"no {section} to run; define some under `{section}:` (defined: {', '.join(defined) or 'none'})",
+                )
+            )
         for i, name in enumerate(chosen):
             if name not in defined:
-                issues.append(ConfigIssue((section, i), f"{name!r} is not defined under `{section}:`; defined: {', '.join(defined) or 'none'}"))
+                issues.append(
+                    ConfigIssue(
+                        (section, i),
+                        f"{name!r} is not defined under `{section}:`; defined: {', '.join(defined) or 'none'}",
+                    )
+                )
     return issues
 
 

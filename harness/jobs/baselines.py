@@ -14,13 +14,13 @@ A job expands into three kinds of resumable units:
     (the model's own mask) and the method's output on the same q, k, v, records per query head the NMSE of the
     method against dense over all query rows and over image (passage) query rows, and hands the *dense*
     output on, so every layer sees the inputs a dense model gives it. The row also holds the method's FLOPs
-    (static head categories: counted exactly from the prompt's layout by :mod:`bsight.harness.sparsity.flops`;
+    (static head categories: counted exactly from the prompt's layout by :mod:`bsight.kernels.sparsity.flops`;
     dynamic methods: the pairs they computed, ``take_kept()``), its run-time overhead by kind
     (``method.overhead``: layout metadata, pattern estimation, mask building) and its attention wall time on
     this machine with that overhead taken out.
 ``<job>/gpu/<mode>`` (unless ``gpu: null``)
     Attention time and overhead per method at 36K-300K tokens on the GPU: on CUDA measured by
-    :mod:`bsight.kernels.baselines_sweep` one length at a time; elsewhere the rows of the published sweep
+    :mod:`bsight.harness.benchmarks.baselines_sweep` one length at a time; elsewhere the rows of the published sweep
     (default ``reports/published/baselines_h100.json``) with its provenance, or "not measured" without it.
 
 The section "baselines": per model and task a table of methods - mean FLOPs reduction, mean and worst-layer
@@ -44,29 +44,39 @@ import torch
 from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel, ConfigDict, Field
 
-from bsight.plugins.methods.dense import dense_prefill
+from bsight.harness.interfaces import AttentionMethod
+from bsight.harness.jobs.base import (
+    ConfigIssue,
+    JobSpec,
+    JobType,
+    Metric,
+    ResultRow,
+    SectionData,
+    Unit,
+    fingerprint,
+    name_issues,
+    selected,
+)
+from bsight.harness.jobs.flops import method_head_map_identity, option_file_identity, prompt_flops, static_categories
+from bsight.harness.jobs.timing import PROVENANCE_KEYS, PublishedSource, append_published, jsonable, published_file
+from bsight.harness.plots import line_plot, make_plot, new_figure
+from bsight.kernels.dispatch import LayerCall, dense_prefill
+from bsight.kernels.sparsity.headmap import HeadMap
+from bsight.kernels.sparsity.metadata import LayoutMeta
 from bsight.plugins.methods.mminference import HeadPattern
 
-from ..interfaces import AttentionMethod, LayerCall
-from ..plots import line_plot, make_plot, new_figure
-from ..sparsity.headmap import HeadMap
-from ..sparsity.metadata import LayoutMeta
-from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint, name_issues, selected
-from .flops import method_head_map_identity, option_file_identity, prompt_flops, static_categories
-from .timing import PROVENANCE_KEYS, PublishedSource, append_published, jsonable, published_file
-
 if TYPE_CHECKING:
-    from ..config import BenchmarkConfig
-    from ..interfaces import ModelAdapter, Sample
-    from ..runner import RunContext
-    from ..store import RunFolder, UnitRecord, UnitRowSet
+    from bsight.harness.config import BenchmarkConfig
+    from bsight.harness.interfaces import ModelAdapter, Sample
+    from bsight.harness.runner import RunContext
+    from bsight.harness.store import RunFolder, UnitRecord, UnitRowSet
 
 PATTERNS_DIR = "patterns"
 MMINFERENCE = "mminference"
 SWEEP_SCHEMA = "bsight.baselines_sweep/1"
 PUBLISHED_SWEEP = "reports/published/baselines_h100.json"
 _TINY = 1e-30
-# = bsight.kernels.baselines_sweep.METHODS (not imported here: it loads Triton)
+# = bsight.harness.benchmarks.baselines_sweep.METHODS (not imported here: it loads Triton)
 SweepMethod = Literal["dense", "blindsight", "flex", "mminference", "streaming"]
 
 
@@ -77,22 +87,32 @@ class PatternSearchStep(BaseModel):
     """MMInference's offline pattern choice, run per model before the comparison."""
 
     model_config = ConfigDict(extra="forbid")
-    task: str = Field(description="name from `tasks:` whose sample is searched (a characterization split, not the compared prompts)")
+    task: str = Field(
+        description="name from `tasks:` whose sample is searched (a characterization split, not the compared prompts)"
+    )
     sample: int = Field(0, ge=0, description="index of the one sample searched")
-    max_density: float = Field(0.25, gt=0, le=1, description="per head: kept pairs / the model's own mask pairs allowed")
+    max_density: float = Field(
+        0.25, gt=0, le=1, description="per head: kept pairs / the model's own mask pairs allowed"
+    )
     candidates: list[HeadPattern] | None = Field(
-        None, min_length=1, description="patterns tried per head; default MInference's, sized for 100K-token prompts (on short prompts they keep everything)"
+        None,
+        min_length=1,
+        description="patterns tried per head; default MInference's, sized for 100K-token prompts (on short prompts they keep everything)",
     )
     publish: str | None = Field(None, description="also write the pattern config here ('{model}' = config model name)")
 
 
 class GpuTiming(PublishedSource):
-    """The GPU part: :mod:`bsight.kernels.baselines_sweep` measured here, or its published JSON."""
+    """The GPU part: :mod:`bsight.harness.benchmarks.baselines_sweep` measured here, or its published JSON."""
 
     model_config = ConfigDict(extra="forbid")
-    published: str | None = Field(PUBLISHED_SWEEP, description="published sweep shown where none is measured; null: none")
+    published: str | None = Field(
+        PUBLISHED_SWEEP, description="published sweep shown where none is measured; null: none"
+    )
     small: bool = Field(False, description="measure the sweep's reduced CPU shape (checks the path; not a GPU timing)")
-    lengths: list[int] | None = Field(None, min_length=1, description="prompt lengths to measure; default the sweep's (36K-300K; small: 1K, 2K)")
+    lengths: list[int] | None = Field(
+        None, min_length=1, description="prompt lengths to measure; default the sweep's (36K-300K; small: 1K, 2K)"
+    )
     reps: int = Field(5, ge=1, description="timed runs per point (median)")
     methods: list[SweepMethod] | None = Field(None, min_length=1, description="methods to measure; default all")
 
@@ -104,10 +124,16 @@ class BaselinesSpec(JobSpec):
     type: Literal["baselines"]
     models: list[str] | None = Field(None, description="names from `models:`; default all")
     methods: list[str] | None = Field(None, description="names from `methods:`; default all (dense first when listed)")
-    tasks: list[str] | None = Field(None, description="names from `tasks:` whose prompts are compared; default all but the search task")
+    tasks: list[str] | None = Field(
+        None, description="names from `tasks:` whose prompts are compared; default all but the search task"
+    )
     limit: int | None = Field(None, ge=1, description="first N prompts of each task")
-    search_patterns: PatternSearchStep | None = Field(None, description="MMInference's offline pattern search, per model, first")
-    gpu: GpuTiming | None = Field(default_factory=GpuTiming, description="GPU attention time and overhead at 36K-300K; null: leave out")
+    search_patterns: PatternSearchStep | None = Field(
+        None, description="MMInference's offline pattern search, per model, first"
+    )
+    gpu: GpuTiming | None = Field(
+        default_factory=GpuTiming, description="GPU attention time and overhead at 36K-300K; null: leave out"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -185,9 +211,13 @@ class FidelityProbe(AttentionMethod):
         self.meta: LayoutMeta | None = None
         self.attention_ms = 0.0
 
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, call: LayerCall) -> torch.Tensor:
+    def prefill(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, call: LayerCall
+    ) -> torch.Tensor:
         if call.layer_idx < 0 or call.layer_idx in self.layers:
-            raise ValueError(f"layer index {call.layer_idx}: the probe takes one unpadded prompt, each layer once, with its layer_idx")
+            raise ValueError(
+                f"layer index {call.layer_idx}: the probe takes one unpadded prompt, each layer once, with its layer_idx"
+            )
         dense = dense_prefill(q, k, v, meta, call)
         before = sum(self.overhead.ms.values())
         _sync(q.device)
@@ -196,11 +226,15 @@ class FidelityProbe(AttentionMethod):
         _sync(q.device)
         self.attention_ms += 1e3 * (time.perf_counter() - t0) - (sum(self.overhead.ms.values()) - before)
         if out.shape != dense.shape:
-            raise ValueError(f"method {self.method.name!r} returned {tuple(out.shape)} at layer {call.layer_idx}, expected {tuple(dense.shape)}")
+            raise ValueError(
+                f"method {self.method.name!r} returned {tuple(out.shape)} at layer {call.layer_idx}, expected {tuple(dense.shape)}"
+            )
         err = (out - dense).double().pow_(2).sum(-1)  # [Hq, S]
         norm = dense.double().pow_(2).sum(-1)
         seg = meta.seg_id >= 0
-        self.layers[call.layer_idx] = tuple(t.cpu() for t in (err.sum(1), norm.sum(1), err[:, seg].sum(1), norm[:, seg].sum(1)))
+        self.layers[call.layer_idx] = tuple(
+            t.cpu() for t in (err.sum(1), norm.sum(1), err[:, seg].sum(1), norm[:, seg].sum(1))
+        )
         self.meta = meta
         return dense
 
@@ -219,12 +253,16 @@ def _nmse(err: torch.Tensor, ref: torch.Tensor) -> list[float]:
     return (err / ref.clamp_min(_TINY)).tolist()
 
 
-def measure_prompt(adapter: ModelAdapter, method: AttentionMethod, cats: np.ndarray | None, sample: Sample) -> PromptFidelity:
+def measure_prompt(
+    adapter: ModelAdapter, method: AttentionMethod, cats: np.ndarray | None, sample: Sample
+) -> PromptFidelity:
     """One prompt through :class:`FidelityProbe`: per-layer NMSE, FLOPs, overhead and attention time."""
     info = adapter.info
     prepared = adapter.prepare(sample)
     if len(prepared.layouts) != 1:
-        raise ValueError(f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; the comparison takes one prompt at a time")
+        raise ValueError(
+            f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; the comparison takes one prompt at a time"
+        )
     probe = FidelityProbe(method)
     method.overhead.take()  # this prompt's overhead only
     if cats is None:
@@ -234,15 +272,33 @@ def measure_prompt(adapter: ModelAdapter, method: AttentionMethod, cats: np.ndar
     layers, meta, attention_ms = probe.take()
     overhead = method.overhead.take()
     if sorted(layers) != list(range(info.num_layers)) or meta is None:
-        raise RuntimeError(f"sample {sample.id!r}: the probe saw layers {sorted(layers)}, expected all {info.num_layers} (attn_implementation not 'bsight'?)")
-    dense, sparse, source = prompt_flops(meta, info, cats, None if cats is not None else method.take_kept(), f"sample {sample.id!r}: method {method.name!r}")
+        raise RuntimeError(
+            f"sample {sample.id!r}: the probe saw layers {sorted(layers)}, expected all {info.num_layers} (attn_implementation not 'bsight'?)"
+        )
+    dense, sparse, source = prompt_flops(
+        meta,
+        info,
+        cats,
+        None if cats is not None else method.take_kept(),
+        f"sample {sample.id!r}: method {method.name!r}",
+    )
     seg_rows = int((meta.seg_id >= 0).sum())
     order = [layers[i] for i in range(info.num_layers)]
     return PromptFidelity(
-        sample_id=sample.id, subtask=sample.subtask, tokens=meta.length, segments=meta.num_images, segment_queries=seg_rows,
-        nmse_all=[_nmse(e, r) for e, r, _, _ in order], nmse_segment=[_nmse(e, r) for _, _, e, r in order] if seg_rows else None,
-        dense_flops=dense, sparse_flops=sparse, reduction=1.0 - sparse / dense if dense else 0.0, flops_source=source,
-        overhead_ms=overhead, attention_ms=attention_ms, device=meta.device.type,
+        sample_id=sample.id,
+        subtask=sample.subtask,
+        tokens=meta.length,
+        segments=meta.num_images,
+        segment_queries=seg_rows,
+        nmse_all=[_nmse(e, r) for e, r, _, _ in order],
+        nmse_segment=[_nmse(e, r) for _, _, e, r in order] if seg_rows else None,
+        dense_flops=dense,
+        sparse_flops=sparse,
+        reduction=1.0 - sparse / dense if dense else 0.0,
+        flops_source=source,
+        overhead_ms=overhead,
+        attention_ms=attention_ms,
+        device=meta.device.type,
     )
 
 
@@ -283,15 +339,25 @@ def _pattern_option(config: BenchmarkConfig, method: str) -> str | None:
 def _search_fingerprint(spec: BaselinesSpec, config: BenchmarkConfig, model: str) -> str:
     step = spec.search_patterns
     assert step is not None
-    return fingerprint(BaselinesJob.type, "patterns", config.models[model].model_dump(), config.tasks[step.task].model_dump(),
-                       step.sample, step.max_density, [c.model_dump() for c in step.candidates or []])
+    return fingerprint(
+        BaselinesJob.type,
+        "patterns",
+        config.models[model].model_dump(),
+        config.tasks[step.task].model_dump(),
+        step.sample,
+        step.max_density,
+        [c.model_dump() for c in step.candidates or []],
+    )
 
 
 def method_pattern_identity(config: BenchmarkConfig, method: str, before: int) -> Any:
     """:func:`~.flops.option_file_identity` of an ``mminference`` method's ``pattern_config`` file: written by
     the search step of one of the config's first ``before`` jobs (its parameters), else its content."""
-    return option_file_identity(_pattern_option(config, method), pattern_writers(config, before),
-                                lambda spec, model: _search_fingerprint(spec, config, model))
+    return option_file_identity(
+        _pattern_option(config, method),
+        pattern_writers(config, before),
+        lambda spec, model: _search_fingerprint(spec, config, model),
+    )
 
 
 # ------------------------------------------------------------------------------------------ GPU sweep
@@ -300,7 +366,9 @@ def method_pattern_identity(config: BenchmarkConfig, method: str, before: int) -
 def published_sweep_rows(doc: dict[str, Any], path: str) -> list[SweepLength]:
     """The per-length rows of a baselines sweep document; another schema is a ValueError naming the file."""
     if doc.get("schema") != SWEEP_SCHEMA:
-        raise ValueError(f"published sweep {path}: schema {doc.get('schema')!r}, expected {SWEEP_SCHEMA!r} (python -m bsight.kernels.baselines_sweep)")
+        raise ValueError(
+            f"published sweep {path}: schema {doc.get('schema')!r}, expected {SWEEP_SCHEMA!r} (python -m bsight.harness.benchmarks.baselines_sweep)"
+        )
     rows = doc.get("rows")
     if not isinstance(rows, list):
         raise ValueError(f"published sweep {path}: 'rows' must be a list of per-length entries")
@@ -322,10 +390,17 @@ def _origin(record: UnitRecord) -> dict[str, Any]:
     prov = meta.get("provenance") or {}
     command = prov.get("command")
     return {
-        "source": info.get("source", "none"), "file": info.get("file") or info.get("missing"), "sha256": info.get("sha256"),
-        "why": info.get("why", "not run yet"), "setup": meta.get("setup") or {},
-        "prov": {**{k: prov.get(k) for k in PROVENANCE_KEYS}, "date": prov.get("ended") or prov.get("started"),
-                 "triton": (prov.get("packages") or {}).get("triton"), "command": " ".join(command) if isinstance(command, list) else command},
+        "source": info.get("source", "none"),
+        "file": info.get("file") or info.get("missing"),
+        "sha256": info.get("sha256"),
+        "why": info.get("why", "not run yet"),
+        "setup": meta.get("setup") or {},
+        "prov": {
+            **{k: prov.get(k) for k in PROVENANCE_KEYS},
+            "date": prov.get("ended") or prov.get("started"),
+            "triton": (prov.get("packages") or {}).get("triton"),
+            "command": " ".join(command) if isinstance(command, list) else command,
+        },
     }
 
 
@@ -355,7 +430,7 @@ class BaselinesJob(JobType):
         return dense + [m for m in chosen if m not in dense]
 
     def check(self, spec: BaselinesSpec, config: BenchmarkConfig) -> list[ConfigIssue]:
-        from .characterize import head_map_writers
+        from bsight.harness.jobs.characterize import head_map_writers
 
         issues = name_issues(spec, config, ("models", "methods"))
         tasks = self.tasks_of(spec, config)
@@ -363,7 +438,11 @@ class BaselinesJob(JobType):
         if not tasks:
             hint = " (the search task is not one by default)" if spec.tasks is None else ""
             issues.append(ConfigIssue(("tasks",), f"no task to compare on{hint}; defined under `tasks:`: {defined}"))
-        issues += [ConfigIssue(("tasks", i), f"{t!r} is not defined under `tasks:`; defined: {defined}") for i, t in enumerate(tasks) if t not in config.tasks]
+        issues += [
+            ConfigIssue(("tasks", i), f"{t!r} is not defined under `tasks:`; defined: {defined}")
+            for i, t in enumerate(tasks)
+            if t not in config.tasks
+        ]
         index = next((i for i, s in enumerate(config.jobs) if s is spec), len(config.jobs))
         maps, patterns = head_map_writers(config, before=index), pattern_writers(config, before=index + 1)
         for i, method in enumerate(selected(spec, config, "methods")):
@@ -371,24 +450,42 @@ class BaselinesJob(JobType):
                 continue
             head_map = config.methods[method].options.get("head_map")
             if isinstance(head_map, str) and not Path(head_map).is_file() and os.path.normpath(head_map) not in maps:
-                issues.append(ConfigIssue(("methods", i), f"method {method!r} reads head_map {head_map!r}, which does not exist and which no earlier characterize job writes"))
+                issues.append(
+                    ConfigIssue(
+                        ("methods", i),
+                        f"method {method!r} reads head_map {head_map!r}, which does not exist and which no earlier characterize job writes",
+                    )
+                )
             pattern = _pattern_option(config, method)
             if pattern is not None and published_file(pattern) is None and os.path.normpath(pattern) not in patterns:
-                issues.append(ConfigIssue(
-                    ("methods", i),
-                    f"method {method!r} reads pattern_config {pattern!r}, which does not exist and which no search_patterns step of this or an "
-                    f"earlier baselines job writes (a search writes <run folder>/{PATTERNS_DIR}/<job>/<model>.json and its `publish` path)",
-                ))
+                issues.append(
+                    ConfigIssue(
+                        ("methods", i),
+                        f"method {method!r} reads pattern_config {pattern!r}, which does not exist and which no search_patterns step of this or an "
+                        f"earlier baselines job writes (a search writes <run folder>/{PATTERNS_DIR}/<job>/<model>.json and its `publish` path)",
+                    )
+                )
         step = spec.search_patterns
         if step is not None:
             if step.task not in config.tasks:
-                issues.append(ConfigIssue(("search_patterns", "task"), f"{step.task!r} is not defined under `tasks:`; defined: {defined}"))
+                issues.append(
+                    ConfigIssue(
+                        ("search_patterns", "task"), f"{step.task!r} is not defined under `tasks:`; defined: {defined}"
+                    )
+                )
             if step.publish is not None:
                 if len(selected(spec, config, "models")) > 1 and "{model}" not in step.publish:
-                    issues.append(ConfigIssue(("search_patterns", "publish"), "this job searches several models: put '{model}' in the path so each gets its own file"))
+                    issues.append(
+                        ConfigIssue(
+                            ("search_patterns", "publish"),
+                            "this job searches several models: put '{model}' in the path so each gets its own file",
+                        )
+                    )
                 rest = step.publish.replace("{model}", "")
                 if "{" in rest or "}" in rest:
-                    issues.append(ConfigIssue(("search_patterns", "publish"), "the only placeholder allowed is '{model}'"))
+                    issues.append(
+                        ConfigIssue(("search_patterns", "publish"), "the only placeholder allowed is '{model}'")
+                    )
         if spec.gpu is not None:
             issues += spec.gpu.file_issues(spec.gpu.mode(), ("gpu",))
         return issues
@@ -398,19 +495,48 @@ class BaselinesJob(JobType):
         units = []
         for model in selected(spec, config, "models"):
             if spec.search_patterns is not None:
-                units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}/patterns", model=model, task=spec.search_patterns.task,
-                                  fingerprint=_search_fingerprint(spec, config, model)))
+                units.append(
+                    Unit(
+                        job=spec.name,
+                        type=self.type,
+                        id=f"{spec.name}/{model}/patterns",
+                        model=model,
+                        task=spec.search_patterns.task,
+                        fingerprint=_search_fingerprint(spec, config, model),
+                    )
+                )
             for task in self.tasks_of(spec, config):
                 for method in self.methods_of(spec, config):
                     fp = fingerprint(
-                        self.type, config.models[model].model_dump(), config.methods[method].model_dump(), config.tasks[task].model_dump(),
-                        method_head_map_identity(config, method, index), method_pattern_identity(config, method, index + 1),
+                        self.type,
+                        config.models[model].model_dump(),
+                        config.methods[method].model_dump(),
+                        config.tasks[task].model_dump(),
+                        method_head_map_identity(config, method, index),
+                        method_pattern_identity(config, method, index + 1),
                     )
-                    units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}/{method}/{task}", model=model, method=method, task=task, fingerprint=fp))
+                    units.append(
+                        Unit(
+                            job=spec.name,
+                            type=self.type,
+                            id=f"{spec.name}/{model}/{method}/{task}",
+                            model=model,
+                            method=method,
+                            task=task,
+                            fingerprint=fp,
+                        )
+                    )
         if spec.gpu is not None:
             mode = spec.gpu.mode()
             what = spec.gpu.identity(mode, spec.gpu.model_dump(include={"small", "lengths", "reps", "methods"}))
-            units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/gpu/{mode}", fingerprint=fingerprint(self.type, "gpu", mode, what)))
+            units.append(
+                Unit(
+                    job=spec.name,
+                    type=self.type,
+                    id=f"{spec.name}/gpu/{mode}",
+                    fingerprint=fingerprint(self.type, "gpu", mode, what),
+                )
+            )
         return units
 
     # ------------------------------------------------------------------------------------------ running
@@ -429,7 +555,9 @@ class BaselinesJob(JobType):
         method.setup(info)
         cats = static_categories(method, info)
         if cats is None and not callable(getattr(method, "take_kept", None)):
-            raise ValueError(f"method {unit.method!r} has neither static head categories nor a take_kept() log of the pairs it computed")
+            raise ValueError(
+                f"method {unit.method!r} has neither static head categories nor a take_kept() log of the pairs it computed"
+            )
         samples = ctx.samples(unit.task, spec.limit)
         ctx.expect(len(samples))
         ctx.note(weights=info.weights, model_id=info.model_id, **describe_method(method))
@@ -437,7 +565,9 @@ class BaselinesJob(JobType):
         todo = [s for s in mine if s.id not in rows.done]
         with ctx.progress(unit.id, total=len(mine), completed=len(mine) - len(todo)) as bar:
             for sample in todo:
-                rows.append(BaselinesRow(key=sample.id, kind="prompt", prompt=measure_prompt(adapter, method, cats, sample)))
+                rows.append(
+                    BaselinesRow(key=sample.id, kind="prompt", prompt=measure_prompt(adapter, method, cats, sample))
+                )
                 bar.advance()
 
     def _search(self, spec: BaselinesSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet[BaselinesRow]) -> None:
@@ -453,9 +583,17 @@ class BaselinesJob(JobType):
             adapter = ctx.model(unit.model)
             samples = ctx.samples(step.task, step.sample + 1)
             if len(samples) <= step.sample:
-                raise ValueError(f"search_patterns.sample is {step.sample} but task {step.task!r} has {len(samples)} samples")
+                raise ValueError(
+                    f"search_patterns.sample is {step.sample} but task {step.task!r} has {len(samples)} samples"
+                )
             with ctx.progress(f"{unit.id} (sample {samples[step.sample].id})", total=1) as bar:
-                found = search_pattern_config(adapter, samples[step.sample], SearchOptions(max_density=step.max_density, **({'candidates': step.candidates} if step.candidates else {})))
+                found = search_pattern_config(
+                    adapter,
+                    samples[step.sample],
+                    SearchOptions(
+                        max_density=step.max_density, **({"candidates": step.candidates} if step.candidates else {})
+                    ),
+                )
                 bar.advance()
             stored = BaselinesRow(key=PATTERNS_KEY, kind="patterns", patterns=found.model_dump(mode="json"))
             rows.append(stored)
@@ -474,18 +612,25 @@ class BaselinesJob(JobType):
         gpu = spec.gpu
         assert gpu is not None
         if gpu.mode() == "published":
+
             def parse(doc: dict[str, Any]) -> tuple[list[BaselinesRow], dict[str, Any]]:
                 sweep = published_sweep_rows(doc, gpu.published)
-                return [BaselinesRow(key=str(r.tokens), kind="timing", timing=r, source="published") for r in sweep], _sweep_meta(doc)
+                return [
+                    BaselinesRow(key=str(r.tokens), kind="timing", timing=r, source="published") for r in sweep
+                ], _sweep_meta(doc)
 
             why = "source: published" if gpu.source == "published" else "this machine has no CUDA device"
             append_published(ctx, rows, gpu.published, why, parse)
             return
         if not (gpu.small or torch.cuda.is_available()):
-            raise RuntimeError(f"job {spec.name!r}: gpu.source is 'measure' but this machine has no CUDA device (gpu.small measures the CPU shape)")
-        from bsight.kernels import baselines_sweep
+            raise RuntimeError(
+                f"job {spec.name!r}: gpu.source is 'measure' but this machine has no CUDA device (gpu.small measures the CPU shape)"
+            )
+        from bsight.harness.benchmarks import baselines_sweep
 
-        lengths = list(dict.fromkeys(gpu.lengths or (baselines_sweep.SMALL if gpu.small else baselines_sweep.GPU).lengths))
+        lengths = list(
+            dict.fromkeys(gpu.lengths or (baselines_sweep.SMALL if gpu.small else baselines_sweep.GPU).lengths)
+        )
         ctx.expect(len(lengths))
         ctx.note(source="measured")
         mine = ctx.shard([str(n) for n in lengths], key=str)
@@ -493,13 +638,22 @@ class BaselinesJob(JobType):
         with ctx.progress(unit.id, total=len(mine), completed=len(mine) - len(todo)) as bar:
             for n in todo:
                 with tempfile.TemporaryDirectory() as tmp:
-                    argv = ["--out", str(Path(tmp) / "baselines_sweep.json"), "--lengths", n, "--reps", str(gpu.reps)] + (["--small"] if gpu.small else [])
+                    argv = [
+                        "--out",
+                        str(Path(tmp) / "baselines_sweep.json"),
+                        "--lengths",
+                        n,
+                        "--reps",
+                        str(gpu.reps),
+                    ] + (["--small"] if gpu.small else [])
                     argv += ["--methods", ",".join(gpu.methods)] if gpu.methods else []
                     with contextlib.redirect_stderr(io.StringIO()):  # its progress lines would break the run's display
                         doc = baselines_sweep.main(argv)
                 ctx.note(meta=jsonable(_sweep_meta(doc)))
                 (row,) = doc["rows"]
-                rows.append(BaselinesRow(key=n, kind="timing", timing=SweepLength.model_validate(row), source="measured"))
+                rows.append(
+                    BaselinesRow(key=n, kind="timing", timing=SweepLength.model_validate(row), source="measured")
+                )
                 bar.advance()
 
     # ---------------------------------------------------------------------------------------- reporting
@@ -514,14 +668,25 @@ class BaselinesJob(JobType):
             if u.method is None:
                 continue
             prompts = [r.prompt for r in run.rows(u, BaselinesRow) if r.kind == "prompt" and r.prompt is not None]
-            g = groups.setdefault((u.job, u.model, u.task), {"job": u.job, "model": u.model, "task": u.task, "methods": [], "weights": set(), "model_id": None})
+            g = groups.setdefault(
+                (u.job, u.model, u.task),
+                {"job": u.job, "model": u.model, "task": u.task, "methods": [], "weights": set(), "model_id": None},
+            )
             if rec.info.get("weights"):
                 g["weights"].add(rec.info["weights"])
                 g["model_id"] = rec.info.get("model_id")
-            g["methods"].append({
-                "method": u.method, "status": rec.status, "error": rec.error, "expected": rec.expected, "n": len(prompts),
-                "notes": method_notes(rec.info), "accuracy": accuracy_of(accuracy, u, plugins.get(u.method), rec.info), **summarize_prompts(prompts),
-            })
+            g["methods"].append(
+                {
+                    "method": u.method,
+                    "status": rec.status,
+                    "error": rec.error,
+                    "expected": rec.expected,
+                    "n": len(prompts),
+                    "notes": method_notes(rec.info),
+                    "accuracy": accuracy_of(accuracy, u, plugins.get(u.method), rec.info),
+                    **summarize_prompts(prompts),
+                }
+            )
         out = []
         for g in groups.values():
             g["weights"] = sorted(g["weights"])
@@ -539,10 +704,15 @@ class BaselinesJob(JobType):
             g["plot"] = None
             drawn = [m for m in g["methods"] if m["n"]]
             if drawn:
-                g["plot"] = make_plot(f"baselines-{gi}-{g['model']}-{g['task']}", f"{g['model']} on {g['task']}: NMSE against dense per layer",
-                                      layer_nmse_figure(drawn, g["model"]))
+                g["plot"] = make_plot(
+                    f"baselines-{gi}-{g['model']}-{g['task']}",
+                    f"{g['model']} on {g['task']}: NMSE against dense per layer",
+                    layer_nmse_figure(drawn, g["model"]),
+                )
                 plots.append(g["plot"])
-        searches = [self._search_part(run, rec) for rec in records if rec.unit.model is not None and rec.unit.method is None]
+        searches = [
+            self._search_part(run, rec) for rec in records if rec.unit.model is not None and rec.unit.method is None
+        ]
         gpu, seen = [], set()
         for rec in records:
             if rec.unit.model is None:
@@ -559,7 +729,14 @@ class BaselinesJob(JobType):
     def _search_part(run: RunFolder, rec: UnitRecord) -> dict[str, Any] | None:
         stored = next((r.patterns for r in run.rows(rec.unit, BaselinesRow) if r.kind == "patterns"), None)
         if stored is None:
-            return {"job": rec.unit.job, "model": rec.unit.model, "task": rec.unit.task, "status": rec.status, "error": rec.error, "empty": True}
+            return {
+                "job": rec.unit.job,
+                "model": rec.unit.model,
+                "task": rec.unit.task,
+                "status": rec.status,
+                "error": rec.error,
+                "empty": True,
+            }
         heads = [h for layer in stored["patterns"] for h in layer]
         counts: dict[str, int] = {}
         for h in heads:
@@ -567,18 +744,37 @@ class BaselinesJob(JobType):
             counts[label] = counts.get(label, 0) + 1
         search = stored.get("search") or {}
         return {
-            "job": rec.unit.job, "model": rec.unit.model, "task": rec.unit.task, "status": rec.status, "error": rec.error, "empty": False,
-            "sample": search.get("sample"), "tokens": search.get("num_tokens"), "max_density": search.get("max_density"), "heads": len(heads),
+            "job": rec.unit.job,
+            "model": rec.unit.model,
+            "task": rec.unit.task,
+            "status": rec.status,
+            "error": rec.error,
+            "empty": False,
+            "sample": search.get("sample"),
+            "tokens": search.get("num_tokens"),
+            "max_density": search.get("max_density"),
+            "heads": len(heads),
             "shares": sorted(((k, v / len(heads)) for k, v in counts.items()), key=lambda kv: -kv[1]),
             "density": float(np.mean([h["density"] for h in heads if h.get("density") is not None] or [np.nan])),
-            "nmse": float(np.mean([h["nmse"] for h in heads if h.get("nmse") is not None] or [np.nan])), "files": rec.info.get("files", {}),
+            "nmse": float(np.mean([h["nmse"] for h in heads if h.get("nmse") is not None] or [np.nan])),
+            "files": rec.info.get("files", {}),
         }
 
     @staticmethod
     def _gpu_part(run: RunFolder, rec: UnitRecord) -> dict[str, Any]:
         origin = _origin(rec)
-        sweep = sorted((r.timing for r in run.rows(rec.unit, BaselinesRow) if r.kind == "timing" and r.timing is not None), key=lambda t: t.tokens)
-        part: dict[str, Any] = {"job": rec.unit.job, "origin": origin, "empty": not sweep, "plots": [], "table": [], "errors": []}
+        sweep = sorted(
+            (r.timing for r in run.rows(rec.unit, BaselinesRow) if r.kind == "timing" and r.timing is not None),
+            key=lambda t: t.tokens,
+        )
+        part: dict[str, Any] = {
+            "job": rec.unit.job,
+            "origin": origin,
+            "empty": not sweep,
+            "plots": [],
+            "table": [],
+            "errors": [],
+        }
         if not sweep:
             return part
         names = list(dict.fromkeys(m for t in sweep for m in t.methods))
@@ -591,15 +787,26 @@ class BaselinesJob(JobType):
                 if m is None:
                     continue
                 if m.get("error") or m.get("attention_ms") is None:
-                    part["errors"].append({"tokens": t.tokens, "method": name, "error": m.get("error") or "no time recorded"})
+                    part["errors"].append(
+                        {"tokens": t.tokens, "method": name, "error": m.get("error") or "no time recorded"}
+                    )
                     continue
                 over = m.get("overhead_ms") or {}
                 ms = m["attention_ms"]
-                part["table"].append({
-                    "tokens": t.tokens, "images": getattr(t, "images", None), "method": name, "attention_ms": ms, "overhead_ms": sum(over.values()),
-                    "overhead": sorted(over.items()), "speedup": dense / ms if dense and name != "dense" else None,
-                    "reduction": m.get("flops_reduction"), "first_call_s": m.get("first_call_s"), "implementation": m.get("implementation"),
-                })
+                part["table"].append(
+                    {
+                        "tokens": t.tokens,
+                        "images": getattr(t, "images", None),
+                        "method": name,
+                        "attention_ms": ms,
+                        "overhead_ms": sum(over.values()),
+                        "overhead": sorted(over.items()),
+                        "speedup": dense / ms if dense and name != "dense" else None,
+                        "reduction": m.get("flops_reduction"),
+                        "first_call_s": m.get("first_call_s"),
+                        "implementation": m.get("implementation"),
+                    }
+                )
                 series_ms.setdefault(name, ([], []))
                 series_ms[name][0].append(t.tokens)
                 series_ms[name][1].append(ms)
@@ -611,11 +818,21 @@ class BaselinesJob(JobType):
         # one colour per method in both plots (the overhead plot has no dense line)
         styles = {name: {"color": f"C{i % 10}"} for i, name in enumerate(dict.fromkeys([*series_ms, *series_over]))}
         if series_ms:
-            part["plots"].append(make_plot(f"{stem}-ms", "Attention time per method vs prompt tokens (one layer, batch 1)",
-                                           line_plot(series_ms, "prompt tokens", "attention forward, ms", logx=True, logy=True, styles=styles)))
+            part["plots"].append(
+                make_plot(
+                    f"{stem}-ms",
+                    "Attention time per method vs prompt tokens (one layer, batch 1)",
+                    line_plot(series_ms, "prompt tokens", "attention forward, ms", logx=True, logy=True, styles=styles),
+                )
+            )
         if series_over:
-            part["plots"].append(make_plot(f"{stem}-overhead", "Run-time overhead per method vs prompt tokens (outside attention)",
-                                           line_plot(series_over, "prompt tokens", "overhead, ms", logx=True, logy=True, styles=styles)))
+            part["plots"].append(
+                make_plot(
+                    f"{stem}-overhead",
+                    "Run-time overhead per method vs prompt tokens (outside attention)",
+                    line_plot(series_over, "prompt tokens", "overhead, ms", logx=True, logy=True, styles=styles),
+                )
+            )
         return part
 
     def metrics(self, run: RunFolder, records: list[UnitRecord]) -> list[Metric]:
@@ -626,16 +843,36 @@ class BaselinesJob(JobType):
                     continue
                 stem = f"{g['job']}/{g['model']}/{g['task']}/{m['method']}"
                 out.append(Metric(name=f"{stem}/flops_reduction_mean", value=m["reduction"], higher_is_better=True))
-                out.append(Metric(name=f"{stem}/nmse_all_mean", value=m["nmse_all"]["mean"], higher_is_better=False, relative=True))
+                out.append(
+                    Metric(
+                        name=f"{stem}/nmse_all_mean", value=m["nmse_all"]["mean"], higher_is_better=False, relative=True
+                    )
+                )
                 if m["nmse_segment"] is not None:
-                    out.append(Metric(name=f"{stem}/nmse_segment_mean", value=m["nmse_segment"]["mean"], higher_is_better=False, relative=True))
-                out.append(Metric(name=f"{stem}/overhead_ms", value=m["overhead_ms"], higher_is_better=False, relative=True))
+                    out.append(
+                        Metric(
+                            name=f"{stem}/nmse_segment_mean",
+                            value=m["nmse_segment"]["mean"],
+                            higher_is_better=False,
+                            relative=True,
+                        )
+                    )
+                out.append(
+                    Metric(name=f"{stem}/overhead_ms", value=m["overhead_ms"], higher_is_better=False, relative=True)
+                )
         for rec in records:
             if rec.unit.model is None and rec.info.get("source") == "measured":
                 for r in run.rows(rec.unit, BaselinesRow):
                     for name, m in (r.timing.methods if r.timing else {}).items():
                         if m.get("attention_ms") is not None:
-                            out.append(Metric(name=f"{rec.unit.job}/gpu/{r.key}/{name}/attention_ms", value=m["attention_ms"], higher_is_better=False, relative=True))
+                            out.append(
+                                Metric(
+                                    name=f"{rec.unit.job}/gpu/{r.key}/{name}/attention_ms",
+                                    value=m["attention_ms"],
+                                    higher_is_better=False,
+                                    relative=True,
+                                )
+                            )
         return out
 
 
@@ -650,13 +887,26 @@ def describe_method(method: AttentionMethod) -> dict[str, Any]:
     if uniform is not None:
         out["uniform"] = str(uniform)
     elif isinstance(head_map, HeadMap):
-        out["head_map"] = {"model_id": head_map.model_id, "weights": head_map.weights, "dataset": head_map.dataset.name,
-                           "size": head_map.dataset.size, "tau": head_map.params.tau, "shares": head_map.shares()}
+        out["head_map"] = {
+            "model_id": head_map.model_id,
+            "weights": head_map.weights,
+            "dataset": head_map.dataset.name,
+            "size": head_map.dataset.size,
+            "tau": head_map.params.tau,
+            "shares": head_map.shares(),
+        }
     if method.name == MMINFERENCE:
         cfg = getattr(method, "config", None)
         search = getattr(cfg, "search", None)
-        out["patterns"] = {"source": "default pattern for every head"} if cfg is None else {
-            "source": "searched", "sample": search.sample if search else None, "max_density": search.max_density if search else None}
+        out["patterns"] = (
+            {"source": "default pattern for every head"}
+            if cfg is None
+            else {
+                "source": "searched",
+                "sample": search.sample if search else None,
+                "max_density": search.max_density if search else None,
+            }
+        )
     return out
 
 
@@ -667,7 +917,9 @@ def method_notes(info: dict[str, Any]) -> list[str]:
         notes.append(f"every head {info['uniform']}")
     hm = info.get("head_map")
     if hm:
-        notes.append(f"head map of {hm['model_id']} ({hm['weights']} weights, {hm['dataset']}, {hm['size']} prompts, tau {hm['tau']:g})")
+        notes.append(
+            f"head map of {hm['model_id']} ({hm['weights']} weights, {hm['dataset']}, {hm['size']} prompts, tau {hm['tau']:g})"
+        )
     pat = info.get("patterns")
     if pat:
         where = f" (sample {pat['sample']}, max density {pat['max_density']:g})" if pat.get("sample") else ""
@@ -682,14 +934,27 @@ def _nmse_summary(tables: list[list[list[float]]]) -> dict[str, Any] | None:
     a = np.asarray(tables, dtype=np.float64)  # [prompts, layers, heads]
     per_layer = a.mean(axis=(0, 2))
     worst = int(per_layer.argmax())
-    return {"mean": float(a.mean()), "per_layer": per_layer.tolist(), "worst": float(per_layer[worst]), "worst_layer": worst}
+    return {
+        "mean": float(a.mean()),
+        "per_layer": per_layer.tolist(),
+        "worst": float(per_layer[worst]),
+        "worst_layer": worst,
+    }
 
 
 def summarize_prompts(prompts: list[PromptFidelity]) -> dict[str, Any]:
     """A method's numbers over its prompts: FLOPs reduction, NMSE (all queries; image/passage queries), overhead."""
     if not prompts:
-        return {"reduction": None, "flops_source": [], "nmse_all": None, "nmse_segment": None, "overhead_ms": None, "overhead": [],
-                "attention_ms": None, "device": None}
+        return {
+            "reduction": None,
+            "flops_source": [],
+            "nmse_all": None,
+            "nmse_segment": None,
+            "overhead_ms": None,
+            "overhead": [],
+            "attention_ms": None,
+            "device": None,
+        }
     kinds = sorted({k for p in prompts for k in p.overhead_ms})
     return {
         "reduction": float(np.mean([p.reduction for p in prompts])),
@@ -710,8 +975,8 @@ def accuracy_cells(run: RunFolder) -> dict[tuple, dict[str, Any]]:
     :class:`~bsight.harness.jobs.accuracy.AccuracyJob`; numbers as the accuracy section computes them);
     ``("tau", model, task, tau)`` and ``("dense", model, task)`` from ``tau_sweep`` jobs (blindsight with each
     tau's head map, and their dense baseline). The first job that covers a key wins."""
-    from . import JOB_TYPES
-    from .accuracy import AccuracyJob, run_seed
+    from bsight.harness.jobs import JOB_TYPES
+    from bsight.harness.jobs.accuracy import AccuracyJob, run_seed
 
     seed = run_seed(run)
     by_type: dict[str, list[UnitRecord]] = {}
@@ -724,26 +989,55 @@ def accuracy_cells(run: RunFolder) -> dict[tuple, dict[str, Any]]:
             for g in job._groups(run, recs):
                 for m in job._method_stats(g, seed):
                     if m["n"]:
-                        out.setdefault(("method", g["model"], m["method"], g["task"]), {
-                            "job": g["job"], "accuracy": m["accuracy"], "n": m["n"], "baseline": g["spec"].baseline,
-                            "is_baseline": m["is_baseline"], "agreement": m["agreement"] if m["paired_n"] else None,
-                        })
+                        out.setdefault(
+                            ("method", g["model"], m["method"], g["task"]),
+                            {
+                                "job": g["job"],
+                                "accuracy": m["accuracy"],
+                                "n": m["n"],
+                                "baseline": g["spec"].baseline,
+                                "is_baseline": m["is_baseline"],
+                                "agreement": m["agreement"] if m["paired_n"] else None,
+                            },
+                        )
         elif kind == "tau_sweep" and job is not None:
             for rec in recs:
                 rows = run.rows(rec.unit, job.Row)
-                dense = [r.answer.correct for r in rows if r.kind == "sample" and r.tau is None and r.answer is not None]
+                dense = [
+                    r.answer.correct for r in rows if r.kind == "sample" and r.tau is None and r.answer is not None
+                ]
                 if dense:
-                    out.setdefault(("dense", rec.unit.model, rec.unit.task), {
-                        "job": rec.unit.job, "accuracy": float(np.mean(dense)), "n": len(dense), "baseline": "dense", "is_baseline": True, "agreement": None})
+                    out.setdefault(
+                        ("dense", rec.unit.model, rec.unit.task),
+                        {
+                            "job": rec.unit.job,
+                            "accuracy": float(np.mean(dense)),
+                            "n": len(dense),
+                            "baseline": "dense",
+                            "is_baseline": True,
+                            "agreement": None,
+                        },
+                    )
                 for p in job._points(rows, job.spec_of(rec), seed):
                     if p["n"]:
-                        out.setdefault(("tau", rec.unit.model, rec.unit.task, f"{p['tau']:g}"), {
-                            "job": f"{rec.unit.job} (tau {p['tau']:g})", "accuracy": p["accuracy"], "n": p["n"], "baseline": "dense",
-                            "is_baseline": False, "agreement": p["agreement"], "shares": p["shares"]})
+                        out.setdefault(
+                            ("tau", rec.unit.model, rec.unit.task, f"{p['tau']:g}"),
+                            {
+                                "job": f"{rec.unit.job} (tau {p['tau']:g})",
+                                "accuracy": p["accuracy"],
+                                "n": p["n"],
+                                "baseline": "dense",
+                                "is_baseline": False,
+                                "agreement": p["agreement"],
+                                "shares": p["shares"],
+                            },
+                        )
     return out
 
 
-def accuracy_of(cells: dict[tuple, dict[str, Any]], unit: Unit, plugin: str | None, info: dict[str, Any]) -> dict[str, Any] | None:
+def accuracy_of(
+    cells: dict[tuple, dict[str, Any]], unit: Unit, plugin: str | None, info: dict[str, Any]
+) -> dict[str, Any] | None:
     """The accuracy cell of a comparison unit: an accuracy job over the same model, method and task; else, for
     ``dense`` and for ``blindsight`` with a characterized head map, the tau sweep over the same model and task
     (at the head map's tau, when the sweep's map there has the same category shares)."""
@@ -754,7 +1048,9 @@ def accuracy_of(cells: dict[tuple, dict[str, Any]], unit: Unit, plugin: str | No
     if found is None and plugin == "blindsight" and head_map:
         swept = cells.get(("tau", unit.model, unit.task, f"{head_map['tau']:g}"))
         shares = swept["shares"] if swept else {}
-        if swept and all(abs(shares.get(k, 0.0) - v) < 1e-9 for k, v in head_map["shares"].items()):  # the same head map
+        if swept and all(
+            abs(shares.get(k, 0.0) - v) < 1e-9 for k, v in head_map["shares"].items()
+        ):  # the same head map
             found = swept
     return found
 
@@ -774,8 +1070,16 @@ def layer_nmse_figure(methods: list[dict[str, Any]], model: str):
             y = np.maximum(np.asarray(s["per_layer"]), FLOOR)
             # methods with the same mask (blindsight and flex from one head map) coincide: dashes and hollow
             # markers of different shapes keep every line visible
-            ax.plot(np.arange(len(y)), y, label=m["method"], linestyle=("-", "--", ":", "-.")[i % 4], marker="osD^v"[i % 5],
-                    markersize=6 - i % 3, markerfacecolor="none", linewidth=1.2)
+            ax.plot(
+                np.arange(len(y)),
+                y,
+                label=m["method"],
+                linestyle=("-", "--", ":", "-.")[i % 4],
+                marker="osD^v"[i % 5],
+                markersize=6 - i % 3,
+                markerfacecolor="none",
+                linewidth=1.2,
+            )
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer")

@@ -2,7 +2,7 @@
 
 One unit per model (all on the job's one task). The unit's first row (key ``#setup``) fixes what every prompt
 is characterized under: the model's :class:`ModelInfo`, the sink policy (the job's ``sinks``, else one found
-by ``discover_sinks`` - fixed-offset sinks voted from dense attention, :mod:`bsight.harness.sparsity.sinks` -
+by ``discover_sinks`` - fixed-offset sinks voted from dense attention, :mod:`bsight.harness.sinks` -
 else the adapter's) and the dataset. Then one row per prompt holds its NMSE and kept-pair tables
 (:class:`PromptRecord`, from :func:`characterize_model` run through ``adapter.prefill``), so a killed run
 resumes at the next prompt and tau, delta and gamma can change without running the model again: they only
@@ -30,22 +30,34 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..interfaces import ModelInfo
-from ..plots import make_plot
-from ..sparsity.aggregate import DEFAULT_PARAMS, build_head_map
-from ..sparsity.categories import Category
-from ..sparsity.characterize import CharacterizationResult, PromptRecord, SkippedPrompt, characterize_model
-from ..sparsity.figures import category_heatmap, layer_shares, pareto_figure
-from ..sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
-from ..sparsity.layout import SinkPolicy
-from ..sparsity.sweep import SweepRow, pareto_front, sweep
-from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint, name_issues, selected
+from bsight.harness.characterize import characterize_model
+from bsight.harness.figures import category_heatmap, layer_shares, pareto_figure
+from bsight.harness.interfaces import ModelInfo
+from bsight.harness.jobs.base import (
+    ConfigIssue,
+    JobSpec,
+    JobType,
+    Metric,
+    ResultRow,
+    SectionData,
+    Unit,
+    fingerprint,
+    name_issues,
+    selected,
+)
+from bsight.harness.plots import make_plot
+from bsight.kernels.sparsity.aggregate import DEFAULT_PARAMS, build_head_map
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.characterization import CharacterizationResult, PromptRecord, SkippedPrompt
+from bsight.kernels.sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
+from bsight.kernels.sparsity.layout import SinkPolicy
+from bsight.kernels.sparsity.param_sweep import SweepRow, pareto_front, sweep
 
 if TYPE_CHECKING:
-    from ..config import BenchmarkConfig
-    from ..interfaces import ModelAdapter, Sample, Task
-    from ..runner import RunContext
-    from ..store import RunFolder, UnitRecord, UnitRowSet
+    from bsight.harness.config import BenchmarkConfig
+    from bsight.harness.interfaces import ModelAdapter, Sample, Task
+    from bsight.harness.runner import RunContext
+    from bsight.harness.store import RunFolder, UnitRecord, UnitRowSet
 
 SETUP_KEY = "#setup"
 HEADMAP_DIR = "headmaps"
@@ -64,15 +76,28 @@ class DiscoverSinks(BaseModel):
 class CharacterizeSpec(JobSpec):
     type: Literal["characterize"]
     models: list[str] | None = Field(None, description="names from `models:`; default all")
-    task: str | None = Field(None, description="name from `tasks:` whose prompts characterize; default: the only task defined")
+    task: str | None = Field(
+        None, description="name from `tasks:` whose prompts characterize; default: the only task defined"
+    )
     limit: int | None = Field(None, ge=1, description="first N prompts of the task")
-    tau: float = Field(DEFAULT_PARAMS.tau, gt=0, description="prompt level: the cheapest mask with NMSE <= tau, else dense")
-    delta: float = Field(DEFAULT_PARAMS.delta, ge=0, le=1, description="dataset level: dense share above delta keeps a head dense")
-    gamma: float = Field(DEFAULT_PARAMS.gamma, ge=0, le=1, description="dataset level: predominant sparse share below gamma -> intra_image_sink")
+    tau: float = Field(
+        DEFAULT_PARAMS.tau, gt=0, description="prompt level: the cheapest mask with NMSE <= tau, else dense"
+    )
+    delta: float = Field(
+        DEFAULT_PARAMS.delta, ge=0, le=1, description="dataset level: dense share above delta keeps a head dense"
+    )
+    gamma: float = Field(
+        DEFAULT_PARAMS.gamma,
+        ge=0,
+        le=1,
+        description="dataset level: predominant sparse share below gamma -> intra_image_sink",
+    )
     sinks: SinkPolicy | None = Field(None, description="sink policy to characterize with; default: the adapter's")
     discover_sinks: DiscoverSinks | None = Field(None, description="find fixed sink offsets from dense attention first")
     chunk_size: int = Field(256, ge=1, description="image-query rows per chunk of the NMSE probe")
-    sweep_taus: list[float] | None = Field(None, min_length=1, description="sweep: FLOPs reduction vs NMSE for these tau values")
+    sweep_taus: list[float] | None = Field(
+        None, min_length=1, description="sweep: FLOPs reduction vs NMSE for these tau values"
+    )
     sweep_deltas: list[float] | None = Field(None, min_length=1, description="sweep: delta values (default: delta)")
     sweep_gammas: list[float] | None = Field(None, min_length=1, description="sweep: gamma values (default: gamma)")
     publish: str | None = Field(None, description="also write the head map here ('{model}' = config model name)")
@@ -139,13 +164,21 @@ class Characterization:
 
 def summarize(spec: CharacterizeSpec, setup: CharacterizeSetup, prompts: list[CharacterizeRow]) -> Characterization:
     """Aggregate prompt rows (in task order) into the head map, its own fidelity, and the sweep if asked."""
-    from bsight.harness.version import __version__
+    from bsight.kernels.sparsity.artifacts import tool_version
 
     m = setup.model
     result = CharacterizationResult(
-        model_id=m.model_id, model_revision=m.revision, weights=m.weights, num_layers=m.num_layers, num_heads=m.num_heads,
-        num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, sliding_windows=list(m.sliding_windows), dataset=setup.dataset,
-        sink_policy=setup.sink_policy, tool_version=__version__,
+        model_id=m.model_id,
+        model_revision=m.revision,
+        weights=m.weights,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        head_dim=m.head_dim,
+        sliding_windows=list(m.sliding_windows),
+        dataset=setup.dataset,
+        sink_policy=setup.sink_policy,
+        tool_version=tool_version(),
         prompts=[r.record for r in prompts if r.kind == "prompt" and r.record is not None],
         skipped=[SkippedPrompt(id=r.key, reason=r.reason or "") for r in prompts if r.kind == "skipped"],
     )
@@ -221,13 +254,20 @@ class CharacterizeJob(JobType):
         task = self.task_of(spec, config)
         defined = ", ".join(config.tasks) or "none"
         if task is None:
-            issues.append(ConfigIssue(("task",), f"name the task to characterize on; defined under `tasks:`: {defined}"))
+            issues.append(
+                ConfigIssue(("task",), f"name the task to characterize on; defined under `tasks:`: {defined}")
+            )
         elif task not in config.tasks:
             issues.append(ConfigIssue(("task",), f"{task!r} is not defined under `tasks:`; defined: {defined}"))
         if spec.publish is not None:
             models = selected(spec, config, "models")
             if len(models) > 1 and "{model}" not in spec.publish:
-                issues.append(ConfigIssue(("publish",), f"this job characterizes {len(models)} models: put '{{model}}' in the path so each gets its own file"))
+                issues.append(
+                    ConfigIssue(
+                        ("publish",),
+                        f"this job characterizes {len(models)} models: put '{{model}}' in the path so each gets its own file",
+                    )
+                )
             rest = spec.publish.replace("{model}", "")
             if "{" in rest or "}" in rest:
                 issues.append(ConfigIssue(("publish",), "the only placeholder allowed is '{model}'"))
@@ -238,10 +278,16 @@ class CharacterizeJob(JobType):
         units = []
         for model in selected(spec, config, "models"):
             fp = fingerprint(
-                self.type, config.models[model].model_dump(), config.tasks[task].model_dump(),
-                spec.sinks.model_dump() if spec.sinks else None, spec.discover_sinks.model_dump() if spec.discover_sinks else None, spec.chunk_size,
+                self.type,
+                config.models[model].model_dump(),
+                config.tasks[task].model_dump(),
+                spec.sinks.model_dump() if spec.sinks else None,
+                spec.discover_sinks.model_dump() if spec.discover_sinks else None,
+                spec.chunk_size,
             )
-            units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}", model=model, task=task, fingerprint=fp))
+            units.append(
+                Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}", model=model, task=task, fingerprint=fp)
+            )
         return units
 
     # ------------------------------------------------------------------------------------------ running
@@ -275,8 +321,10 @@ class CharacterizeJob(JobType):
         files = self._write(spec, unit, done, ctx.run_dir)
         ctx.note(files=files, dataset=done.head_map.dataset.model_dump())
 
-    def _setup(self, spec: CharacterizeSpec, unit: Unit, adapter: ModelAdapter, task: Task, samples: list[Sample]) -> CharacterizeSetup:
-        from ..sparsity.sinks import discover_sink_offsets
+    def _setup(
+        self, spec: CharacterizeSpec, unit: Unit, adapter: ModelAdapter, task: Task, samples: list[Sample]
+    ) -> CharacterizeSetup:
+        from bsight.harness.sinks import discover_sink_offsets
 
         votes: list[int] = []
         if spec.sinks is not None:
@@ -285,21 +333,37 @@ class CharacterizeJob(JobType):
             d = spec.discover_sinks
             prompts = (adapter.prepare(s) for s in samples[: d.prompts])
             policy, counts = discover_sink_offsets(
-                adapter, prompts, top_k=d.top_k, run=adapter.prefill, queries_per_image=d.queries_per_image, top_per_query=d.top_per_query
+                adapter,
+                prompts,
+                top_k=d.top_k,
+                run=adapter.prefill,
+                queries_per_image=d.queries_per_image,
+                top_per_query=d.top_per_query,
             )
             votes, source = [int(v) for v in counts], "discovered"
         else:
             policy, source = adapter.layout_spec().sinks, "adapter"
         dataset = DatasetInfo(name=unit.task, size=len(samples), revision=task.revision())
-        return CharacterizeSetup(model=adapter.info, sink_policy=policy, sink_source=source, votes=votes, dataset=dataset)
+        return CharacterizeSetup(
+            model=adapter.info, sink_policy=policy, sink_source=source, votes=votes, dataset=dataset
+        )
 
     @staticmethod
-    def _characterize(spec: CharacterizeSpec, adapter: ModelAdapter, setup: CharacterizeSetup, sample: Sample) -> CharacterizeRow:
+    def _characterize(
+        spec: CharacterizeSpec, adapter: ModelAdapter, setup: CharacterizeSetup, sample: Sample
+    ) -> CharacterizeRow:
         prepared = adapter.prepare(sample)
         if len(prepared.layouts) != 1:
-            raise ValueError(f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; characterization takes one prompt at a time")
+            raise ValueError(
+                f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; characterization takes one prompt at a time"
+            )
         res = characterize_model(
-            adapter, [(sample.id, prepared)], dataset=setup.dataset, sinks=setup.sink_policy, chunk_size=spec.chunk_size, run=adapter.prefill
+            adapter,
+            [(sample.id, prepared)],
+            dataset=setup.dataset,
+            sinks=setup.sink_policy,
+            chunk_size=spec.chunk_size,
+            run=adapter.prefill,
         )
         if res.prompts:
             return CharacterizeRow(key=sample.id, kind="prompt", record=res.prompts[0])
@@ -346,30 +410,64 @@ class CharacterizeJob(JobType):
             hm, setup = done.head_map, done.setup
             stem = f"characterization-{rec.unit.job}-{rec.unit.model}"
             label = f"{rec.unit.model} ({hm.weights} weights)"
-            heat = make_plot(f"{stem}-heatmap", f"{rec.unit.model}: category of each layer and query head",
-                             _integer_ticks(category_heatmap(hm, title=f"{label}: head categories"), "xy"))
+            heat = make_plot(
+                f"{stem}-heatmap",
+                f"{rec.unit.model}: category of each layer and query head",
+                _integer_ticks(category_heatmap(hm, title=f"{label}: head categories"), "xy"),
+            )
             shares_fig = _integer_ticks(layer_shares(hm, title=f"{label}: categories per layer"), "x")
-            shares_fig.set_size_inches(max(6.5, shares_fig.get_figwidth()), shares_fig.get_figheight())  # room for the legend row
-            shares = make_plot(f"{stem}-shares", f"{rec.unit.model}: share of each layer's heads per category", shares_fig)
+            shares_fig.set_size_inches(
+                max(6.5, shares_fig.get_figwidth()), shares_fig.get_figheight()
+            )  # room for the legend row
+            shares = make_plot(
+                f"{stem}-shares", f"{rec.unit.model}: share of each layer's heads per category", shares_fig
+            )
             unit_plots = [heat, shares]
             pareto = None
             if done.sweep:
-                pareto = make_plot(f"{stem}-pareto", f"{rec.unit.model}: FLOPs reduction vs NMSE over the sweep", pareto_figure(done.sweep))
+                pareto = make_plot(
+                    f"{stem}-pareto",
+                    f"{rec.unit.model}: FLOPs reduction vs NMSE over the sweep",
+                    pareto_figure(done.sweep),
+                )
                 unit_plots.append(pareto)
             plots += unit_plots
             front = pareto_front(done.sweep) if done.sweep else []
             top_votes = sorted(range(len(setup.votes)), key=lambda o: -setup.votes[o])[:8]
-            units.append({
-                "job": rec.unit.job, "model": rec.unit.model, "task": rec.unit.task, "model_id": hm.model_id, "weights": hm.weights,
-                "status": rec.status, "expected": None if rec.expected is None else rec.expected - 1,
-                "prompts": len(done.result.prompts), "skipped": len(done.result.skipped),
-                "params": hm.params, "dataset": hm.dataset, "sinks": _sink_text(setup.sink_policy), "sink_source": setup.sink_source,
-                "votes": [(o, setup.votes[o]) for o in top_votes if setup.votes[o] > 0],
-                "shares": hm.shares(), "chosen": done.chosen, "files": rec.info.get("files", {}),
-                "layers": hm.num_layers, "heads": hm.num_heads,
-                "sweep": [{"row": r, "front": r in front, "chosen": (r.tau, r.delta, r.gamma) == (spec.tau, spec.delta, spec.gamma)} for r in done.sweep],
-                "heatmap": heat, "layer_shares": shares, "pareto": pareto,
-            })
+            units.append(
+                {
+                    "job": rec.unit.job,
+                    "model": rec.unit.model,
+                    "task": rec.unit.task,
+                    "model_id": hm.model_id,
+                    "weights": hm.weights,
+                    "status": rec.status,
+                    "expected": None if rec.expected is None else rec.expected - 1,
+                    "prompts": len(done.result.prompts),
+                    "skipped": len(done.result.skipped),
+                    "params": hm.params,
+                    "dataset": hm.dataset,
+                    "sinks": _sink_text(setup.sink_policy),
+                    "sink_source": setup.sink_source,
+                    "votes": [(o, setup.votes[o]) for o in top_votes if setup.votes[o] > 0],
+                    "shares": hm.shares(),
+                    "chosen": done.chosen,
+                    "files": rec.info.get("files", {}),
+                    "layers": hm.num_layers,
+                    "heads": hm.num_heads,
+                    "sweep": [
+                        {
+                            "row": r,
+                            "front": r in front,
+                            "chosen": (r.tau, r.delta, r.gamma) == (spec.tau, spec.delta, spec.gamma),
+                        }
+                        for r in done.sweep
+                    ],
+                    "heatmap": heat,
+                    "layer_shares": shares,
+                    "pareto": pareto,
+                }
+            )
         if not units:
             return None
         return SectionData(context={"units": units, "categories": [c.label for c in Category]}, plots=plots)
@@ -381,7 +479,12 @@ class CharacterizeJob(JobType):
             if done is None:
                 continue
             stem = f"{rec.unit.job}/{rec.unit.model}"
-            out.append(Metric(name=f"{stem}/flops_reduction_mean", value=done.chosen.flops_reduction_mean, higher_is_better=True))
-            out.append(Metric(name=f"{stem}/nmse_mean", value=done.chosen.nmse_mean, higher_is_better=False, relative=True))
+            out.append(
+                Metric(
+                    name=f"{stem}/flops_reduction_mean", value=done.chosen.flops_reduction_mean, higher_is_better=True
+                )
+            )
+            out.append(
+                Metric(name=f"{stem}/nmse_mean", value=done.chosen.nmse_mean, higher_is_better=False, relative=True)
+            )
         return out
-

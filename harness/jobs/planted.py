@@ -1,7 +1,7 @@
 """Job ``planted``: the proof on planted structure - characterization recovers known head categories.
 
 Each trial (one seed) draws random head categories for a synthetic model (:func:`planted_labels`), builds
-q, k, v whose attention follows them on realistic multi-image layouts (:mod:`bsight.harness.sparsity.planted`:
+q, k, v whose attention follows them on realistic multi-image layouts (:mod:`bsight.kernels.sparsity.planted`:
 e.g. 20 images of 256 tokens after short text labels), characterizes every layer exactly as a real model
 is characterized (prompt-level NMSE selection at tau, dataset-level aggregation with delta and gamma) and
 compares the recovered head map with the planted labels. One row per trial; its part of the characterization
@@ -18,21 +18,22 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..interfaces import LayerCall
-from ..plots import make_plot
-from ..sparsity.aggregate import DEFAULT_PARAMS, build_head_map
-from ..sparsity.categories import Category
-from ..sparsity.characterize import CharacterizationResult, characterize_layers
-from ..sparsity.figures import confusion_figure
-from ..sparsity.headmap import CharacterizationParams, DatasetInfo
-from ..sparsity.layout import SinkPolicy
-from ..sparsity.planted import confusion_matrix, planted_labels, planted_qkv, realistic_layout
-from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
+from bsight.harness.characterize import characterize_layers
+from bsight.harness.figures import confusion_figure
+from bsight.harness.jobs.base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
+from bsight.harness.plots import make_plot
+from bsight.kernels.dispatch import LayerCall
+from bsight.kernels.sparsity.aggregate import DEFAULT_PARAMS, build_head_map
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.characterization import CharacterizationResult
+from bsight.kernels.sparsity.headmap import CharacterizationParams, DatasetInfo
+from bsight.kernels.sparsity.layout import SinkPolicy
+from bsight.kernels.sparsity.planted import confusion_matrix, planted_labels, planted_qkv, realistic_layout
 
 if TYPE_CHECKING:
-    from ..config import BenchmarkConfig
-    from ..runner import RunContext
-    from ..store import RunFolder, UnitRecord, UnitRowSet
+    from bsight.harness.config import BenchmarkConfig
+    from bsight.harness.runner import RunContext
+    from bsight.harness.store import RunFolder, UnitRecord, UnitRowSet
 
 
 class PlantedPrompt(BaseModel):
@@ -64,7 +65,11 @@ class PlantedSpec(JobSpec):
     delta: float = Field(DEFAULT_PARAMS.delta, ge=0, le=1)
     gamma: float = Field(DEFAULT_PARAMS.gamma, ge=0, le=1)
     target: float = Field(0.98, ge=0, le=1, description="recovery rate the proof needs")
-    threads: int = Field(1, ge=1, description="torch intra-op threads while a trial runs (its many small tensor ops gain nothing from more)")
+    threads: int = Field(
+        1,
+        ge=1,
+        description="torch intra-op threads while a trial runs (its many small tensor ops gain nothing from more)",
+    )
 
 
 class PlantedRow(ResultRow):
@@ -84,26 +89,49 @@ def run_trial(spec: PlantedSpec, seed: int) -> PlantedRow:
     labels = planted_labels(spec.layers, spec.heads, g, spec.diffuse_share)
     sinks = SinkPolicy(fraction=spec.sink_fraction)
     layouts = [
-        realistic_layout(p.images, p.image_tokens, prefix_tokens=p.prefix_tokens, label_tokens=p.label_tokens, question_tokens=p.question_tokens, sinks=sinks)
+        realistic_layout(
+            p.images,
+            p.image_tokens,
+            prefix_tokens=p.prefix_tokens,
+            label_tokens=p.label_tokens,
+            question_tokens=p.question_tokens,
+            sinks=sinks,
+        )
         for p in spec.prompts
     ]
     records = []
     for i, lay in enumerate(layouts):
         layers = (
-            (*planted_qkv(lay, labels[layer], spec.kv_heads, spec.head_dim, g), LayerCall(layer_idx=layer, scale=spec.head_dim**-0.5))
+            (
+                *planted_qkv(lay, labels[layer], spec.kv_heads, spec.head_dim, g),
+                LayerCall(layer_idx=layer, scale=spec.head_dim**-0.5),
+            )
             for layer in range(spec.layers)
         )
         records.append(characterize_layers(f"planted{i}", lay, layers))
     result = CharacterizationResult(
-        model_id="planted", weights="synthetic", num_layers=spec.layers, num_heads=spec.heads, num_kv_heads=spec.kv_heads,
-        head_dim=spec.head_dim, sliding_windows=[None] * spec.layers, dataset=DatasetInfo(name="planted", size=len(layouts)),
-        sink_policy=sinks, prompts=records,
+        model_id="planted",
+        weights="synthetic",
+        num_layers=spec.layers,
+        num_heads=spec.heads,
+        num_kv_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        sliding_windows=[None] * spec.layers,
+        dataset=DatasetInfo(name="planted", size=len(layouts)),
+        sink_policy=sinks,
+        prompts=records,
     )
-    found = build_head_map(result, CharacterizationParams(tau=spec.tau, delta=spec.delta, gamma=spec.gamma)).category_array()
+    found = build_head_map(
+        result, CharacterizationParams(tau=spec.tau, delta=spec.delta, gamma=spec.gamma)
+    ).category_array()
     matrix = confusion_matrix(labels.numpy(), found)
     return PlantedRow(
-        key=f"seed{seed}", seed=seed, recovery=float(np.trace(matrix) / matrix.sum()), confusion=matrix.tolist(),
-        tokens=[lay.length for lay in layouts], seconds=time.perf_counter() - t0,
+        key=f"seed{seed}",
+        seed=seed,
+        recovery=float(np.trace(matrix) / matrix.sum()),
+        confusion=matrix.tolist(),
+        tokens=[lay.length for lay in layouts],
+        seconds=time.perf_counter() - t0,
     )
 
 
@@ -117,7 +145,11 @@ class PlantedJob(JobType):
     def check(self, spec: PlantedSpec, config: BenchmarkConfig) -> list[ConfigIssue]:
         issues = []
         if spec.heads % spec.kv_heads:
-            issues.append(ConfigIssue(("kv_heads",), f"{spec.heads} query heads are not a multiple of {spec.kv_heads} key/value heads"))
+            issues.append(
+                ConfigIssue(
+                    ("kv_heads",), f"{spec.heads} query heads are not a multiple of {spec.kv_heads} key/value heads"
+                )
+            )
         if len(set(spec.seeds)) != len(spec.seeds):
             issues.append(ConfigIssue(("seeds",), f"seeds must be distinct, got {spec.seeds}"))
         return issues
@@ -154,14 +186,29 @@ class PlantedJob(JobType):
             spec: PlantedSpec = self.spec_of(rec)
             total = np.sum([t.confusion for t in trials], axis=0)
             rate = float(np.trace(total) / total.sum())
-            plot = make_plot(f"planted-{rec.unit.job}-confusion", f"Planted vs recovered head categories: {spec.layers} layers x {spec.heads} heads x {len(trials)} trial(s)",
-                             confusion_figure(total))
+            plot = make_plot(
+                f"planted-{rec.unit.job}-confusion",
+                f"Planted vs recovered head categories: {spec.layers} layers x {spec.heads} heads x {len(trials)} trial(s)",
+                confusion_figure(total),
+            )
             plots.append(plot)
-            jobs.append({
-                "job": rec.unit.job, "spec": spec, "trials": trials, "expected": len(spec.seeds), "recovery": rate, "passed": rate >= spec.target,
-                "confusion": [{"planted": labels[i], "counts": [int(x) for x in row], "total": int(row.sum())} for i, row in enumerate(total)],
-                "labels": labels, "plot": plot, "heads_total": int(total.sum()),
-            })
+            jobs.append(
+                {
+                    "job": rec.unit.job,
+                    "spec": spec,
+                    "trials": trials,
+                    "expected": len(spec.seeds),
+                    "recovery": rate,
+                    "passed": rate >= spec.target,
+                    "confusion": [
+                        {"planted": labels[i], "counts": [int(x) for x in row], "total": int(row.sum())}
+                        for i, row in enumerate(total)
+                    ],
+                    "labels": labels,
+                    "plot": plot,
+                    "heads_total": int(total.sum()),
+                }
+            )
         if not jobs:
             return None
         return SectionData(context={"jobs": jobs}, plots=plots)
@@ -172,5 +219,11 @@ class PlantedJob(JobType):
             trials = self._trials(run, rec)
             if trials:
                 total = np.sum([t.confusion for t in trials], axis=0)
-                out.append(Metric(name=f"{rec.unit.job}/recovery", value=float(np.trace(total) / total.sum()), higher_is_better=True))
+                out.append(
+                    Metric(
+                        name=f"{rec.unit.job}/recovery",
+                        value=float(np.trace(total) / total.sum()),
+                        higher_is_better=True,
+                    )
+                )
         return out

@@ -1,7 +1,7 @@
 """Job ``tau_sweep``: choose tau from data - FLOPs reduction vs fidelity of each tau's head map on held-out prompts.
 
 One unit per model. It takes the stored per-prompt NMSE tables of a ``characterize`` job of the same run (no
-model run: each tau re-aggregates them, :func:`~bsight.harness.sparsity.aggregate.build_head_map`, with the
+model run: each tau re-aggregates them, :func:`~bsight.kernels.sparsity.aggregate.build_head_map`, with the
 characterize job's delta and gamma) and runs the held-out task under the ``dense`` baseline and under method
 ``blindsight`` with each tau's head map. Per sample and head map: the greedy answer (generation, extracted
 answer, correct: the accuracy job's rows, :func:`greedy_answer`), agreement of the extracted answer with the
@@ -33,26 +33,43 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .. import stats
-from ..interfaces import ModelInfo
-from ..plots import make_plot, new_figure
-from ..sparsity.aggregate import build_head_map
-from ..sparsity.categories import SPARSE_CATEGORIES, Category
-from ..sparsity.characterize import CharacterizationResult
-from ..sparsity.flops import layer_pair_table, reduction_from_pairs
-from ..sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
-from ..sparsity.layout import SinkPolicy
-from ..sparsity.metadata import LayoutMeta
-from ..sparsity.sweep import SweepRow, sweep
-from .accuracy import DEFAULT_MAX_NEW_TOKENS, AccuracyRow, Headline, check_budget, greedy_answer, run_seed
-from .base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint, selected
-from .characterize import HEADMAP_DIR, CharacterizeJob, CharacterizeRow, CharacterizeSpec, summarize
+from bsight.harness import stats
+from bsight.harness.interfaces import ModelInfo
+from bsight.harness.jobs.accuracy import (
+    DEFAULT_MAX_NEW_TOKENS,
+    AccuracyRow,
+    Headline,
+    check_budget,
+    greedy_answer,
+    run_seed,
+)
+from bsight.harness.jobs.base import (
+    ConfigIssue,
+    JobSpec,
+    JobType,
+    Metric,
+    ResultRow,
+    SectionData,
+    Unit,
+    fingerprint,
+    selected,
+)
+from bsight.harness.jobs.characterize import HEADMAP_DIR, CharacterizeJob, CharacterizeRow, CharacterizeSpec, summarize
+from bsight.harness.plots import make_plot, new_figure
+from bsight.kernels.sparsity.aggregate import build_head_map
+from bsight.kernels.sparsity.categories import SPARSE_CATEGORIES, Category
+from bsight.kernels.sparsity.characterization import CharacterizationResult
+from bsight.kernels.sparsity.flops import layer_pair_table, reduction_from_pairs
+from bsight.kernels.sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
+from bsight.kernels.sparsity.layout import SinkPolicy
+from bsight.kernels.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.param_sweep import SweepRow, sweep
 
 if TYPE_CHECKING:
-    from ..config import BenchmarkConfig
-    from ..interfaces import AttentionMethod, ModelAdapter, Prepared, Sample, Task
-    from ..runner import RunContext
-    from ..store import RunFolder, UnitRecord, UnitRowSet
+    from bsight.harness.config import BenchmarkConfig
+    from bsight.harness.interfaces import AttentionMethod, ModelAdapter, Prepared, Sample, Task
+    from bsight.harness.runner import RunContext
+    from bsight.harness.store import RunFolder, UnitRecord, UnitRowSet
 
 SETUP_KEY = "#setup"
 BLINDSIGHT = "blindsight"  # the plugin every tau's head map runs under
@@ -68,21 +85,34 @@ class DefaultRule(BaseModel):
     max_kl: float = Field(0.05, ge=0, description="mean KL(dense || blindsight) over answer positions, nats, at most")
 
     def text(self) -> str:
-        return (f"the largest mean FLOPs reduction on the held-out prompts among the taus whose answers agree with dense on at least "
-                f"{self.min_agreement:.0%} of the samples and whose mean KL(dense || blindsight) over the answer positions is at most "
-                f"{self.max_kl:g} nats (ties: the smaller tau)")
+        return (
+            f"the largest mean FLOPs reduction on the held-out prompts among the taus whose answers agree with dense on at least "
+            f"{self.min_agreement:.0%} of the samples and whose mean KL(dense || blindsight) over the answer positions is at most "
+            f"{self.max_kl:g} nats (ties: the smaller tau)"
+        )
 
 
 class TauSweepSpec(JobSpec):
     type: Literal["tau_sweep"]
-    characterize: str | None = Field(None, description="name of the earlier characterize job whose prompts give each tau's head map; default: the only one")
+    characterize: str | None = Field(
+        None,
+        description="name of the earlier characterize job whose prompts give each tau's head map; default: the only one",
+    )
     models: list[str] | None = Field(None, description="names from `models:`; default: the characterize job's")
-    task: str | None = Field(None, description="held-out task from `tasks:` (not the characterization prompts); default: the only task the characterize job does not use")
+    task: str | None = Field(
+        None,
+        description="held-out task from `tasks:` (not the characterization prompts); default: the only task the characterize job does not use",
+    )
     taus: list[float] = Field(min_length=1, description="the tau values to sweep")
     limit: int | None = Field(None, ge=1, description="first N held-out samples")
-    max_new_tokens: int | None = Field(None, ge=1, description=f"greedy tokens per answer; default: the task's, else {DEFAULT_MAX_NEW_TOKENS}")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description=f"greedy tokens per answer; default: the task's, else {DEFAULT_MAX_NEW_TOKENS}"
+    )
     baseline: str = Field("dense", description="method name from `methods:` the head maps are compared with")
-    method: str | None = Field(None, description="a `blindsight` method from `methods:` whose options (kernel, ...) every tau's head map runs with; default: blindsight's defaults")
+    method: str | None = Field(
+        None,
+        description="a `blindsight` method from `methods:` whose options (kernel, ...) every tau's head map runs with; default: blindsight's defaults",
+    )
     rule: DefaultRule = Field(default_factory=DefaultRule, description="how the default tau is chosen")
     publish: str | None = Field(None, description="also write the chosen head map here ('{model}' = config model name)")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for the paired accuracy CI")
@@ -185,7 +215,10 @@ def nmse_structure(result: CharacterizationResult) -> tuple[dict[str, float], in
     nmse = result.nmse_array()  # [P, L, H, 3] in SPARSE_CATEGORIES order
     medians = {c.label: float(np.median(nmse[..., i])) for i, c in enumerate(SPARSE_CATEGORIES)}
     per_head = np.median(nmse, axis=0)  # [L, H, 3]
-    intra, with_sinks = SPARSE_CATEGORIES.index(Category.INTRA_IMAGE), SPARSE_CATEGORIES.index(Category.INTRA_IMAGE_SINK)
+    intra, with_sinks = (
+        SPARSE_CATEGORIES.index(Category.INTRA_IMAGE),
+        SPARSE_CATEGORIES.index(Category.INTRA_IMAGE_SINK),
+    )
     gain = int((per_head[..., with_sinks] * SINK_GAIN < per_head[..., intra]).sum())
     return medians, gain
 
@@ -238,36 +271,88 @@ class TauSweepJob(JobType):
             if spec.characterize is not None:
                 which = f"no characterize job named {spec.characterize!r} before this one"
             else:
-                which = "no characterize job before this one" if not earlier else "several characterize jobs before this one; name one in `characterize`"
+                which = (
+                    "no characterize job before this one"
+                    if not earlier
+                    else "several characterize jobs before this one; name one in `characterize`"
+                )
             listed = ", ".join(s.name for s in config.jobs if s.type == "characterize") or "none"
-            issues.append(ConfigIssue(("characterize",), f"{which} (characterize jobs in the config: {listed}); a sweep reads one listed before it"))
+            issues.append(
+                ConfigIssue(
+                    ("characterize",),
+                    f"{which} (characterize jobs in the config: {listed}); a sweep reads one listed before it",
+                )
+            )
             return issues
         char_models = selected(char, config, "models")
         for i, name in enumerate(_selected_models(spec, config, char)):
             if name not in config.models:
-                issues.append(ConfigIssue(("models", i), f"{name!r} is not defined under `models:`; defined: {', '.join(config.models) or 'none'}"))
+                issues.append(
+                    ConfigIssue(
+                        ("models", i),
+                        f"{name!r} is not defined under `models:`; defined: {', '.join(config.models) or 'none'}",
+                    )
+                )
             elif name not in char_models:
-                issues.append(ConfigIssue(("models", i), f"{name!r} is not characterized by job {char.name!r} (it characterizes {', '.join(char_models)})"))
+                issues.append(
+                    ConfigIssue(
+                        ("models", i),
+                        f"{name!r} is not characterized by job {char.name!r} (it characterizes {', '.join(char_models)})",
+                    )
+                )
         task = self.task_of(spec, config)
         used = CharacterizeJob.task_of(char, config)
         if task is None:
-            issues.append(ConfigIssue(("task",), f"name the held-out task; defined under `tasks:`: {', '.join(config.tasks) or 'none'} "
-                                                 f"(the characterization uses {used!r})"))
+            issues.append(
+                ConfigIssue(
+                    ("task",),
+                    f"name the held-out task; defined under `tasks:`: {', '.join(config.tasks) or 'none'} "
+                    f"(the characterization uses {used!r})",
+                )
+            )
         elif task not in config.tasks:
-            issues.append(ConfigIssue(("task",), f"{task!r} is not defined under `tasks:`; defined: {', '.join(config.tasks) or 'none'}"))
+            issues.append(
+                ConfigIssue(
+                    ("task",), f"{task!r} is not defined under `tasks:`; defined: {', '.join(config.tasks) or 'none'}"
+                )
+            )
         elif task == used:
-            issues.append(ConfigIssue(("task",), f"{task!r} is the task job {char.name!r} characterizes on; held-out samples must come from another task (e.g. its held-out split)"))
+            issues.append(
+                ConfigIssue(
+                    ("task",),
+                    f"{task!r} is the task job {char.name!r} characterizes on; held-out samples must come from another task (e.g. its held-out split)",
+                )
+            )
         for field, name in (("baseline", spec.baseline), ("method", spec.method)):
             if name is not None and name not in config.methods:
-                issues.append(ConfigIssue((field,), f"{name!r} is not defined under `methods:`; defined: {', '.join(config.methods) or 'none'}"))
-        if spec.method is not None and spec.method in config.methods and config.methods[spec.method].plugin != BLINDSIGHT:
-            issues.append(ConfigIssue(("method",), f"{spec.method!r} uses plugin {config.methods[spec.method].plugin!r}; the sweep runs head maps under {BLINDSIGHT!r}"))
+                issues.append(
+                    ConfigIssue(
+                        (field,),
+                        f"{name!r} is not defined under `methods:`; defined: {', '.join(config.methods) or 'none'}",
+                    )
+                )
+        if (
+            spec.method is not None
+            and spec.method in config.methods
+            and config.methods[spec.method].plugin != BLINDSIGHT
+        ):
+            issues.append(
+                ConfigIssue(
+                    ("method",),
+                    f"{spec.method!r} uses plugin {config.methods[spec.method].plugin!r}; the sweep runs head maps under {BLINDSIGHT!r}",
+                )
+            )
         if spec.publish is not None:
             rest = spec.publish.replace("{model}", "")
             if "{" in rest or "}" in rest:
                 issues.append(ConfigIssue(("publish",), "the only placeholder allowed is '{model}'"))
             elif len(_selected_models(spec, config, char)) > 1 and "{model}" not in spec.publish:
-                issues.append(ConfigIssue(("publish",), "this job sweeps several models: put '{model}' in the path so each gets its own file"))
+                issues.append(
+                    ConfigIssue(
+                        ("publish",),
+                        "this job sweeps several models: put '{model}' in the path so each gets its own file",
+                    )
+                )
         return issues
 
     def expand(self, spec: TauSweepSpec, config: BenchmarkConfig) -> list[Unit]:
@@ -279,10 +364,20 @@ class TauSweepJob(JobType):
         for model in _selected_models(spec, config, char):
             char_unit = self._char_unit(char, config, model)
             fp = fingerprint(
-                self.type, config.models[model].model_dump(), config.tasks[task].model_dump(), config.methods[spec.baseline].model_dump(),
-                template, spec.max_new_tokens, char_unit.fingerprint, char.limit, char.delta, char.gamma,
+                self.type,
+                config.models[model].model_dump(),
+                config.tasks[task].model_dump(),
+                config.methods[spec.baseline].model_dump(),
+                template,
+                spec.max_new_tokens,
+                char_unit.fingerprint,
+                char.limit,
+                char.delta,
+                char.gamma,
             )
-            units.append(Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}", model=model, task=task, fingerprint=fp))
+            units.append(
+                Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}", model=model, task=task, fingerprint=fp)
+            )
         return units
 
     @staticmethod
@@ -291,9 +386,11 @@ class TauSweepJob(JobType):
 
     # ------------------------------------------------------------------------------------------ running
 
-    def _characterization(self, spec: TauSweepSpec, unit: Unit, ctx: RunContext) -> tuple[CharacterizeSpec, Unit, CharacterizationResult]:
+    def _characterization(
+        self, spec: TauSweepSpec, unit: Unit, ctx: RunContext
+    ) -> tuple[CharacterizeSpec, Unit, CharacterizationResult]:
         """The characterize unit's stored prompts for this model; it must have finished."""
-        from ..store import RunFolder
+        from bsight.harness.store import RunFolder
 
         char = self.characterize_spec(spec, ctx.config)
         assert char is not None and ctx.run_dir is not None
@@ -303,7 +400,9 @@ class TauSweepJob(JobType):
         prompts = [r for r in rows if r.kind != "setup"][: char.limit]
         wanted = len(ctx.samples(char_unit.task, char.limit))
         if setup is None or len(prompts) < wanted:
-            raise ValueError(f"unit {char_unit.id} holds {len(prompts)} of {wanted} characterized prompts: it must finish before {unit.id} (see its error above)")
+            raise ValueError(
+                f"unit {char_unit.id} holds {len(prompts)} of {wanted} characterized prompts: it must finish before {unit.id} (see its error above)"
+            )
         return char, char_unit, summarize(char, setup, prompts).result
 
     def _blindsight(self, spec: TauSweepSpec, ctx: RunContext, head_map: HeadMap, info: ModelInfo) -> AttentionMethod:
@@ -328,13 +427,22 @@ class TauSweepJob(JobType):
         if stored is None:
             medians, gain = nmse_structure(result)
             setup = SweepSetup(
-                model=info, characterize_unit=char_unit.id, dataset=result.dataset, sink_policy=result.sink_policy, delta=char.delta,
-                gamma=char.gamma, nmse_median=medians, sink_gain_heads=gain, heads=info.num_layers * info.num_heads,
+                model=info,
+                characterize_unit=char_unit.id,
+                dataset=result.dataset,
+                sink_policy=result.sink_policy,
+                delta=char.delta,
+                gamma=char.gamma,
+                nmse_median=medians,
+                sink_gain_heads=gain,
+                heads=info.num_layers * info.num_heads,
             )
             rows.append(TauSweepRow(key=SETUP_KEY, kind="setup", setup=setup))
         elif stored.setup.model != info:
-            raise ValueError(f"unit {unit.id}: stored rows come from {stored.setup.model.model_id} (revision {stored.setup.model.revision or '-'}), "
-                             f"the loaded model is {info.model_id} (revision {info.revision or '-'}); rerun with --fresh")
+            raise ValueError(
+                f"unit {unit.id}: stored rows come from {stored.setup.model.model_id} (revision {stored.setup.model.revision or '-'}), "
+                f"the loaded model is {info.model_id} (revision {info.revision or '-'}); rerun with --fresh"
+            )
         assert ctx.run_dir is not None
         folder = Path(HEADMAP_DIR) / unit.job
         head_maps: dict[float, HeadMap] = {}
@@ -345,7 +453,11 @@ class TauSweepJob(JobType):
             head_maps[tau] = hm
             if f"#{tau_key(tau)}" not in rows.done:
                 (point,) = sweep(result, [tau], [char.delta], [char.gamma])
-                rows.append(TauSweepRow(key=f"#{tau_key(tau)}", kind="tau", tau=tau, head_map=TauHeadMap(sweep=point, file=str(file))))
+                rows.append(
+                    TauSweepRow(
+                        key=f"#{tau_key(tau)}", kind="tau", tau=tau, head_map=TauHeadMap(sweep=point, file=str(file))
+                    )
+                )
         baseline = ctx.method(spec.baseline)
         baseline.setup(info)
         methods = {tau: self._blindsight(spec, ctx, hm, info) for tau, hm in head_maps.items()}
@@ -358,30 +470,59 @@ class TauSweepJob(JobType):
         chosen = choose_tau(self._points(list(rows), spec, ctx.seed, task.headline), spec.rule)
         files = {"head_maps": str(folder)}
         if chosen is not None:
-            files["chosen"] = str(head_maps[chosen].save(ctx.run_dir / folder / f"{unit.model}.json").relative_to(ctx.run_dir))
+            files["chosen"] = str(
+                head_maps[chosen].save(ctx.run_dir / folder / f"{unit.model}.json").relative_to(ctx.run_dir)
+            )
             if spec.publish is not None:
                 files["published"] = str(head_maps[chosen].save(Path(spec.publish.replace("{model}", unit.model))))
         ctx.note(chosen_tau=chosen, files=files, headline=task.headline)
 
     def _sample(
-        self, spec: TauSweepSpec, unit: Unit, rows: UnitRowSet[TauSweepRow], adapter: ModelAdapter, task: Task,
-        sample: Sample, baseline: AttentionMethod, methods: dict[float, AttentionMethod], head_maps: dict[float, HeadMap], max_new_tokens: int,
+        self,
+        spec: TauSweepSpec,
+        unit: Unit,
+        rows: UnitRowSet[TauSweepRow],
+        adapter: ModelAdapter,
+        task: Task,
+        sample: Sample,
+        baseline: AttentionMethod,
+        methods: dict[float, AttentionMethod],
+        head_maps: dict[float, HeadMap],
+        max_new_tokens: int,
     ) -> None:
         """Every missing row of one sample: the baseline's answer, then each tau's answer and fidelity."""
         prepared = adapter.prepare(sample)
         if len(prepared.layouts) != 1:
-            raise ValueError(f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; the sweep takes one prompt at a time")
+            raise ValueError(
+                f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; the sweep takes one prompt at a time"
+            )
         common = {"model": unit.model, "task_name": unit.task}
         dense_key = sample_key(sample.id, None)
         forced = adapter.prepare(sample, continuation=gold_continuation(sample))
         n = forced.num_tokens - prepared.num_tokens
         if n < 1 and forced.num_tokens == prepared.num_tokens:
-            raise ValueError(f"sample {sample.id!r}: its gold continuation {gold_continuation(sample)!r} gives no tokens to score")
-        if n < 1 or not torch.equal(forced.inputs["input_ids"][0, : prepared.num_tokens], prepared.inputs["input_ids"][0]):
-            raise ValueError(f"sample {sample.id!r}: adapter {adapter.name!r} did not append the gold continuation after the prompt's tokens "
-                             f"({prepared.num_tokens} prompt tokens, {forced.num_tokens} with the continuation)")
+            raise ValueError(
+                f"sample {sample.id!r}: its gold continuation {gold_continuation(sample)!r} gives no tokens to score"
+            )
+        if n < 1 or not torch.equal(
+            forced.inputs["input_ids"][0, : prepared.num_tokens], prepared.inputs["input_ids"][0]
+        ):
+            raise ValueError(
+                f"sample {sample.id!r}: adapter {adapter.name!r} did not append the gold continuation after the prompt's tokens "
+                f"({prepared.num_tokens} prompt tokens, {forced.num_tokens} with the continuation)"
+            )
         if dense_key not in rows.done:
-            answer = greedy_answer(adapter, baseline, task, sample, prepared, max_new_tokens, key=dense_key, method_name=spec.baseline, **common)
+            answer = greedy_answer(
+                adapter,
+                baseline,
+                task,
+                sample,
+                prepared,
+                max_new_tokens,
+                key=dense_key,
+                method_name=spec.baseline,
+                **common,
+            )
             rows.append(TauSweepRow(key=dense_key, kind="sample", answer=answer, answer_tokens=n))
         dense = rows.rows[dense_key].answer
         missing = [t for t in methods if sample_key(sample.id, t) not in rows.done]
@@ -397,11 +538,23 @@ class TauSweepJob(JobType):
             if policy not in pair_tables:  # sinks as the attention bridge applies them for this method
                 lay = layout.with_sinks(policy) if policy is not None else layout
                 pair_tables[policy] = layer_pair_table(LayoutMeta.build(lay.unpadded()), info.sliding_windows)
-            answer = greedy_answer(adapter, method, task, sample, prepared, max_new_tokens, key=key, method_name=f"{BLINDSIGHT}@{tau_key(tau)}", **common)
+            answer = greedy_answer(
+                adapter,
+                method,
+                task,
+                sample,
+                prepared,
+                max_new_tokens,
+                key=key,
+                method_name=f"{BLINDSIGHT}@{tau_key(tau)}",
+                **common,
+            )
             lp = answer_log_probs(adapter, method, forced, n)
             kl = kl_per_position(base_lp, lp)
             fidelity = Fidelity(
-                agrees=stats.agreement([answer.extracted], [dense.extracted]) == 1.0, kl_mean=float(kl.mean()), kl_max=float(kl.max()),
+                agrees=stats.agreement([answer.extracted], [dense.extracted]) == 1.0,
+                kl_mean=float(kl.mean()),
+                kl_max=float(kl.max()),
                 top1_match=float((lp.argmax(-1) == base_lp.argmax(-1)).double().mean()),
                 flops_reduction=float(reduction_from_pairs(pair_tables[policy], head_maps[tau].category_array())),
             )
@@ -410,7 +563,9 @@ class TauSweepJob(JobType):
     # ---------------------------------------------------------------------------------------- reporting
 
     @staticmethod
-    def _points(rows: list[TauSweepRow], spec: TauSweepSpec, seed: int = 0, headline: Headline = "micro") -> list[dict[str, Any]]:
+    def _points(
+        rows: list[TauSweepRow], spec: TauSweepSpec, seed: int = 0, headline: Headline = "micro"
+    ) -> list[dict[str, Any]]:
         """Per tau with a head map row: its summary over the samples answered under both it and the baseline;
         accuracy as the task's headline score (``macro``: mean of per-subtask accuracies, the bootstrap
         resampling within subtasks), as the accuracy job reports it."""
@@ -423,23 +578,35 @@ class TauSweepJob(JobType):
             fid = [mine[k].fidelity for k in keys]
             nan = float("nan")
             subtasks = [dense[k].subtask for k in keys]
-            delta = stats.paired_bootstrap([mine[k].answer.correct for k in keys], [dense[k].correct for k in keys],
-                                           resamples=spec.bootstrap, confidence=spec.confidence, seed=seed,
-                                           groups=subtasks if headline == "macro" else None)
+            delta = stats.paired_bootstrap(
+                [mine[k].answer.correct for k in keys],
+                [dense[k].correct for k in keys],
+                resamples=spec.bootstrap,
+                confidence=spec.confidence,
+                seed=seed,
+                groups=subtasks if headline == "macro" else None,
+            )
             shares = head.head_map.sweep.shares
-            out.append({
-                "tau": head.tau, "n": len(keys), "sweep": head.head_map.sweep, "file": head.head_map.file, "shares": shares,
-                "sparse_share": 1.0 - shares[Category.DENSE.label],
-                "flops_heldout": float(np.mean([f.flops_reduction for f in fid])) if fid else nan,
-                "flops_heldout_min": float(np.min([f.flops_reduction for f in fid])) if fid else nan,
-                "agreement": float(np.mean([f.agrees for f in fid])) if fid else nan,
-                "kl_mean": float(np.mean([f.kl_mean for f in fid])) if fid else nan,
-                "kl_max": float(np.max([f.kl_max for f in fid])) if fid else nan,
-                "top1_match": float(np.mean([f.top1_match for f in fid])) if fid else nan,
-                "accuracy_dense": stats.headline_accuracy(headline, subtasks, [dense[k].correct for k in keys]),
-                "accuracy": stats.headline_accuracy(headline, subtasks, [mine[k].answer.correct for k in keys]),
-                "unparsed": stats.unparsed([mine[k].answer.extracted for k in keys]), "delta": delta,
-            })
+            out.append(
+                {
+                    "tau": head.tau,
+                    "n": len(keys),
+                    "sweep": head.head_map.sweep,
+                    "file": head.head_map.file,
+                    "shares": shares,
+                    "sparse_share": 1.0 - shares[Category.DENSE.label],
+                    "flops_heldout": float(np.mean([f.flops_reduction for f in fid])) if fid else nan,
+                    "flops_heldout_min": float(np.min([f.flops_reduction for f in fid])) if fid else nan,
+                    "agreement": float(np.mean([f.agrees for f in fid])) if fid else nan,
+                    "kl_mean": float(np.mean([f.kl_mean for f in fid])) if fid else nan,
+                    "kl_max": float(np.max([f.kl_max for f in fid])) if fid else nan,
+                    "top1_match": float(np.mean([f.top1_match for f in fid])) if fid else nan,
+                    "accuracy_dense": stats.headline_accuracy(headline, subtasks, [dense[k].correct for k in keys]),
+                    "accuracy": stats.headline_accuracy(headline, subtasks, [mine[k].answer.correct for k in keys]),
+                    "unparsed": stats.unparsed([mine[k].answer.extracted for k in keys]),
+                    "delta": delta,
+                }
+            )
         return out
 
     def _unit_context(self, run: RunFolder, rec: UnitRecord, seed: int) -> dict[str, Any] | None:
@@ -452,20 +619,39 @@ class TauSweepJob(JobType):
         points = self._points(rows, spec, seed, headline)
         chosen = choose_tau(points, spec.rule)
         for p in points:
-            p["qualifies"] = bool(p["n"]) and p["agreement"] >= spec.rule.min_agreement and p["kl_mean"] <= spec.rule.max_kl
+            p["qualifies"] = (
+                bool(p["n"]) and p["agreement"] >= spec.rule.min_agreement and p["kl_mean"] <= spec.rule.max_kl
+            )
             p["chosen"] = p["tau"] == chosen
         dense = [r.answer for r in rows if r.kind == "sample" and r.tau is None]
         used = _characterize_tau(run, setup.characterize_unit)
         model = setup.model
         return {
-            "job": rec.unit.job, "model": rec.unit.model, "task": rec.unit.task, "model_id": model.model_id, "weights": model.weights,
-            "layers": model.num_layers, "heads": model.num_heads, "setup": setup, "status": rec.status,
-            "samples": len(dense), "expected_samples": None if rec.expected is None else (rec.expected - 1 - len(spec.taus)) // (1 + len(spec.taus)),
+            "job": rec.unit.job,
+            "model": rec.unit.model,
+            "task": rec.unit.task,
+            "model_id": model.model_id,
+            "weights": model.weights,
+            "layers": model.num_layers,
+            "heads": model.num_heads,
+            "setup": setup,
+            "status": rec.status,
+            "samples": len(dense),
+            "expected_samples": None
+            if rec.expected is None
+            else (rec.expected - 1 - len(spec.taus)) // (1 + len(spec.taus)),
             "dense_accuracy": stats.headline_accuracy(headline, [a.subtask for a in dense], [a.correct for a in dense]),
-            "dense_unparsed": stats.unparsed([a.extracted for a in dense]), "headline": headline,
-            "points": points, "chosen": chosen, "chosen_point": next((p for p in points if p["chosen"]), None),
-            "rule": spec.rule, "rule_text": spec.rule.text(), "confidence": spec.confidence, "used_tau": used,
-            "sink_gain_share": setup.sink_gain_heads / setup.heads, "files": rec.info.get("files", {}),
+            "dense_unparsed": stats.unparsed([a.extracted for a in dense]),
+            "headline": headline,
+            "points": points,
+            "chosen": chosen,
+            "chosen_point": next((p for p in points if p["chosen"]), None),
+            "rule": spec.rule,
+            "rule_text": spec.rule.text(),
+            "confidence": spec.confidence,
+            "used_tau": used,
+            "sink_gain_share": setup.sink_gain_heads / setup.heads,
+            "files": rec.info.get("files", {}),
             "sink_heads_max": max((p["shares"][Category.SINK.label] for p in points), default=0.0),
         }
 
@@ -476,8 +662,11 @@ class TauSweepJob(JobType):
             u = self._unit_context(run, rec, seed)
             if u is None or not u["points"]:
                 continue
-            u["plot"] = make_plot(f"tau-sweep-{u['job']}-{u['model']}", f"{u['model']}: FLOPs reduction vs fidelity per tau (held-out prompts)",
-                                  pareto_plot(u["points"], u["rule"], u["model"]))
+            u["plot"] = make_plot(
+                f"tau-sweep-{u['job']}-{u['model']}",
+                f"{u['model']}: FLOPs reduction vs fidelity per tau (held-out prompts)",
+                pareto_plot(u["points"], u["rule"], u["model"]),
+            )
             plots.append(u["plot"])
             units.append(u)
         if not units:
@@ -502,7 +691,13 @@ class TauSweepJob(JobType):
                     Metric(name=f"{stem}/accuracy_delta", value=p["delta"].delta, higher_is_better=True),
                 ]
             if u["chosen_point"] is not None:
-                out.append(Metric(name=f"{u['job']}/{u['model']}/chosen/flops_reduction_mean", value=u["chosen_point"]["flops_heldout"], higher_is_better=True))
+                out.append(
+                    Metric(
+                        name=f"{u['job']}/{u['model']}/chosen/flops_reduction_mean",
+                        value=u["chosen_point"]["flops_heldout"],
+                        higher_is_better=True,
+                    )
+                )
         return out
 
 
@@ -522,8 +717,10 @@ def pareto_plot(points: list[dict[str, Any]], rule: DefaultRule, model: str):
     left, right = fig.subplots(1, 2)
     pts = [p for p in points if p["n"]]
     x = [100 * p["flops_heldout"] for p in pts]
-    panels = ((left, "agreement", lambda v: 100 * v, "answers equal to dense (%)", 100 * rule.min_agreement, False),
-              (right, "kl_mean", lambda v: v, "mean KL(dense || blindsight), nats", rule.max_kl, True))
+    panels = (
+        (left, "agreement", lambda v: 100 * v, "answers equal to dense (%)", 100 * rule.min_agreement, False),
+        (right, "kl_mean", lambda v: v, "mean KL(dense || blindsight), nats", rule.max_kl, True),
+    )
     for ax, field, scale, label, threshold, log in panels:
         y = [scale(p[field]) for p in pts]
         if log:

@@ -1,6 +1,6 @@
-"""Job ``ttft``: end-to-end time to first token, dense vs ``blindsight`` (:mod:`bsight.harness.ttft`).
+"""Job ``ttft``: end-to-end time to first token, dense vs ``blindsight`` (:mod:`bsight.harness.benchmarks.ttft`).
 
-On a CUDA machine each prompt length is one run of ``python -m bsight.harness.ttft`` (in process; one durable
+On a CUDA machine each prompt length is one run of ``python -m bsight.harness.benchmarks.ttft`` (in process; one durable
 row per length, so a killed run resumes at the next length). ``small: true`` runs the script's tiny CPU
 configuration instead: the whole path with a tiny random model, numbers that say nothing about the 7B model
 (the section labels them). Elsewhere the job loads the published results (default
@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from ..plots import line_plot, make_plot
-from .base import Metric, ResultRow, SectionData, Unit
-from .timing import MeasuredOrPublished, MeasuredSpec, jsonable
+from bsight.harness.jobs.base import Metric, ResultRow, SectionData, Unit
+from bsight.harness.jobs.timing import MeasuredOrPublished, MeasuredSpec, jsonable
+from bsight.harness.plots import line_plot, make_plot
 
 if TYPE_CHECKING:
-    from ..runner import RunContext
-    from ..store import RunFolder, UnitRecord, UnitRowSet
+    from bsight.harness.runner import RunContext
+    from bsight.harness.store import RunFolder, UnitRecord, UnitRowSet
 
 METHODS = ("dense", "blindsight")
 META_KEYS = ("benchmark", "provenance", "setup", "head_map", "images", "kernel", "sdpa_backend", "fallback_warnings")
@@ -36,9 +36,15 @@ META_KEYS = ("benchmark", "provenance", "setup", "head_map", "images", "kernel",
 
 class TTFTSpec(MeasuredSpec):
     type: Literal["ttft"]
-    published: str | None = Field("reports/published/ttft_h100.json", description="published TTFT results shown where none are measured")
-    small: bool = Field(False, description="measure the script's tiny CPU configuration (checks the path; not a 7B measurement)")
-    lengths: list[int] | None = Field(None, min_length=1, description="prompt lengths in tokens; default: the script's (36K-300K; small: 400, 900)")
+    published: str | None = Field(
+        "reports/published/ttft_h100.json", description="published TTFT results shown where none are measured"
+    )
+    small: bool = Field(
+        False, description="measure the script's tiny CPU configuration (checks the path; not a 7B measurement)"
+    )
+    lengths: list[int] | None = Field(
+        None, min_length=1, description="prompt lengths in tokens; default: the script's (36K-300K; small: 400, 900)"
+    )
     repeats: int = Field(1, ge=1, description="timed prefills per length and method (median reported)")
     dense_share: float = Field(0.3, ge=0, le=1, description="share of dense heads in the random timing head map")
     seed: int = 0
@@ -65,9 +71,15 @@ def row_from_entry(entry: dict[str, Any], source: Literal["measured", "published
     if missing:
         raise ValueError(f"TTFT entry lacks {', '.join(missing)} (keys: {', '.join(sorted(entry))})")
     return TTFTRow(
-        key=str(entry["target_tokens"]), source=source, tokens=entry["tokens"], images=entry["images"], image_tokens=entry["image_tokens"],
-        text_tokens=entry["text_tokens"], dense=jsonable(entry.get("dense", {"skipped": "not run"})),
-        blindsight=jsonable(entry.get("blindsight", {"skipped": "not run"})), speedup=entry.get("speedup"),
+        key=str(entry["target_tokens"]),
+        source=source,
+        tokens=entry["tokens"],
+        images=entry["images"],
+        image_tokens=entry["image_tokens"],
+        text_tokens=entry["text_tokens"],
+        dense=jsonable(entry.get("dense", {"skipped": "not run"})),
+        blindsight=jsonable(entry.get("blindsight", {"skipped": "not run"})),
+        speedup=entry.get("speedup"),
     )
 
 
@@ -91,7 +103,7 @@ def _quietly(main: Callable[[list[str]], int], argv: list[str]) -> None:
                 root.removeHandler(handler)
         root.setLevel(level)
     if status:
-        raise RuntimeError(f"python -m bsight.harness.ttft {' '.join(argv)} exited with status {status}")
+        raise RuntimeError(f"python -m bsight.harness.benchmarks.ttft {' '.join(argv)} exited with status {status}")
 
 
 class TTFTJob(MeasuredOrPublished):
@@ -110,7 +122,7 @@ class TTFTJob(MeasuredOrPublished):
         return spec.model_dump(include={"small", "lengths", "repeats", "dense_share", "seed", "budget_s"})
 
     def measure(self, spec: TTFTSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet[TTFTRow]) -> None:
-        from bsight.harness import ttft
+        from bsight.harness.benchmarks import ttft
 
         lengths = list(dict.fromkeys(spec.lengths or (ttft.SMALL_LENGTHS if spec.small else ttft.LENGTHS)))
         ctx.expect(len(lengths))
@@ -119,8 +131,20 @@ class TTFTJob(MeasuredOrPublished):
             for n in todo:
                 with tempfile.TemporaryDirectory() as tmp:
                     out = Path(tmp) / "ttft.json"
-                    argv = ["--out", str(out), "--lengths", str(n), "--repeats", str(spec.repeats), "--dense-share", str(spec.dense_share),
-                            "--seed", str(spec.seed), "--budget-s", str(spec.budget_s)] + (["--small"] if spec.small else [])
+                    argv = [
+                        "--out",
+                        str(out),
+                        "--lengths",
+                        str(n),
+                        "--repeats",
+                        str(spec.repeats),
+                        "--dense-share",
+                        str(spec.dense_share),
+                        "--seed",
+                        str(spec.seed),
+                        "--budget-s",
+                        str(spec.budget_s),
+                    ] + (["--small"] if spec.small else [])
                     _quietly(ttft.main, argv)
                     doc = json.loads(out.read_text())
                 meta = document_meta(doc)
@@ -152,9 +176,16 @@ class TTFTJob(MeasuredOrPublished):
         meta = origin["meta"]
         model, head_map, setup = meta.get("model") or {}, meta.get("head_map") or {}, meta.get("setup") or {}
         origin["run"] = {
-            "model_id": model.get("id"), "weights": model.get("weights"), "head_map": head_map.get("kind"), "dense_share": head_map.get("dense_share"),
-            "kernel": meta.get("kernel"), "sdpa": (meta.get("sdpa_backend") or {}).get("backend"), "dtype": setup.get("dtype"),
-            "repeats": setup.get("repeats"), "mlp_chunk": setup.get("mlp_chunk_tokens"), "warnings": meta.get("fallback_warnings") or [],
+            "model_id": model.get("id"),
+            "weights": model.get("weights"),
+            "head_map": head_map.get("kind"),
+            "dense_share": head_map.get("dense_share"),
+            "kernel": meta.get("kernel"),
+            "sdpa": (meta.get("sdpa_backend") or {}).get("backend"),
+            "dtype": setup.get("dtype"),
+            "repeats": setup.get("repeats"),
+            "mlp_chunk": setup.get("mlp_chunk_tokens"),
+            "warnings": meta.get("fallback_warnings") or [],
         }
         job = rec.unit.job
         rows = sorted(run.rows(rec.unit, TTFTRow), key=lambda r: r.tokens)
@@ -164,21 +195,54 @@ class TTFTJob(MeasuredOrPublished):
         for r in rows:
             for name in METHODS:
                 m = getattr(r, name)
-                table.append({"tokens": r.tokens, "images": r.images, "image_tokens": r.image_tokens, "method": name, "r": m,
-                              "ok": "ttft_ms" in m, "why": m.get("skipped") or m.get("error") or "not run",
-                              "speedup": r.speedup if name == "blindsight" else None})
+                table.append(
+                    {
+                        "tokens": r.tokens,
+                        "images": r.images,
+                        "image_tokens": r.image_tokens,
+                        "method": name,
+                        "r": m,
+                        "ok": "ttft_ms" in m,
+                        "why": m.get("skipped") or m.get("error") or "not run",
+                        "speedup": r.speedup if name == "blindsight" else None,
+                    }
+                )
         plots = []
-        series = {f"{name} {what}": ([r.tokens for r in rows if key in getattr(r, name)], [getattr(r, name)[key] for r in rows if key in getattr(r, name)])
-                  for name in METHODS for what, key in (("TTFT", "ttft_ms"), ("attention", "attention_ms"))}
+        series = {
+            f"{name} {what}": (
+                [r.tokens for r in rows if key in getattr(r, name)],
+                [getattr(r, name)[key] for r in rows if key in getattr(r, name)],
+            )
+            for name in METHODS
+            for what, key in (("TTFT", "ttft_ms"), ("attention", "attention_ms"))
+        }
         series = {k: v for k, v in series.items() if v[0]}
         if series:
-            plots.append(make_plot(f"ttft-{job}-ms", "Time to first token and prefill attention time vs prompt tokens",
-                                   line_plot(series, "prompt tokens", "ms", logx=True, logy=True)))
+            plots.append(
+                make_plot(
+                    f"ttft-{job}-ms",
+                    "Time to first token and prefill attention time vs prompt tokens",
+                    line_plot(series, "prompt tokens", "ms", logx=True, logy=True),
+                )
+            )
         sped = [r for r in rows if r.speedup]
         if sped:
-            speed = {f"{k} speedup": ([r.tokens for r in sped if k in r.speedup], [r.speedup[k] for r in sped if k in r.speedup]) for k in ("ttft", "attention")}
-            plots.append(make_plot(f"ttft-{job}-speedup", "blindsight speedup over dense vs prompt tokens",
-                                   line_plot({k: v for k, v in speed.items() if v[0]}, "prompt tokens", "speedup (x)", logx=True, hline=1.0)))
+            speed = {
+                f"{k} speedup": (
+                    [r.tokens for r in sped if k in r.speedup],
+                    [r.speedup[k] for r in sped if k in r.speedup],
+                )
+                for k in ("ttft", "attention")
+            }
+            plots.append(
+                make_plot(
+                    f"ttft-{job}-speedup",
+                    "blindsight speedup over dense vs prompt tokens",
+                    line_plot(
+                        {k: v for k, v in speed.items() if v[0]}, "prompt tokens", "speedup (x)", logx=True, hline=1.0
+                    ),
+                )
+            )
         return {"job": job, "origin": origin, "empty": False, "table": table, "plots": plots}
 
     def metrics(self, run: RunFolder, records: list[UnitRecord]) -> list[Metric]:
@@ -191,5 +255,12 @@ class TTFTJob(MeasuredOrPublished):
                 for name in METHODS:
                     for key in ("ttft_ms", "attention_ms"):
                         if key in getattr(r, name):
-                            out.append(Metric(name=f"{rec.unit.job}/{r.key}/{name}/{key}", value=getattr(r, name)[key], higher_is_better=False, relative=True))
+                            out.append(
+                                Metric(
+                                    name=f"{rec.unit.job}/{r.key}/{name}/{key}",
+                                    value=getattr(r, name)[key],
+                                    higher_is_better=False,
+                                    relative=True,
+                                )
+                            )
         return out

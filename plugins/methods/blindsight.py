@@ -11,76 +11,27 @@ the bridge measures.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from bsight.harness.hookspecs import hookimpl
-from bsight.harness.interfaces import AttentionMethod, LayerCall, ModelInfo
-from bsight.harness.sparsity.categories import Category
-from bsight.harness.sparsity.headmap import HeadMap
-from bsight.harness.sparsity.layout import SinkPolicy
-from bsight.harness.sparsity.metadata import LayoutMeta
-from bsight.kernels.reference import reference_attention
-from bsight.plugins.methods.dense import SdpaBackend, causal_sdpa, is_plain_causal
+from bsight.harness.interfaces import AttentionMethod, ModelInfo
+from bsight.kernels.dispatch import (
+    DenseHeads,
+    KernelChoice,
+    LayerCall,
+    SdpaBackend,
+    causal_sdpa,
+    is_plain_causal,
+    layout_attention,
+)
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.headmap import HeadMap
+from bsight.kernels.sparsity.layout import SinkPolicy
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 log = logging.getLogger(__name__)
-
-KernelChoice = Literal["auto", "triton", "reference"]
-DenseHeads = Literal["sdpa", "kernel"]
-AttentionFn = Callable[..., torch.Tensor]
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        log.warning(message)
-
-
-def _triton_kernel(fallback: bool) -> AttentionFn | None:
-    """``bsight.kernels.blindsight_attention`` (same signature as ``reference_attention``), or None."""
-    try:
-        from bsight.kernels import blindsight_attention as kernels  # looked up at call time: a build may lack it
-
-        return kernels.blindsight_attention
-    except (ImportError, AttributeError) as e:
-        if not fallback:
-            raise RuntimeError(f"bsight.kernels.blindsight_attention is unavailable ({type(e).__name__}: {e})") from e
-        _warn_once(f"bsight.kernels.blindsight_attention is unavailable ({type(e).__name__}: {e}); "
-                   "falling back to the chunked reference attention (correct, but slow on GPU)")
-        return None
-
-
-def layout_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    meta: LayoutMeta,
-    categories: torch.Tensor,
-    call: LayerCall,
-    kernel: KernelChoice = "auto",
-    fallback: bool = True,
-    dense_heads: DenseHeads = "sdpa",
-) -> torch.Tensor:
-    """Attention under the layout's per-head masks: the Triton kernel on CUDA (or wherever ``kernel="triton"``,
-    e.g. under ``TRITON_INTERPRET=1``), else the reference. A kernel that is missing, or that refuses the case
-    (NotImplementedError or TypeError: a dtype or head dim it lacks, say), falls back to the reference with a
-    log line, or raises when ``fallback`` is off (benchmarks must not time the reference by accident). The
-    kernel sends dense heads of plain causal layers to SDPA itself unless ``dense_heads="kernel"``."""
-    use_triton = kernel == "triton" or (kernel == "auto" and q.is_cuda)
-    fn = _triton_kernel(fallback) if use_triton else None
-    if fn is not None:
-        extra = {"dense_backend": "kernel"} if dense_heads == "kernel" else {}
-        try:
-            return fn(q, k, v, meta, categories, scale=call.scale, window=call.window, **extra)
-        except (NotImplementedError, TypeError) as e:  # the kernel refuses a case (window, dtype, head dim, device)
-            if not fallback:
-                raise
-            _warn_once(f"blindsight kernel does not handle this case ({type(e).__name__}: {e}); using the reference attention for it")
-    return reference_attention(q, k, v, meta, categories, scale=call.scale, window=call.window)
 
 
 class BlindsightOptions(BaseModel):
@@ -105,7 +56,9 @@ class BlindsightOptions(BaseModel):
 
 class Blindsight(AttentionMethod):
     name = "blindsight"
-    description = "Static per-head categories from a head map (dense, sink, intra_image, intra_image_sink); Triton kernel on GPU"
+    description = (
+        "Static per-head categories from a head map (dense, sink, intra_image, intra_image_sink); Triton kernel on GPU"
+    )
     Options = BlindsightOptions
 
     def __init__(self, options=None) -> None:
@@ -121,7 +74,9 @@ class Blindsight(AttentionMethod):
         opts = self.options
         with self.overhead.measure("head_map_load"):
             if opts.uniform is not None:
-                hm = HeadMap.uniform(model.model_id, model.num_layers, model.num_heads, opts.uniform, opts.sink_policy or SinkPolicy())
+                hm = HeadMap.uniform(
+                    model.model_id, model.num_layers, model.num_heads, opts.uniform, opts.sink_policy or SinkPolicy()
+                )
             else:
                 hm = opts.head_map if isinstance(opts.head_map, HeadMap) else HeadMap.load(opts.head_map)
         hm.check_model(model.num_layers, model.num_heads)
@@ -142,7 +97,9 @@ class Blindsight(AttentionMethod):
     def head_categories(self, layer_idx: int) -> torch.Tensor | None:
         return self._layer(layer_idx).clone()
 
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, call: LayerCall) -> torch.Tensor:
+    def prefill(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, call: LayerCall
+    ) -> torch.Tensor:
         cats = self._layer(call.layer_idx)
         opts = self.options
         if is_plain_causal(meta, call) and (meta.num_images == 0 or self._all_dense[call.layer_idx]):

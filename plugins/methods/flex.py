@@ -22,11 +22,11 @@ from pydantic import Field, model_validator
 
 from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import AttentionMethod, ModelInfo, NoOptions, OverheadMeter
-from bsight.harness.sparsity.categories import Category
-from bsight.harness.sparsity.headmap import HeadMap
-from bsight.harness.sparsity.layout import SinkPolicy
-from bsight.harness.sparsity.masks import MaskMod, and_masks, base_mask, category_mask
-from bsight.harness.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.headmap import HeadMap
+from bsight.kernels.sparsity.layout import SinkPolicy
+from bsight.kernels.sparsity.masks import MaskMod, and_masks, base_mask, category_mask
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 CompileMode = Literal["auto", "always", "never"]
 _COMPILE_LIMIT = 256
@@ -52,8 +52,15 @@ def chunk_rows(S: int, heads: int, max_bytes: int, block: int = 128) -> int:
     return block * max(d for d in range(1, min(nb, fits) + 1) if nb % d == 0)
 
 
-def chunked_block_mask(mask_mod: MaskMod, num_heads: int | None, S: int, device: torch.device, build: Callable,
-                       block_size: int = 128, max_bytes: int = 8 << 30):
+def chunked_block_mask(
+    mask_mod: MaskMod,
+    num_heads: int | None,
+    S: int,
+    device: torch.device,
+    build: Callable,
+    block_size: int = 128,
+    max_bytes: int = 8 << 30,
+):
     """``build(mask_mod, None, num_heads, S, S)`` (``create_block_mask``, compiled or not) in query chunks of at
     most ``max_bytes`` of boolean mask each, joined with ``BlockMask.from_kv_blocks``.
 
@@ -78,7 +85,9 @@ def chunked_block_mask(mask_mod: MaskMod, num_heads: int | None, S: int, device:
         parts.append(build(chunk_mask, None, num_heads, rows, S, device=device, BLOCK_SIZE=block_size))
     first = parts[0]
     cat = lambda name: torch.cat([getattr(p, name) for p in parts], dim=2)  # noqa: E731
-    fields = dict(kv_num_blocks=cat("kv_num_blocks"), kv_indices=cat("kv_indices"), BLOCK_SIZE=first.BLOCK_SIZE, mask_mod=mask_mod)
+    fields = dict(
+        kv_num_blocks=cat("kv_num_blocks"), kv_indices=cat("kv_indices"), BLOCK_SIZE=first.BLOCK_SIZE, mask_mod=mask_mod
+    )
     if first.full_kv_num_blocks is not None:
         fields.update(full_kv_num_blocks=cat("full_kv_num_blocks"), full_kv_indices=cat("full_kv_indices"))
     try:
@@ -111,8 +120,13 @@ def categories_mask(meta: LayoutMeta, categories: torch.Tensor, window: int | No
 class FlexRunner:
     """FlexAttention with a per-prompt block-mask cache: compiled on CUDA (``auto``), eager elsewhere."""
 
-    def __init__(self, compile: CompileMode = "auto", block_size: int = 128, overhead: OverheadMeter | None = None,
-                 max_mask_bytes: int = 8 << 30) -> None:
+    def __init__(
+        self,
+        compile: CompileMode = "auto",
+        block_size: int = 128,
+        overhead: OverheadMeter | None = None,
+        max_mask_bytes: int = 8 << 30,
+    ) -> None:
         self.compile = compile
         self.block_size = block_size
         self.max_mask_bytes = max_mask_bytes
@@ -166,7 +180,9 @@ class FlexOptions(NoOptions):
 
     head_map: str | HeadMap | None = Field(None, description="head map JSON file (or the head map itself)")
     uniform: str | None = Field(None, description="instead of a head map: every head in this category")
-    sink_policy: SinkPolicy | None = Field(None, description="override; default: the head map's policy (uniform: the adapter's)")
+    sink_policy: SinkPolicy | None = Field(
+        None, description="override; default: the head map's policy (uniform: the adapter's)"
+    )
     compile: CompileMode = "auto"
     block_size: int = Field(128, ge=16)
 
@@ -197,7 +213,9 @@ class Flex(AttentionMethod):
         super().setup(model)
         opts = self.options
         if opts.uniform is not None:
-            hm = HeadMap.uniform(model.model_id, model.num_layers, model.num_heads, opts.uniform, opts.sink_policy or SinkPolicy())
+            hm = HeadMap.uniform(
+                model.model_id, model.num_layers, model.num_heads, opts.uniform, opts.sink_policy or SinkPolicy()
+            )
         else:
             hm = opts.head_map if isinstance(opts.head_map, HeadMap) else HeadMap.load(opts.head_map)
         hm.check_model(model.num_layers, model.num_heads)
@@ -213,7 +231,9 @@ class Flex(AttentionMethod):
         cats = self.head_categories(call.layer_idx)
         uniform = bool((cats == cats[0]).all())
         key = ("categories", tuple(cats.tolist()) if not uniform else int(cats[0]), call.window)
-        bm = self.runner.block_mask(meta, key, lambda: categories_mask(meta, cats, call.window), None if uniform else q.shape[0])
+        bm = self.runner.block_mask(
+            meta, key, lambda: categories_mask(meta, cats, call.window), None if uniform else q.shape[0]
+        )
         return self.runner.attend(q, k, v, bm, call.scale)
 
 

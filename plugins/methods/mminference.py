@@ -52,20 +52,20 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bsight.harness.artifacts import load_json_model
 from bsight.harness.hookspecs import hookimpl
-from bsight.harness.interfaces import AttentionMethod, LayerCall, ModelAdapter, ModelInfo, Sample
-from bsight.harness.sparsity.metadata import LayoutMeta
+from bsight.harness.interfaces import AttentionMethod, ModelAdapter, ModelInfo, Sample
+from bsight.kernels.dispatch import LayerCall, dense_prefill
+from bsight.kernels.sparsity.artifacts import load_json_model
+from bsight.kernels.sparsity.metadata import LayoutMeta
 from bsight.kernels.vertical_slash import (
     TILE,
-    SparseIndex,
     Space,
+    SparseIndex,
     base_pair_count,
     distinct_sorted,
     slash_tiles,
     sparse_attention,
 )
-from bsight.plugins.methods.dense import dense_prefill
 
 Pattern = Literal["vertical_slash", "block_sparse", "a_shape", "dense"]
 Boundary = Literal["none", "q_boundary", "2d_boundary"]
@@ -198,7 +198,9 @@ def _scores(launch: _Launch, h: int, rows: torch.Tensor) -> torch.Tensor:
     return (qs @ launch.k[launch.kv_heads[h]].transpose(0, 1)).to(torch.promote_types(qs.dtype, torch.float32))
 
 
-def _vertical_slash(launch: _Launch, opts: EstimationOptions, scale: float, row_sets, picks_v: list, picks_s: list) -> None:
+def _vertical_slash(
+    launch: _Launch, opts: EstimationOptions, scale: float, row_sets, picks_v: list, picks_s: list
+) -> None:
     """Last-query estimation: append (head, slot, columns / diagonals, valid) picks for the heads of each
     (slot, rows, heads) row set. Columns and diagonals are scored by summed softmax probability."""
     sp = launch.space
@@ -215,12 +217,19 @@ def _vertical_slash(launch: _Launch, opts: EstimationOptions, scale: float, row_
             allowed &= (y >= lo) & (y < hi)
         any_col = allowed.any(0)
         off = (rows[:, None] - y[None, :] + N - 1).flatten()
-        off_ok = torch.zeros(2 * N - 1, dtype=torch.int32, device=dev).scatter_add_(0, off, allowed.flatten().to(torch.int32)) > 0
+        off_ok = (
+            torch.zeros(2 * N - 1, dtype=torch.int32, device=dev).scatter_add_(
+                0, off, allowed.flatten().to(torch.int32)
+            )
+            > 0
+        )
         forced_v = any_col & (y >= lo) & (y < lo + opts.init_verticals)
         forced_s = off_ok & (diag >= 0) & (diag < opts.local_slashes)
         for h in members:
             pat = launch.patterns[h]
-            p = torch.softmax(_scores(launch, h, rows).mul_(scale).masked_fill_(~allowed, float("-inf")), -1).nan_to_num_(0.0)
+            p = torch.softmax(
+                _scores(launch, h, rows).mul_(scale).masked_fill_(~allowed, float("-inf")), -1
+            ).nan_to_num_(0.0)
             vert = p.sum(0).masked_fill_(~any_col, float("-inf")).masked_fill_(forced_v, float("inf"))
             sl = torch.zeros(2 * N - 1, dtype=p.dtype, device=dev).scatter_add_(0, off, p.flatten())
             sl = sl.masked_fill_(~off_ok, float("-inf")).masked_fill_(forced_s, float("inf"))
@@ -295,7 +304,14 @@ def build_index(launch: _Launch, opts: EstimationOptions, scale: float) -> Spars
     }
     vs_all = [h for h in range(Hl) if pats[h].pattern == "vertical_slash" and not pats[h].split]
     vs_split = [h for h in range(Hl) if pats[h].pattern == "vertical_slash" and pats[h].split]
-    _vertical_slash(launch, opts, scale, [(0, rows["all"], vs_all), (0, rows[0], vs_split), (1, rows[1], vs_split)], picks_v, picks_s)
+    _vertical_slash(
+        launch,
+        opts,
+        scale,
+        [(0, rows["all"], vs_all), (0, rows[0], vs_split), (1, rows[1], vs_split)],
+        picks_v,
+        picks_s,
+    )
     for h in range(Hl):
         if pats[h].pattern == "a_shape":
             _a_shape(launch, h, [0, 1] if pats[h].split else [0], picks_v, picks_s)
@@ -323,8 +339,12 @@ def build_index(launch: _Launch, opts: EstimationOptions, scale: float) -> Spars
         q_heads=launch.q_heads.to(torch.int32),
         kv_heads=launch.kv_heads.to(torch.int32),
         split=torch.tensor([p.split for p in pats], dtype=torch.int32, device=dev),
-        offsets=offsets, offset_count=offset_count, covered=covered,
-        columns=columns, column_count=column_count, blocks=blocks,
+        offsets=offsets,
+        offset_count=offset_count,
+        covered=covered,
+        columns=columns,
+        column_count=column_count,
+        blocks=blocks,
     )
 
 
@@ -344,7 +364,9 @@ class MMInference(AttentionMethod):
     description = "MMInference-style dynamic sparse prefill: per-head vertical-slash / block-sparse / A-shape with modality boundaries"
 
     class Options(EstimationOptions):
-        pattern_config: Path | PatternConfig | None = Field(None, description="offline search result (JSON file or object); None: `default` for every head")
+        pattern_config: Path | PatternConfig | None = Field(
+            None, description="offline search result (JSON file or object); None: `default` for every head"
+        )
         default: HeadPattern = HeadPattern()
 
     def __init__(self, options=None) -> None:
@@ -393,13 +415,25 @@ class MMInference(AttentionMethod):
         return out
 
     def attend(
-        self, patterns: list[HeadPattern], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, call: LayerCall
+        self,
+        patterns: list[HeadPattern],
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        meta: LayoutMeta,
+        call: LayerCall,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention of every head under its pattern -> (out ``[Hq, S, D]``, kept pairs ``[Hq]``)."""
         return self.execute(self.plan(patterns, q, k, v, meta, call), q, k, v, meta, call)
 
     def plan(
-        self, patterns: list[HeadPattern], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, call: LayerCall
+        self,
+        patterns: list[HeadPattern],
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        meta: LayoutMeta,
+        call: LayerCall,
     ) -> Plan:
         """Run-time part before attention: permutation to the modality space and pattern estimation."""
         Hq = q.shape[0]
@@ -410,7 +444,9 @@ class MMInference(AttentionMethod):
         dense = [h for h, p in enumerate(patterns) if p.pattern == "dense"]
         launches = []
         for two_d in (False, True):
-            heads = [h for h, p in enumerate(patterns) if p.pattern != "dense" and (p.boundary == "2d_boundary") == two_d]
+            heads = [
+                h for h, p in enumerate(patterns) if p.pattern != "dense" and (p.boundary == "2d_boundary") == two_d
+            ]
             if not heads:
                 continue
             sp = self.space(meta, call.window, two_d)
@@ -418,8 +454,16 @@ class MMInference(AttentionMethod):
             with self.overhead.measure("permutation", dev):
                 qs = sp.gather(q, hidx) if two_d else q
                 ks, vs = sp.gather(k), sp.gather(v)
-            launch = _Launch(sp, heads, [patterns[h] for h in heads], qs, ks, vs,
-                             torch.arange(len(heads), device=dev) if two_d else hidx, hidx // G)
+            launch = _Launch(
+                sp,
+                heads,
+                [patterns[h] for h in heads],
+                qs,
+                ks,
+                vs,
+                torch.arange(len(heads), device=dev) if two_d else hidx,
+                hidx // G,
+            )
             with self.overhead.measure("pattern_estimation", dev):
                 launches.append((launch, build_index(launch, self.options, call.scale)))
         return Plan(dense, launches)
@@ -456,8 +500,11 @@ class Plan:
 # -------------------------------------------------------------------------------- offline search
 
 DEFAULT_CANDIDATES: list[HeadPattern] = [
-    *(HeadPattern(pattern="vertical_slash", boundary=b, vertical_size=v, slash_size=s)
-      for b in ("none", "q_boundary", "2d_boundary") for v, s in ((30, 800), (100, 750), (500, 700), (1000, 4096))),
+    *(
+        HeadPattern(pattern="vertical_slash", boundary=b, vertical_size=v, slash_size=s)
+        for b in ("none", "q_boundary", "2d_boundary")
+        for v, s in ((30, 800), (100, 750), (500, 700), (1000, 4096))
+    ),
     *(HeadPattern(pattern="block_sparse", boundary=b, top_k=100) for b in ("none", "2d_boundary")),
     *(HeadPattern(pattern="a_shape", boundary=b, vertical_size=100, slash_size=800) for b in ("none", "2d_boundary")),
 ]
@@ -489,7 +536,9 @@ class PatternSearch(AttentionMethod):
         base = max(base_pair_count(meta, call.window), 1)
         dt = torch.promote_types(q.dtype, torch.float32)
         norm = ref.to(dt).pow(2).sum((1, 2)).clamp(min=1e-30)
-        best: list[tuple[tuple[int, float], float, float, HeadPattern]] = [((2, 0.0), 0.0, 0.0, self.options.candidates[0])] * q.shape[0]
+        best: list[tuple[tuple[int, float], float, float, HeadPattern]] = [
+            ((2, 0.0), 0.0, 0.0, self.options.candidates[0])
+        ] * q.shape[0]
         for cand in self.options.candidates:
             out, kept = self._mm.attend([cand] * q.shape[0], q, k, v, meta, call)
             nmse = ((out.to(dt) - ref.to(dt)).pow(2).sum((1, 2)) / norm).tolist()
@@ -510,18 +559,27 @@ class PatternSearch(AttentionMethod):
         missing = [i for i in range(self.model.num_layers) if i not in self.choices]
         if missing:
             raise RuntimeError(f"no search result for layers {missing}: run one prefill of the sample first")
-        from bsight.harness.version import __version__
+        from bsight.kernels.sparsity.artifacts import tool_version
 
         return PatternConfig(
-            model_id=self.model.model_id, model_revision=self.model.revision, num_layers=self.model.num_layers,
-            num_heads=self.model.num_heads, patterns=[self.choices[i] for i in range(self.model.num_layers)],
-            search=SearchInfo(sample=sample_id, num_tokens=self.num_tokens, max_density=self.options.max_density,
-                              candidates=self.options.candidates),
-            tool_version=__version__,
+            model_id=self.model.model_id,
+            model_revision=self.model.revision,
+            num_layers=self.model.num_layers,
+            num_heads=self.model.num_heads,
+            patterns=[self.choices[i] for i in range(self.model.num_layers)],
+            search=SearchInfo(
+                sample=sample_id,
+                num_tokens=self.num_tokens,
+                max_density=self.options.max_density,
+                candidates=self.options.candidates,
+            ),
+            tool_version=tool_version(),
         )
 
 
-def search_pattern_config(adapter: ModelAdapter, sample: Sample, options: SearchOptions | dict | None = None) -> PatternConfig:
+def search_pattern_config(
+    adapter: ModelAdapter, sample: Sample, options: SearchOptions | dict | None = None
+) -> PatternConfig:
     """Offline per-head pattern choice from one sample through a loaded adapter; save the result with
     ``.save(path)`` and pass the path as method ``mminference``'s ``pattern_config``. From a config: the
     ``search_patterns`` step of job ``baselines`` (:mod:`bsight.harness.jobs.baselines`). The prefill skips the

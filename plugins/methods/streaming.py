@@ -19,8 +19,8 @@ from pydantic import Field
 
 from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import AttentionMethod, NoOptions
-from bsight.harness.sparsity.masks import MaskMod, and_masks, base_mask
-from bsight.harness.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.masks import MaskMod, and_masks, base_mask
+from bsight.kernels.sparsity.metadata import LayoutMeta
 from bsight.kernels.vertical_slash import chunk_attention
 from bsight.plugins.methods.flex import CompileMode, FlexRunner
 from bsight.plugins.methods.mminference import LayerPairs
@@ -50,8 +50,15 @@ def _chunks(meta: LayoutMeta, n_sink: int, window: int, model_window: int | None
 
 
 def streaming_chunked(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, n_sink: int, window: int, model_window: int | None,
-    scale: float, chunk: int = 1024,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    meta: LayoutMeta,
+    n_sink: int,
+    window: int,
+    model_window: int | None,
+    scale: float,
+    chunk: int = 1024,
 ) -> tuple[torch.Tensor, int]:
     """``q [Hq, S, D]``, ``k, v [Hkv, S, D]`` -> (out ``[Hq, S, D]``, kept pairs per head)."""
     Hq, S, D = q.shape
@@ -68,7 +75,9 @@ def streaming_chunked(
     return out, kept
 
 
-def streaming_pair_count(meta: LayoutMeta, n_sink: int, window: int, model_window: int | None = None, chunk: int = 4096) -> int:
+def streaming_pair_count(
+    meta: LayoutMeta, n_sink: int, window: int, model_window: int | None = None, chunk: int = 4096
+) -> int:
     """Exact kept pairs per head, on the chunked path's candidate keys (no S x S)."""
     return sum(int(keep.sum()) for _, _, keep in _chunks(meta, n_sink, window, model_window, chunk))
 

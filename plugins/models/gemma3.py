@@ -16,7 +16,7 @@ import torch
 from transformers import AutoProcessor, Gemma3ForConditionalGeneration, PretrainedConfig
 
 from bsight.harness.hookspecs import hookimpl
-from bsight.harness.sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy, layouts_from_batch
+from bsight.kernels.sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy, layouts_from_batch
 from bsight.plugins.models.hf_vlm import HFVLMAdapter
 
 
@@ -49,7 +49,14 @@ class Gemma3(HFVLMAdapter):
         )
 
     def encode(self, text: str, images: list[Any], add_special_tokens: bool) -> dict[str, torch.Tensor]:
-        return dict(self.processor(text=[text], images=[images] if images else None, return_tensors="pt", add_special_tokens=add_special_tokens))
+        return dict(
+            self.processor(
+                text=[text],
+                images=[images] if images else None,
+                return_tensors="pt",
+                add_special_tokens=add_special_tokens,
+            )
+        )
 
     def read_layouts(self, inputs: dict[str, torch.Tensor]) -> list[PromptLayout]:
         spec = self.layout_spec()

@@ -25,8 +25,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoConfig, LogitsProcessor, LogitsProcessorList, PretrainedConfig, PreTrainedModel
 
 from bsight.harness import attention_bridge
-from bsight.harness.interfaces import AttentionMethod, Generation, ImagePart, ModelAdapter, ModelInfo, PassagePart, Prepared, Sample, TextPart
-from bsight.harness.sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy
+from bsight.harness.interfaces import (
+    AttentionMethod,
+    Generation,
+    ImagePart,
+    ModelAdapter,
+    ModelInfo,
+    PassagePart,
+    Prepared,
+    Sample,
+    TextPart,
+)
+from bsight.kernels.sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +50,9 @@ class HFVLMOptions(BaseModel):
 
     checkpoint: str = Field(description="local checkpoint directory, or a hub id such as Qwen/Qwen2-VL-7B-Instruct")
     revision: str | None = None  # hub revision (branch, tag or commit)
-    model_id: str | None = None  # id recorded in results and matched with head maps; default: the hub id or directory name
+    model_id: str | None = (
+        None  # id recorded in results and matched with head maps; default: the hub id or directory name
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # "auto": the checkpoint's own dtype
     device: str = "auto"  # "auto": cuda if available, else cpu
     device_map: str | dict[str, int | str] | None = None  # "auto": spread over every visible GPU (one process only)
@@ -81,14 +93,32 @@ def resolve_checkpoint(
     if _looks_like_path(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint!r}: no such directory ({path.resolve()})")
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     offline = is_offline(offline)
     cache = cache_dir or constants.HF_HUB_CACHE
     try:
-        snap = Path(snapshot_download(checkpoint, revision=revision, cache_dir=cache, local_files_only=offline, allow_patterns=_HUB_FILES))
-    except (LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError, HFValidationError) as e:
-        where = f"the hub cache {cache}" + (" (offline: HF_HUB_OFFLINE is set, nothing is downloaded)" if offline else " and the hub")
+        snap = Path(
+            snapshot_download(
+                checkpoint, revision=revision, cache_dir=cache, local_files_only=offline, allow_patterns=_HUB_FILES
+            )
+        )
+    except (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+    ) as e:
+        where = f"the hub cache {cache}" + (
+            " (offline: HF_HUB_OFFLINE is set, nothing is downloaded)" if offline else " and the hub"
+        )
         at = f" at revision {revision!r}" if revision else ""
         raise FileNotFoundError(
             f"checkpoint {checkpoint!r}{at} not found: no local directory {path.resolve()}, and no snapshot in {where} "
@@ -138,7 +168,9 @@ def sample_content(sample: Sample) -> tuple[list[dict[str, str]], list[Any]]:
         elif isinstance(part, TextPart):
             text(part.text)
         else:
-            raise TypeError(f"sample {sample.id!r}: part {i} has unsupported kind {getattr(part, 'kind', type(part).__name__)!r}")
+            raise TypeError(
+                f"sample {sample.id!r}: part {i} has unsupported kind {getattr(part, 'kind', type(part).__name__)!r}"
+            )
     if sample.options:
         text("\n" + "\n".join(f"{chr(ord('A') + j)}. {opt}" for j, opt in enumerate(sample.options)))
     return content, images
@@ -157,7 +189,11 @@ def append_tokens(inputs: dict[str, torch.Tensor], ids: list[int]) -> dict[str, 
     out = {}
     for key, value in inputs.items():
         if isinstance(value, torch.Tensor) and value.shape == input_ids.shape:
-            tail = new if key == "input_ids" else torch.full_like(new, 1 if key == "attention_mask" else 0, dtype=value.dtype)
+            tail = (
+                new
+                if key == "input_ids"
+                else torch.full_like(new, 1 if key == "attention_mask" else 0, dtype=value.dtype)
+            )
             value = torch.cat([value, tail.to(value.device)], dim=1)
         out[key] = value
     return out
@@ -238,20 +274,42 @@ class HFVLMAdapter(ModelAdapter):
             local_files_only=True,
             device_map=opts.device_map,
         )
-        random = opts.weights == "random" or (opts.weights == "auto" and bool(getattr(config, RANDOM_WEIGHTS_KEY, False)))
+        random = opts.weights == "random" or (
+            opts.weights == "auto" and bool(getattr(config, RANDOM_WEIGHTS_KEY, False))
+        )
         model_id = opts.model_id or (opts.checkpoint if path.name == revision and revision else path.name)
-        self.attach(model, self.load_processor(path), model_id=model_id, revision=revision, weights="random" if random else "trained")
+        self.attach(
+            model,
+            self.load_processor(path),
+            model_id=model_id,
+            revision=revision,
+            weights="random" if random else "trained",
+        )
         self.chat_template = read_chat_template(path, self.processor, self.tokenizer)
 
     def check_config(self, config: PretrainedConfig, where: str) -> None:
         if config.model_type not in self.model_types:
-            raise ValueError(f"{where} holds a {config.model_type!r} model; adapter {self.name!r} loads {', '.join(self.model_types)}")
+            raise ValueError(
+                f"{where} holds a {config.model_type!r} model; adapter {self.name!r} loads {', '.join(self.model_types)}"
+            )
 
     def attn_implementation(self) -> dict[str, str]:
         """Language tower through the bsight bridge; vision tower on transformers' own implementation."""
-        return {"": "sdpa", "text_config": attention_bridge.ATTN_IMPLEMENTATION, "vision_config": self.options.vision_attn}
+        return {
+            "": "sdpa",
+            "text_config": attention_bridge.ATTN_IMPLEMENTATION,
+            "vision_config": self.options.vision_attn,
+        }
 
-    def attach(self, model: PreTrainedModel, processor: Any, *, model_id: str, revision: str = "", weights: Literal["trained", "random"]) -> None:
+    def attach(
+        self,
+        model: PreTrainedModel,
+        processor: Any,
+        *,
+        model_id: str,
+        revision: str = "",
+        weights: Literal["trained", "random"],
+    ) -> None:
         """Adopt an already built model (e.g. random weights for timing) and its processor (may be None when
         inputs are built by hand). Sets the attention implementations and moves the model to the device."""
         self.check_config(model.config, where=f"model {model_id!r}")
@@ -280,7 +338,9 @@ class HFVLMAdapter(ModelAdapter):
     # ------------------------------------------------------------------ what the core asks for
 
     @staticmethod
-    def _model_info(config: PretrainedConfig, model_id: str, revision: str, weights: Literal["trained", "random"]) -> ModelInfo:
+    def _model_info(
+        config: PretrainedConfig, model_id: str, revision: str, weights: Literal["trained", "random"]
+    ) -> ModelInfo:
         text = config.get_text_config()
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
@@ -313,9 +373,15 @@ class HFVLMAdapter(ModelAdapter):
         if self.chat_template is None:
             text = "".join(item["text"] if item["type"] == "text" else self.image_placeholder for item in content)
             return f"{text}\n{answer_prefix}" if answer_prefix else text
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
-        ) + answer_prefix
+        return (
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}],
+                chat_template=self.chat_template,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            + answer_prefix
+        )
 
     def prepare(self, sample: Sample, continuation: str | None = None) -> Prepared:
         """Processor inputs of the sample's prompt; ``continuation`` is tokenized on its own and appended, so the
@@ -323,7 +389,9 @@ class HFVLMAdapter(ModelAdapter):
         if self.processor is None:
             raise RuntimeError(f"adapter {self.name!r} has no processor (attached without one); build inputs by hand")
         content, images = sample_content(sample)
-        inputs = self.encode(self.prompt_text(content, sample.answer_prefix), images, add_special_tokens=self.chat_template is None)
+        inputs = self.encode(
+            self.prompt_text(content, sample.answer_prefix), images, add_special_tokens=self.chat_template is None
+        )
         if continuation:
             inputs = append_tokens(inputs, self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
         return self.prepared(inputs)
@@ -380,7 +448,9 @@ class HFVLMAdapter(ModelAdapter):
         """New token ids of a greedy generation (batch of one)."""
         return self._greedy(prepared, method, max_new_tokens)[0]
 
-    def _greedy(self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int) -> tuple[torch.Tensor, float, float]:
+    def _greedy(
+        self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int
+    ) -> tuple[torch.Tensor, float, float]:
         model = self._require()
         if len(prepared.layouts) != 1:
             raise ValueError(f"generate takes one prompt at a time, got a batch of {len(prepared.layouts)}")
@@ -388,14 +458,20 @@ class HFVLMAdapter(ModelAdapter):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.bind(method)
         config = copy.deepcopy(model.generation_config)
-        config.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, max_new_tokens=max_new_tokens)
+        config.update(
+            do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, max_new_tokens=max_new_tokens
+        )
         if config.pad_token_id is None:
-            config.pad_token_id = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+            config.pad_token_id = (
+                config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+            )
         first = _FirstCall(model)
         _sync(model)
         t0 = time.perf_counter()
         with torch.inference_mode(), attention_bridge.active_method(method, prepared.layouts):
-            out = model.generate(**prepared.inputs, generation_config=config, logits_processor=LogitsProcessorList([first]))
+            out = model.generate(
+                **prepared.inputs, generation_config=config, logits_processor=LogitsProcessorList([first])
+            )
         _sync(model)
         total = time.perf_counter() - t0
         prefill = (first.at if first.at is not None else t0 + total) - t0

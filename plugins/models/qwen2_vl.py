@@ -19,11 +19,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, PretrainedConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
-from transformers.models.auto.image_processing_auto import AutoImageProcessor  # the top-level name needs torchvision in 5.17
+from transformers import (
+    AutoTokenizer,
+    PretrainedConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
+)
+from transformers.models.auto.image_processing_auto import (
+    AutoImageProcessor,
+)  # the top-level name needs torchvision in 5.17
 
 from bsight.harness.hookspecs import hookimpl
-from bsight.harness.sparsity.layout import LayoutError, LayoutSpec, PromptLayout, SinkPolicy, layout_from_ids
+from bsight.kernels.sparsity.layout import LayoutError, LayoutSpec, PromptLayout, SinkPolicy, layout_from_ids
 from bsight.plugins.models.hf_vlm import HFVLMAdapter
 
 IMAGE_PAD = "<|image_pad|>"
@@ -40,7 +47,9 @@ class QwenImageProcessor:
     def merge_size(self) -> int:
         return int(self.image_processor.merge_size)
 
-    def __call__(self, text: str, images: list[Any], image_token_id: int, add_special_tokens: bool) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, text: str, images: list[Any], image_token_id: int, add_special_tokens: bool
+    ) -> dict[str, torch.Tensor]:
         pieces = text.split(IMAGE_PAD)
         if len(pieces) - 1 != len(images):
             raise ValueError(f"the prompt holds {len(pieces) - 1} {IMAGE_PAD} placeholders for {len(images)} images")
@@ -81,15 +90,21 @@ def qwen_layouts(
         for i, p in enumerate(starts):
             kind = int(ids[row, p + 1]) if p + 1 < ids.shape[1] else -1
             if kind not in grids:
-                raise LayoutError(f"row {row}: the segment opened at position {p} holds token {kind}, neither image nor video pad")
+                raise LayoutError(
+                    f"row {row}: the segment opened at position {p} holds token {kind}, neither image nor video pad"
+                )
             grid = next(grids[kind], None)
             if grid is None:
-                raise LayoutError(f"row {row}: more {'video' if kind == video_id else 'image'} segments in the ids than grids")
+                raise LayoutError(
+                    f"row {row}: more {'video' if kind == video_id else 'image'} segments in the ids than grids"
+                )
             t, hw = grid[0], grid[1] * grid[2] // merge**2
             expected.append(t * hw)
             if kind == video_id and t > 1:  # frames share the boundary tokens: first and last frame carry them
                 splits[i] = [hw + 1] + [hw] * (t - 2) + [hw + 1]
-        layouts.append(layout_from_ids(ids[row], spec, None if mask is None else mask[row], expected, splits or None, row=row))
+        layouts.append(
+            layout_from_ids(ids[row], spec, None if mask is None else mask[row], expected, splits or None, row=row)
+        )
     for kind, rest in grids.items():
         if next(rest, None) is not None:
             raise LayoutError(f"more {'video' if kind == video_id else 'image'} grids than segments in the ids")
@@ -98,13 +113,17 @@ def qwen_layouts(
 
 class Qwen2VL(HFVLMAdapter):
     name = "qwen2_vl"
-    description = "Qwen2-VL (transformers Qwen2VLForConditionalGeneration): causal, M-RoPE, sinks = first tokens of each image"
+    description = (
+        "Qwen2-VL (transformers Qwen2VLForConditionalGeneration): causal, M-RoPE, sinks = first tokens of each image"
+    )
     model_class = Qwen2VLForConditionalGeneration
     model_types = ("qwen2_vl",)
     image_placeholder = f"<|vision_start|>{IMAGE_PAD}<|vision_end|>"
 
     def load_processor(self, path: Path) -> QwenImageProcessor:
-        image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False, **self.options.image_processor)
+        image_processor = AutoImageProcessor.from_pretrained(
+            path, trust_remote_code=False, **self.options.image_processor
+        )
         return QwenImageProcessor(image_processor, AutoTokenizer.from_pretrained(path, trust_remote_code=False))
 
     def spec_from_config(self, config: PretrainedConfig, sinks: SinkPolicy) -> LayoutSpec:

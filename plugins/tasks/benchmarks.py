@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from bsight.harness.hookspecs import hookimpl
-
-from .blink import Blink
-from .mantis import MantisEval
-from .mmiu import MMIU
-from .muirbench import MuirBench
+from bsight.plugins.tasks.blink import Blink
+from bsight.plugins.tasks.mantis import MantisEval
+from bsight.plugins.tasks.mmiu import MMIU
+from bsight.plugins.tasks.muirbench import MuirBench
 
 
 @hookimpl

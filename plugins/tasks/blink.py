@@ -23,17 +23,27 @@ import logging
 from typing import Any
 
 from bsight.harness.interfaces import Sample, TextPart
-
-from .hf_loading import LoadedSplit, TaskDataError, local_path
-from .hf_multiple_choice import BenchmarkOptions, HFBenchmark, RowContext
+from bsight.plugins.tasks.hf_loading import LoadedSplit, TaskDataError, local_path
+from bsight.plugins.tasks.hf_multiple_choice import BenchmarkOptions, HFBenchmark, RowContext
 
 log = logging.getLogger(__name__)
 
 HUB_ID = "BLINK-Benchmark/BLINK"
 BLINK_CONFIGS = (
-    "Art_Style", "Counting", "Forensic_Detection", "Functional_Correspondence", "IQ_Test", "Jigsaw",
-    "Multi-view_Reasoning", "Object_Localization", "Relative_Depth", "Relative_Reflectance",
-    "Semantic_Correspondence", "Spatial_Relation", "Visual_Correspondence", "Visual_Similarity",
+    "Art_Style",
+    "Counting",
+    "Forensic_Detection",
+    "Functional_Correspondence",
+    "IQ_Test",
+    "Jigsaw",
+    "Multi-view_Reasoning",
+    "Object_Localization",
+    "Relative_Depth",
+    "Relative_Reflectance",
+    "Semantic_Correspondence",
+    "Spatial_Relation",
+    "Visual_Correspondence",
+    "Visual_Similarity",
 )
 IMAGE_FIELDS = ("image_1", "image_2", "image_3", "image_4")
 PRE_PROMPT = "Note: You only need to respond with {} without providing any additional information.\n"
@@ -82,7 +92,10 @@ class Blink(HFBenchmark):
         choices = ctx.texts(row, "choices")
         raw_answer = ctx.text(row, "answer")
         if raw_answer.strip().lower() == "hidden":
-            ctx.fail("answer", f"answers of split {self.options.split!r} are hidden (BLINK scores its test split on a server); use split 'val'")
+            ctx.fail(
+                "answer",
+                f"answers of split {self.options.split!r} are hidden (BLINK scores its test split on a server); use split 'val'",
+            )
         answer = ctx.letter(raw_answer, "answer", len(choices))
         if row.get("image_1") is None:
             ctx.fail("image_1", "missing (null): every BLINK question has at least one image")
@@ -90,13 +103,18 @@ class Blink(HFBenchmark):
         letters = ", ".join(ctx.letters(len(choices), "choices"))
         text = PRE_PROMPT.format(letters) + ctx.text(row, "prompt")
         return Sample(
-            id=ctx.sample_id, task=self.name, subtask=ctx.subtask, parts=[*images, TextPart(text=text)],
-            options=choices, answer=answer, meta={"num_images": len(images)},
+            id=ctx.sample_id,
+            task=self.name,
+            subtask=ctx.subtask,
+            parts=[*images, TextPart(text=text)],
+            options=choices,
+            answer=answer,
+            meta={"num_images": len(images)},
         )
 
 
 def _task_of(idx: Any, split: str) -> str | None:
     """BLINK's task name inside a sample id "<split>_<Task_Name>_<n>"; None when ``idx`` has another form."""
-    if not isinstance(idx, str) or not idx.startswith(f"{split}_") or "_" not in idx[len(split) + 1:]:
+    if not isinstance(idx, str) or not idx.startswith(f"{split}_") or "_" not in idx[len(split) + 1 :]:
         return None
-    return idx[len(split) + 1:].rsplit("_", 1)[0]
+    return idx[len(split) + 1 :].rsplit("_", 1)[0]

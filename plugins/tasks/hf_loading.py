@@ -145,7 +145,8 @@ def _load_local(path: Path, config: str | None, split: str, image_root: str | No
 
 def _data_files(base: Path, pattern: str) -> list[Path]:
     return sorted(
-        p for p in base.rglob(pattern)
+        p
+        for p in base.rglob(pattern)
         if p.name not in _SAVE_META and not any(part.startswith(".") for part in p.relative_to(base).parts)
     )
 
@@ -218,7 +219,9 @@ def decode_image(value: Any, *, root: Path | None, what: str, missing_root_hint:
         elif isinstance(value, (bytes, bytearray)):
             data = bytes(value)
         else:
-            raise TaskDataError(f"{what}: expected an image (bytes, path or {{'bytes', 'path'}}), got {type(value).__name__}")
+            raise TaskDataError(
+                f"{what}: expected an image (bytes, path or {{'bytes', 'path'}}), got {type(value).__name__}"
+            )
         if data is None and not path:
             raise TaskDataError(f"{what}: the image has neither bytes nor a path")
         try:
@@ -228,10 +231,14 @@ def decode_image(value: Any, *, root: Path | None, what: str, missing_root_hint:
                 file = Path(path)
                 if not file.is_absolute():
                     if root is None:
-                        raise TaskDataError(f"{what}: relative image path {path!r} needs `image_root`. {missing_root_hint}".strip())
+                        raise TaskDataError(
+                            f"{what}: relative image path {path!r} needs `image_root`. {missing_root_hint}".strip()
+                        )
                     file = root / file
                 if not file.is_file():
-                    raise TaskDataError(f"{what}: image file {path!r} not found under the image root. {missing_root_hint}".strip())
+                    raise TaskDataError(
+                        f"{what}: image file {path!r} not found under the image root. {missing_root_hint}".strip()
+                    )
                 image = Image.open(file)
             image.load()
         except TaskDataError:

@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bsight.harness.answers import extract_choice, extract_short_answer, option_letters
 from bsight.harness.interfaces import Extraction, ImagePart, Part, Sample, Task, TextPart
-
-from .hf_loading import LoadedSplit, TaskDataError, decode_image, load_split, local_path
+from bsight.plugins.tasks.hf_loading import LoadedSplit, TaskDataError, decode_image, load_split, local_path
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +32,18 @@ class BenchmarkOptions(BaseModel):
     """Where a benchmark comes from and which part of it to run. Subclasses set the real defaults."""
 
     model_config = ConfigDict(extra="forbid")
-    source: str = Field(description="hub dataset id, or a local copy: save_to_disk folder, parquet folder/file, JSON + images")
+    source: str = Field(
+        description="hub dataset id, or a local copy: save_to_disk folder, parquet folder/file, JSON + images"
+    )
     config: str | None = Field(default=None, description="dataset config (subset)")
     split: str
     revision: str | None = Field(default=None, description="hub revision (commit, tag or branch) to pin")
     image_root: str | None = Field(default=None, description="folder that relative image paths resolve against")
     limit: int | None = Field(default=None, ge=1, description="at most this many samples, in dataset order")
     subtasks: list[str] | None = Field(default=None, description="keep only these subtasks")
-    on_invalid: Literal["error", "skip"] = Field(default="error", description="a malformed row: stop, or skip it and list it")
+    on_invalid: Literal["error", "skip"] = Field(
+        default="error", description="a malformed row: stop, or skip it and list it"
+    )
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,9 @@ class RowContext:
     image_hint: str = ""
 
     def fail(self, field: str, problem: str) -> NoReturn:
-        raise TaskDataError(f"{self.task}: sample {self.sample_id!r} ({self.split.where}, row {self.index}): field {field!r}: {problem}")
+        raise TaskDataError(
+            f"{self.task}: sample {self.sample_id!r} ({self.split.where}, row {self.index}): field {field!r}: {problem}"
+        )
 
     def text(self, row: dict[str, Any], field: str, *, allow_empty: bool = False) -> str:
         value = row.get(field)
@@ -168,7 +173,14 @@ class HFBenchmark(Task):
         if self._loaded is None:
             o = self.options
             self._loaded = [
-                load_split(o.source, config=c, split=o.split, revision=o.revision, image_root=o.image_root, required=self.required)
+                load_split(
+                    o.source,
+                    config=c,
+                    split=o.split,
+                    revision=o.revision,
+                    image_root=o.image_root,
+                    required=self.required,
+                )
                 for c in self.configs()
             ]
         return self._loaded
@@ -182,12 +194,18 @@ class HFBenchmark(Task):
             ids = split.column(self.id_field) if self.id_field else [str(i) for i in range(n)]
             for i, (sid, sub) in enumerate(zip(ids, self.subtask_values(split))):
                 if sid is None or str(sid).strip() == "":
-                    raise TaskDataError(f"{self.name}: {split.where}, row {i}: field {self.id_field!r}: missing sample id")
+                    raise TaskDataError(
+                        f"{self.name}: {split.where}, row {i}: field {self.id_field!r}: missing sample id"
+                    )
                 if not isinstance(sub, str) or not sub:
-                    raise TaskDataError(f"{self.name}: sample {sid!r} ({split.where}, row {i}): field {self.subtask_field!r}: missing subtask")
+                    raise TaskDataError(
+                        f"{self.name}: sample {sid!r} ({split.where}, row {i}): field {self.subtask_field!r}: missing subtask"
+                    )
                 sid = str(sid)
                 if sid in seen:
-                    raise TaskDataError(f"{self.name}: sample id {sid!r} appears twice ({seen[sid]} and {split.where}, row {i})")
+                    raise TaskDataError(
+                        f"{self.name}: sample id {sid!r} appears twice ({seen[sid]} and {split.where}, row {i})"
+                    )
                 seen[sid] = f"{split.where}, row {i}"
                 rows.append((split, i, sid, sub))
         wanted = self.options.subtasks
@@ -217,7 +235,9 @@ class HFBenchmark(Task):
             yielded += 1
             yield sample
         if yielded == 0:
-            raise TaskDataError(f"{self.name}: every selected row was invalid ({len(self.skipped)} skipped); first: {self.skipped[0][1]}")
+            raise TaskDataError(
+                f"{self.name}: every selected row was invalid ({len(self.skipped)} skipped); first: {self.skipped[0][1]}"
+            )
 
     def extract(self, generation: str, sample: Sample) -> Extraction:
         if sample.options:

@@ -20,8 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from bsight.harness.interfaces import Sample
-
-from .hf_multiple_choice import BenchmarkOptions, HFBenchmark, RowContext, interleave, strip_label
+from bsight.plugins.tasks.hf_multiple_choice import BenchmarkOptions, HFBenchmark, RowContext, interleave, strip_label
 
 HUB_ID = "TIGER-Lab/Mantis-Eval"
 MULTI_CHOICE = "{question}\nAnswer with the option's letter from the given choices directly."
@@ -65,8 +64,12 @@ class MantisEval(HFBenchmark):
         else:
             ctx.fail("question_type", f"{kind!r} is neither 'multi-choice' nor 'short-answer'")
         return Sample(
-            id=ctx.sample_id, task=self.name, subtask=ctx.subtask, parts=interleave(prompt, images, ctx, "question"),
-            options=texts, answer=gold,
+            id=ctx.sample_id,
+            task=self.name,
+            subtask=ctx.subtask,
+            parts=interleave(prompt, images, ctx, "question"),
+            options=texts,
+            answer=gold,
             meta={"question_type": kind, "data_source": row.get("data_source"), "num_images": len(images)},
         )
 

@@ -24,20 +24,38 @@ import re
 from typing import Any
 
 from bsight.harness.interfaces import Sample, TextPart
-
-from .hf_multiple_choice import BenchmarkOptions, HFBenchmark, RowContext
+from bsight.plugins.tasks.hf_multiple_choice import BenchmarkOptions, HFBenchmark, RowContext
 
 HUB_ID = "FanqingM/MMIU-Benchmark"
 
 # Tasks whose prompt puts the question before the context (OpenGVLab/MMIU, `tasks_exist`).
-TASKS_QUESTION_FIRST = frozenset({
-    "person_reid", "multiple_image_captioning", "spot_the_similarity", "face_retrieval", "sketch2image_retrieval",
-    "handwritten_retrieval", "spot_the_diff", "image2image_retrieval", "vehicle_retrieval", "text2image_retrieval",
-    "general_action_recognition", "video_captioning", "next_img_prediction", "temporal_ordering",
-    "meme_vedio_understanding", "action_quality_assessment", "temporal_localization", "mevis",
-    "ravens_progressive_matrices", "threed_indoor_recognition", "point_tracking", "threed_cad_recognition",
-    "single_object_tracking",
-})
+TASKS_QUESTION_FIRST = frozenset(
+    {
+        "person_reid",
+        "multiple_image_captioning",
+        "spot_the_similarity",
+        "face_retrieval",
+        "sketch2image_retrieval",
+        "handwritten_retrieval",
+        "spot_the_diff",
+        "image2image_retrieval",
+        "vehicle_retrieval",
+        "text2image_retrieval",
+        "general_action_recognition",
+        "video_captioning",
+        "next_img_prediction",
+        "temporal_ordering",
+        "meme_vedio_understanding",
+        "action_quality_assessment",
+        "temporal_localization",
+        "mevis",
+        "ravens_progressive_matrices",
+        "threed_indoor_recognition",
+        "point_tracking",
+        "threed_cad_recognition",
+        "single_object_tracking",
+    }
+)
 INSTRUCTION = "\nPlease answer the option directly like A,B,C,D..."
 _OPTION_LINE = re.compile(r"^([A-Z])\s*[:.]\s?(.*)$")
 
@@ -59,7 +77,9 @@ def parse_options(text: str, ctx: RowContext) -> list[str]:
 
 class MMIU(HFBenchmark):
     name = "mmiu"
-    description = "MMIU multi-image understanding: 52 tasks, 11,698 multiple-choice questions (hub FanqingM/MMIU-Benchmark)"
+    description = (
+        "MMIU multi-image understanding: 52 tasks, 11,698 multiple-choice questions (hub FanqingM/MMIU-Benchmark)"
+    )
 
     class Options(BenchmarkOptions):
         source: str = HUB_ID
@@ -86,8 +106,16 @@ class MMIU(HFBenchmark):
         text = f"{question}\n{context}" if task in TASKS_QUESTION_FIRST else f"{context}\n{question}"
         relationship = paths[0].lstrip("./").split("/")[0] if paths[0].startswith("./") else ""
         return Sample(
-            id=ctx.sample_id, task=self.name, subtask=ctx.subtask, parts=[*images, TextPart(text=text + INSTRUCTION)],
-            options=options, answer=answer,
-            meta={"relationship": relationship, "source": row.get("source"), "visual_input_component": row.get("visual_input_component"),
-                  "num_images": len(images)},
+            id=ctx.sample_id,
+            task=self.name,
+            subtask=ctx.subtask,
+            parts=[*images, TextPart(text=text + INSTRUCTION)],
+            options=options,
+            answer=answer,
+            meta={
+                "relationship": relationship,
+                "source": row.get("source"),
+                "visual_input_component": row.get("visual_input_component"),
+                "num_images": len(images),
+            },
         )

@@ -20,8 +20,7 @@ from typing import Any
 
 from bsight.harness.answers import option_letters
 from bsight.harness.interfaces import Sample
-
-from .hf_multiple_choice import BenchmarkOptions, HFBenchmark, RowContext, interleave
+from bsight.plugins.tasks.hf_multiple_choice import BenchmarkOptions, HFBenchmark, RowContext, interleave
 
 HUB_ID = "MUIRBENCH/MUIRBENCH"
 HINT = "Hint: Please provide the correct option letter, such as A, B, C, D, directly."
@@ -55,9 +54,16 @@ class MuirBench(HFBenchmark):
         answer = ctx.letter(ctx.text(row, "answer"), "answer", len(options))
         images = ctx.images(row, "image_list")
         return Sample(
-            id=ctx.sample_id, task=self.name, subtask=ctx.subtask,
+            id=ctx.sample_id,
+            task=self.name,
+            subtask=ctx.subtask,
             parts=interleave(create_prompt(question, options), images, ctx, "question/options"),
-            options=options, answer=answer,
-            meta={"image_relation": row.get("image_relation"), "image_type": row.get("image_type"),
-                  "counterpart_idx": row.get("counterpart_idx"), "num_images": len(images)},
+            options=options,
+            answer=answer,
+            meta={
+                "image_relation": row.get("image_relation"),
+                "image_type": row.get("image_type"),
+                "counterpart_idx": row.get("counterpart_idx"),
+                "num_images": len(images),
+            },
         )

@@ -27,13 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import Extraction, PassagePart, Sample, Task, TextPart
-
-from .multidoc_corpus import Passage, corpus_fingerprint, load_passages
+from bsight.plugins.tasks.multidoc_corpus import Passage, corpus_fingerprint, load_passages
 
 NUM_SAMPLES = 48  # per task version: 12 characterization + 36 held-out
 CHARACTERIZATION_EVERY = 4
 INSTRUCTION = "Read the documents below.\n\n"
-QUESTION = "\n\nOne of the documents above contains the quote below. Continue the quote with the exact words of that document."
+QUESTION = (
+    "\n\nOne of the documents above contains the quote below. Continue the quote with the exact words of that document."
+)
 # Function words: an answer that starts with one is too easy to guess without the passage.
 _STOP = frozenset(
     "a an and any are as at be by for from has have in is it its may no not of on or such that the their this to under "
@@ -118,7 +119,9 @@ def build_samples(passages: list[Passage], options: MultiDocOptions, task: str =
     order = [p for p in passages if sites[p.id]]
     rng.shuffle(order)
     # the answer passage's slot cycles through every position, in a shuffled order per round
-    slots = [s for _ in range(-(-NUM_SAMPLES // o.num_passages)) for s in rng.sample(range(o.num_passages), o.num_passages)]
+    slots = [
+        s for _ in range(-(-NUM_SAMPLES // o.num_passages)) for s in rng.sample(range(o.num_passages), o.num_passages)
+    ]
     used: set[str] = set()
     out: list[Sample] = []
     for i in range(NUM_SAMPLES):
@@ -146,7 +149,17 @@ def build_samples(passages: list[Passage], options: MultiDocOptions, task: str =
             "source": target.source,
         }
         digest = hashlib.sha256(f"{target.id}|{prefix}".encode()).hexdigest()[:8]
-        out.append(Sample(id=f"{task}-{i:03d}-{digest}", task=task, subtask="quote", parts=parts, answer=answer, answer_prefix=f'"{prefix}', meta=meta))
+        out.append(
+            Sample(
+                id=f"{task}-{i:03d}-{digest}",
+                task=task,
+                subtask="quote",
+                parts=parts,
+                answer=answer,
+                answer_prefix=f'"{prefix}',
+                meta=meta,
+            )
+        )
     return out
 
 

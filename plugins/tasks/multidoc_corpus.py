@@ -181,7 +181,9 @@ def gemma_terms_sections(html: str) -> list[Section]:
     blocks = parser.blocks
     try:
         start = next(i for i, (tag, text) in enumerate(blocks) if tag == "h1" and text == "Gemma Terms of Use")
-        end = next(i for i, (tag, text) in enumerate(blocks) if i > start and tag == "h2" and text.startswith("Appendix"))
+        end = next(
+            i for i, (tag, text) in enumerate(blocks) if i > start and tag == "h2" and text.startswith("Appendix")
+        )
     except StopIteration:
         raise CorpusError("the Gemma Terms of Use page no longer has its title or appendix heading") from None
     sections: list[Section] = [("preamble", [])]
@@ -236,7 +238,11 @@ def chunk_sections(source: TextSource, sections: list[Section], min_words: int, 
     groups: list[list[tuple[str, list[str]]]] = []
     for unit in units:
         cur = groups[-1] if groups else None
-        if cur is None or _words([p for _, ps in cur for p in ps]) >= min_words or _words([p for _, ps in cur for p in ps] + unit[1]) > max_words:
+        if (
+            cur is None
+            or _words([p for _, ps in cur for p in ps]) >= min_words
+            or _words([p for _, ps in cur for p in ps] + unit[1]) > max_words
+        ):
             groups.append([unit])
         else:
             cur.append(unit)
@@ -251,7 +257,9 @@ def chunk_sections(source: TextSource, sections: list[Section], min_words: int, 
 _PARSERS = {"apache_license": apache_sections, "gemma_terms_html": gemma_terms_sections}
 
 
-def load_passages(min_words: int = 80, max_words: int = 180, sources: tuple[TextSource, ...] = SOURCES) -> list[Passage]:
+def load_passages(
+    min_words: int = 80, max_words: int = 180, sources: tuple[TextSource, ...] = SOURCES
+) -> list[Passage]:
     """All passages of all sources, in document order (deterministic: the sources are hash-pinned)."""
     if not 20 <= min_words <= max_words:
         raise ValueError(f"need 20 <= min_words <= max_words (got min_words={min_words}, max_words={max_words})")

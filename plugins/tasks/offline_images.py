@@ -95,7 +95,9 @@ class OfflineImages(Task):
         seed: int = Field(default=0, description="derives every sample")
         per_subtask: int = Field(default=12, ge=1, le=1000, description="samples per subtask")
         image_size: int = Field(default=224, ge=32, le=2048, description="longest side of every image, pixels")
-        num_images: int = Field(default=4, ge=3, le=len(EDITS), description="images per find_object / odd_one_out question")
+        num_images: int = Field(
+            default=4, ge=3, le=len(EDITS), description="images per find_object / odd_one_out question"
+        )
         subtasks: list[Subtask] | None = Field(default=None, description="keep only these subtasks")
         limit: int | None = Field(default=None, ge=1, description="at most this many samples")
 
@@ -132,15 +134,24 @@ class OfflineImages(Task):
         for subtask in SUBTASKS:
             if subtask not in wanted:
                 continue
-            rng = random.Random(int.from_bytes(hashlib.sha256(f"{VERSION}:{self.options.seed}:{subtask}".encode()).digest()[:8], "big"))
+            rng = random.Random(
+                int.from_bytes(hashlib.sha256(f"{VERSION}:{self.options.seed}:{subtask}".encode()).digest()[:8], "big")
+            )
             build = getattr(self, f"_{subtask}")
-            for i, position in enumerate(_balanced(rng, self.options.per_subtask, _num_choices(subtask, self.options.num_images))):
+            for i, position in enumerate(
+                _balanced(rng, self.options.per_subtask, _num_choices(subtask, self.options.num_images))
+            ):
                 if self.options.limit is not None and count >= self.options.limit:
                     return
                 images, question, options, meta = build(rng, position)
                 yield Sample(
-                    id=f"{subtask}-{i:03d}", task=self.name, subtask=subtask, parts=_prompt(images, question, options),
-                    options=options, answer=option_letters(len(options))[position], meta=meta,
+                    id=f"{subtask}-{i:03d}",
+                    task=self.name,
+                    subtask=subtask,
+                    parts=_prompt(images, question, options),
+                    options=options,
+                    answer=option_letters(len(options))[position],
+                    meta=meta,
                 )
                 count += 1
 
@@ -189,7 +200,9 @@ class OfflineImages(Task):
     def _zoom_order(self, rng: random.Random, position: int) -> Built:
         photo = rng.choice(PHOTOS)
         zooms = rng.sample(ZOOMS, 3)  # zoom of the image shown at each place
-        images = [ImagePart(ref=f"{PACKAGE}/{photo.file}#zoom{z:.1f}", image=_zoom(self._photo(photo), z)) for z in zooms]
+        images = [
+            ImagePart(ref=f"{PACKAGE}/{photo.file}#zoom{z:.1f}", image=_zoom(self._photo(photo), z)) for z in zooms
+        ]
         widest_first = tuple(sorted(range(1, 4), key=lambda k: zooms[k - 1]))
         question = (
             "These images show the same photograph at different zoom levels. Which list orders the image numbers "

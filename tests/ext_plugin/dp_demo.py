@@ -77,8 +77,16 @@ def _plugin_site(root: Path) -> Path:
 def _config(out: Path, samples: int) -> dict:
     return {
         "run": {"name": "dp-demo", "output_dir": str(out), "seed": 0},
-        "models": {"tiny": {"plugin": "tiny-llama-device", "options": {"layers": 4, "heads": 8, "kv_heads": 4, "head_dim": 32, "image_grid": 6}}},
-        "methods": {"dense": {"plugin": "dense"}, "sw": {"plugin": "sink-window", "options": {"sinks": 4, "window": 24}}},
+        "models": {
+            "tiny": {
+                "plugin": "tiny-llama-device",
+                "options": {"layers": 4, "heads": 8, "kv_heads": 4, "head_dim": 32, "image_grid": 6},
+            }
+        },
+        "methods": {
+            "dense": {"plugin": "dense"},
+            "sw": {"plugin": "sink-window", "options": {"sinks": 4, "window": 24}},
+        },
         "tasks": {"bright": {"plugin": "brightest-image", "options": {"n": samples, "max_images": 6}}},
         "jobs": [{"type": "accuracy", "max_new_tokens": 8}],
     }
@@ -104,54 +112,87 @@ def main() -> int:
     parser.add_argument("--nproc", type=int, default=2, help="processes of the data-parallel run (one per GPU)")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "dp-demo-out")))
-    parser.add_argument("--allow-cpu", action="store_true", help="run on CPU (gloo) when fewer GPUs than --nproc are visible")
+    parser.add_argument(
+        "--allow-cpu", action="store_true", help="run on CPU (gloo) when fewer GPUs than --nproc are visible"
+    )
     args = parser.parse_args()
     gpus = torch.cuda.device_count()
     if gpus < args.nproc and not args.allow_cpu:
-        print(f"dp_demo: {gpus} GPU(s) visible, --nproc {args.nproc} needs as many (or pass --allow-cpu)", file=sys.stderr)
+        print(
+            f"dp_demo: {gpus} GPU(s) visible, --nproc {args.nproc} needs as many (or pass --allow-cpu)", file=sys.stderr
+        )
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     runs = args.out / "runs"
     cfg = args.out / "dp_demo.yaml"
     cfg.write_text(json.dumps(_config(runs, args.samples), indent=1))  # JSON is YAML
     cli = ["-m", "bsight.harness.cli", "run", str(cfg), "--fresh"]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}", *cli, "--out", str(runs / "many")]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.nproc}",
+        *cli,
+        "--out",
+        str(runs / "many"),
+    ]
     with tempfile.TemporaryDirectory(prefix="bsight-dp-demo-") as tmp:
         env = dict(os.environ)
         for name, value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")):
             env.setdefault(name, value)  # no NVLink multicast: nothing here needs it, and shared GPU hosts forbid it
-        env["PYTHONPATH"] = os.pathsep.join([str(_plugin_site(Path(tmp))), str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(_plugin_site(Path(tmp))), str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
         rc1, t1 = _run([sys.executable, *cli, "--out", str(runs / "one")], env, args.out / "one.log")
         rcn, tn = _run(launch, env, args.out / "many.log")
     result: dict = {
-        "weights": "random (answers are not accuracy)", "torch": torch.__version__, "gpus": [torch.cuda.get_device_name(i) for i in range(gpus)],
-        "nproc": args.nproc, "samples_per_unit": args.samples, "exit_status": {"one": rc1, "many": rcn},
+        "weights": "random (answers are not accuracy)",
+        "torch": torch.__version__,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(gpus)],
+        "nproc": args.nproc,
+        "samples_per_unit": args.samples,
+        "exit_status": {"one": rc1, "many": rcn},
         "wall_s": {"one": round(t1, 2), "many": round(tn, 2)},
     }
     if rc1 == 0 and rcn == 0:
         one, many = _rows(runs / "one"), _rows(runs / "many")
         session = json.loads((runs / "many" / "provenance.json").read_text())["sessions"][-1]
         result["world_size"], result["devices"] = session["world_size"], session["devices"]
-        result["one_process_devices"] = json.loads((runs / "one" / "provenance.json").read_text())["sessions"][-1]["devices"]
+        result["one_process_devices"] = json.loads((runs / "one" / "provenance.json").read_text())["sessions"][-1][
+            "devices"
+        ]
         result["units"] = []
         for name, rows in one.items():
             other = many.get(name, [])
-            result["units"].append({
-                "unit": name, "rows_one": len(rows), "rows_many": len(other), "same_order": [r["key"] for r in rows] == [r["key"] for r in other],
-                "identical_rows": sum(a == b for a, b in zip(rows, other)),
-                "correct_one": sum(r["correct"] for r in rows), "correct_many": sum(r["correct"] for r in other),
-            })
+            result["units"].append(
+                {
+                    "unit": name,
+                    "rows_one": len(rows),
+                    "rows_many": len(other),
+                    "same_order": [r["key"] for r in rows] == [r["key"] for r in other],
+                    "identical_rows": sum(a == b for a, b in zip(rows, other)),
+                    "correct_one": sum(r["correct"] for r in rows),
+                    "correct_many": sum(r["correct"] for r in other),
+                }
+            )
         result["leftover_shards"] = [str(p.relative_to(runs)) for p in runs.rglob("*.shards")]
         result["all_identical"] = one == many and not result["leftover_shards"]
     else:
         result["all_identical"] = False
         result["logs"] = {k: (args.out / f"{k}.log").read_text()[-3000:] for k in ("one", "many")}
     (args.out / "dp_demo.json").write_text(json.dumps(result, indent=2))
-    print(f"1 process: exit {rc1}, {t1:.1f} s; {args.nproc} processes: exit {rcn}, {tn:.1f} s; devices {result.get('devices')}")
+    print(
+        f"1 process: exit {rc1}, {t1:.1f} s; {args.nproc} processes: exit {rcn}, {tn:.1f} s; devices {result.get('devices')}"
+    )
     for u in result.get("units", []):
-        print(f"  {u['unit']}: {u['identical_rows']}/{u['rows_one']} rows identical, same order: {u['same_order']}, "
-              f"rows {u['rows_one']} vs {u['rows_many']}")
-    print(f"rows identical: {result['all_identical']} (random-weight model: not accuracy) -> {args.out / 'dp_demo.json'}")
+        print(
+            f"  {u['unit']}: {u['identical_rows']}/{u['rows_one']} rows identical, same order: {u['same_order']}, "
+            f"rows {u['rows_one']} vs {u['rows_many']}"
+        )
+    print(
+        f"rows identical: {result['all_identical']} (random-weight model: not accuracy) -> {args.out / 'dp_demo.json'}"
+    )
     return 0 if result["all_identical"] else 1
 
 

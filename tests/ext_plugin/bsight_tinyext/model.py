@@ -13,8 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bsight.harness import attention_bridge
-from bsight.harness.interfaces import AttentionMethod, Generation, ImagePart, ModelAdapter, ModelInfo, PassagePart, Prepared, Sample, TextPart
-from bsight.harness.sparsity.layout import LayoutSpec, SinkPolicy, layouts_from_batch
+from bsight.harness.interfaces import (
+    AttentionMethod,
+    Generation,
+    ImagePart,
+    ModelAdapter,
+    ModelInfo,
+    PassagePart,
+    Prepared,
+    Sample,
+    TextPart,
+)
+from bsight.kernels.sparsity.layout import LayoutSpec, SinkPolicy, layouts_from_batch
 
 from . import tokenizer as tok
 
@@ -43,9 +53,18 @@ class TinyLlama(ModelAdapter):
     def load(self) -> None:
         o = self.options
         config = LlamaConfig(
-            vocab_size=tok.VOCAB_SIZE, hidden_size=o.heads * o.head_dim, intermediate_size=2 * o.heads * o.head_dim,
-            num_hidden_layers=o.layers, num_attention_heads=o.heads, num_key_value_heads=o.kv_heads, head_dim=o.head_dim,
-            max_position_embeddings=4096, pad_token_id=tok.PAD, bos_token_id=tok.BOS, eos_token_id=tok.EOS, initializer_range=0.2,
+            vocab_size=tok.VOCAB_SIZE,
+            hidden_size=o.heads * o.head_dim,
+            intermediate_size=2 * o.heads * o.head_dim,
+            num_hidden_layers=o.layers,
+            num_attention_heads=o.heads,
+            num_key_value_heads=o.kv_heads,
+            head_dim=o.head_dim,
+            max_position_embeddings=4096,
+            pad_token_id=tok.PAD,
+            bos_token_id=tok.BOS,
+            eos_token_id=tok.EOS,
+            initializer_range=0.2,
         )
         torch.manual_seed(o.seed)
         self.model = LlamaForCausalLM._from_config(config, attn_implementation=attention_bridge.register()).eval()
@@ -54,12 +73,20 @@ class TinyLlama(ModelAdapter):
     def info(self) -> ModelInfo:
         o = self.options
         return ModelInfo(
-            model_id=f"bsight-tinyext/tiny-llama-L{o.layers}H{o.heads}", revision=f"seed{o.seed}", num_layers=o.layers, num_heads=o.heads,
-            num_kv_heads=o.kv_heads, head_dim=o.head_dim, sliding_windows=[None] * o.layers, weights="random",
+            model_id=f"bsight-tinyext/tiny-llama-L{o.layers}H{o.heads}",
+            revision=f"seed{o.seed}",
+            num_layers=o.layers,
+            num_heads=o.heads,
+            num_kv_heads=o.kv_heads,
+            head_dim=o.head_dim,
+            sliding_windows=[None] * o.layers,
+            weights="random",
         )
 
     def layout_spec(self) -> LayoutSpec:
-        return LayoutSpec(start_ids=(tok.IMG_START,), end_ids=(tok.IMG_END,), sinks=SinkPolicy(fraction=self.options.sink_fraction))
+        return LayoutSpec(
+            start_ids=(tok.IMG_START,), end_ids=(tok.IMG_END,), sinks=SinkPolicy(fraction=self.options.sink_fraction)
+        )
 
     def prepare(self, sample: Sample, continuation: str | None = None) -> Prepared:
         """Character tokens of the prompt, ending with "Answer:" and the sample's answer prefix; ``continuation``
@@ -76,7 +103,10 @@ class TinyLlama(ModelAdapter):
         ids += tok.encode_text(continuation or "")
         input_ids = torch.tensor([ids])
         mask = torch.ones_like(input_ids)
-        return Prepared(inputs={"input_ids": input_ids, "attention_mask": mask}, layouts=layouts_from_batch(input_ids, self.layout_spec(), mask))
+        return Prepared(
+            inputs={"input_ids": input_ids, "attention_mask": mask},
+            layouts=layouts_from_batch(input_ids, self.layout_spec(), mask),
+        )
 
     @torch.no_grad()
     def generate(self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int) -> Generation:
@@ -98,7 +128,9 @@ class TinyLlama(ModelAdapter):
             out = self.model(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
             past = out.past_key_values
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-        return Generation(text=tok.decode(new), prompt_tokens=int(ids.shape[1]), prefill_s=prefill_s, total_s=time.perf_counter() - t0)
+        return Generation(
+            text=tok.decode(new), prompt_tokens=int(ids.shape[1]), prefill_s=prefill_s, total_s=time.perf_counter() - t0
+        )
 
     @torch.no_grad()
     def logits(self, prepared: Prepared, method: AttentionMethod, last: int | None = None) -> torch.Tensor:

@@ -39,8 +39,12 @@ class BrightestImage(Task):
                 img = Image.fromarray(np.clip(level + rng.integers(-8, 8, size=(12, 12)), 0, 255).astype(np.uint8))
                 parts += [TextPart(text=f" Image {j + 1}:"), ImagePart(ref=f"gen:{o.seed}:{i}:{j}", image=img)]
             yield Sample(
-                id=f"b{i:04d}", task=self.name, subtask=f"{k}-images", parts=parts,
-                options=[f"image {j + 1}" for j in range(k)], answer=LETTERS[int(np.argmax(levels))],
+                id=f"b{i:04d}",
+                task=self.name,
+                subtask=f"{k}-images",
+                parts=parts,
+                options=[f"image {j + 1}" for j in range(k)],
+                answer=LETTERS[int(np.argmax(levels))],
             )
 
     def extract(self, generation: str, sample: Sample) -> Extraction:

@@ -21,7 +21,7 @@ from functools import cached_property
 
 import torch
 
-from .layout import LayoutError, PromptLayout
+from bsight.kernels.sparsity.layout import LayoutError, PromptLayout
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,35 @@ class LayoutMeta:
         img_before = torch.cumsum(lengths, 0, dtype=torch.int32) - lengths  # image tokens before image i
         text_before = start - img_before
         text_idx = torch.nonzero_static(seg_id < 0, size=S - img_tokens).flatten().to(torch.int32)
-        glob_idx = torch.nonzero_static((seg_id < 0) | is_sink, size=S - img_tokens + sum(nsinks)).flatten().to(torch.int32)
+        glob_idx = (
+            torch.nonzero_static((seg_id < 0) | is_sink, size=S - img_tokens + sum(nsinks)).flatten().to(torch.int32)
+        )
         glob_before = text_before + sink_ptr[:-1]
-        meta = cls(S, n, seg_id, is_sink, bidir_group, start, end, bstart, bend, text_idx, text_before, glob_idx, glob_before, sink_idx, sink_ptr)
+        meta = cls(
+            S,
+            n,
+            seg_id,
+            is_sink,
+            bidir_group,
+            start,
+            end,
+            bstart,
+            bend,
+            text_idx,
+            text_before,
+            glob_idx,
+            glob_before,
+            sink_idx,
+            sink_ptr,
+        )
         # known on the host already: prime the cached properties so that reading them never syncs
         meta.__dict__["has_bidirectional"] = bidir_tokens > 0
         text_so_far = [s.start - b for s, b in zip(spans, [0, *_cumsum([s.length for s in spans])])]
-        meta.__dict__["host_tables"] = ([s.start for s in spans], [s.end for s in spans], [t + p for t, p in zip(text_so_far, [0, *_cumsum(nsinks)])])
+        meta.__dict__["host_tables"] = (
+            [s.start for s in spans],
+            [s.end for s in spans],
+            [t + p for t, p in zip(text_so_far, [0, *_cumsum(nsinks)])],
+        )
         return meta
 
 

@@ -11,12 +11,17 @@ import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
-from .categories import Category
-from .flops import empirical_cdf
-from .headmap import HeadMap
-from .sweep import SweepRow, pareto_front
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.flops import empirical_cdf
+from bsight.kernels.sparsity.headmap import HeadMap
+from bsight.kernels.sparsity.param_sweep import SweepRow, pareto_front
 
-COLORS = {Category.DENSE: "#4d4d4d", Category.SINK: "#e69f00", Category.INTRA_IMAGE: "#0072b2", Category.INTRA_IMAGE_SINK: "#009e73"}
+COLORS = {
+    Category.DENSE: "#4d4d4d",
+    Category.SINK: "#e69f00",
+    Category.INTRA_IMAGE: "#0072b2",
+    Category.INTRA_IMAGE_SINK: "#009e73",
+}
 _LABELS = [c.label for c in Category]
 
 
@@ -26,7 +31,13 @@ def category_heatmap(head_map: HeadMap, title: str | None = None) -> Figure:
     fig = Figure(figsize=(max(4.0, 0.22 * head_map.num_heads + 2.5), max(3.0, 0.18 * head_map.num_layers + 1.5)))
     ax = fig.add_subplot()
     cmap = ListedColormap([COLORS[c] for c in Category])
-    im = ax.imshow(cats, cmap=cmap, norm=BoundaryNorm(np.arange(-0.5, len(Category)), cmap.N), aspect="auto", interpolation="nearest")
+    im = ax.imshow(
+        cats,
+        cmap=cmap,
+        norm=BoundaryNorm(np.arange(-0.5, len(Category)), cmap.N),
+        aspect="auto",
+        interpolation="nearest",
+    )
     ax.set_xlabel("query head")
     ax.set_ylabel("layer")
     ax.set_title(title or f"{head_map.model_id}: head categories ({head_map.weights} weights)")
@@ -93,11 +104,29 @@ def pareto_figure(rows: Sequence[SweepRow], title: str = "FLOPs reduction vs fid
     """Every sweep point (mean NMSE of the chosen masks vs mean FLOPs reduction), the Pareto front joined."""
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.add_subplot()
-    ax.scatter([r.nmse_mean for r in rows], [100 * r.flops_reduction_mean for r in rows], s=14, color="#999999", label="grid points")
+    ax.scatter(
+        [r.nmse_mean for r in rows],
+        [100 * r.flops_reduction_mean for r in rows],
+        s=14,
+        color="#999999",
+        label="grid points",
+    )
     front = pareto_front(rows)
-    ax.plot([r.nmse_mean for r in front], [100 * r.flops_reduction_mean for r in front], "o-", color="#0072b2", label="Pareto front")
+    ax.plot(
+        [r.nmse_mean for r in front],
+        [100 * r.flops_reduction_mean for r in front],
+        "o-",
+        color="#0072b2",
+        label="Pareto front",
+    )
     for r in front:
-        ax.annotate(f"tau={r.tau:g}", (r.nmse_mean, 100 * r.flops_reduction_mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            f"tau={r.tau:g}",
+            (r.nmse_mean, 100 * r.flops_reduction_mean),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     if any(r.nmse_mean > 0 for r in rows):
         ax.set_xscale("symlog", linthresh=max(1e-6, min(r.nmse_mean for r in rows if r.nmse_mean > 0)))
     ax.set_xlabel("mean NMSE of the chosen masks")

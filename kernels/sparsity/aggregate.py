@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .categories import SPARSE_CATEGORIES, Category
-from .characterize import CharacterizationResult, _tool_version
-from .headmap import CharacterizationParams, HeadMap
+from bsight.kernels.sparsity.artifacts import tool_version
+from bsight.kernels.sparsity.categories import SPARSE_CATEGORIES, Category
+from bsight.kernels.sparsity.characterization import CharacterizationResult
+from bsight.kernels.sparsity.headmap import CharacterizationParams, HeadMap
 
 DEFAULT_PARAMS = CharacterizationParams(tau=0.05, delta=0.2, gamma=0.5)
 """Provisional defaults: the paper's values did not survive extraction. Re-choose them from a sweep
-(:func:`bsight.harness.sparsity.sweep.sweep`) on a trained model before publishing a head map."""
+(:func:`bsight.kernels.sparsity.param_sweep.sweep`) on a trained model before publishing a head map."""
 
 
 def category_histograms(choices: np.ndarray) -> np.ndarray:
@@ -41,7 +42,9 @@ def aggregate_categories(histograms: np.ndarray, delta: float, gamma: float) -> 
 def build_head_map(result: CharacterizationResult, params: CharacterizationParams = DEFAULT_PARAMS) -> HeadMap:
     """The head map of a characterized model: selection at ``params.tau`` per prompt, then aggregation."""
     if not result.prompts:
-        raise ValueError(f"no characterized prompts for {result.model_id} ({len(result.skipped)} skipped): nothing to aggregate")
+        raise ValueError(
+            f"no characterized prompts for {result.model_id} ({len(result.skipped)} skipped): nothing to aggregate"
+        )
     hist = category_histograms(result.choices(params.tau))
     cats = aggregate_categories(hist, params.delta, params.gamma)
     labels = [c.label for c in Category]
@@ -56,5 +59,5 @@ def build_head_map(result: CharacterizationResult, params: CharacterizationParam
         dataset=result.dataset.model_copy(update={"size": len(result.prompts)}),
         histograms=[[{labels[c]: float(h[c]) for c in range(len(Category))} for h in row] for row in hist],
         sink_policy=result.sink_policy,
-        tool_version=result.tool_version or _tool_version(),
+        tool_version=result.tool_version or tool_version(),
     )

@@ -115,9 +115,13 @@ class PromptLayout:
             if s.start < prev or s.end > self.valid_end or s.end <= s.start:
                 raise LayoutError(f"segment [{s.start}, {s.end}) overlaps another or leaves the valid range")
             if any(not s.start <= p < s.end for p in s.sinks) or list(s.sinks) != sorted(set(s.sinks)):
-                raise LayoutError(f"sinks {s.sinks} of segment [{s.start}, {s.end}) must be sorted, distinct and inside it")
+                raise LayoutError(
+                    f"sinks {s.sinks} of segment [{s.start}, {s.end}) must be sorted, distinct and inside it"
+                )
             if s.bidir is not None and not s.start <= s.bidir[0] < s.bidir[1] <= s.end:
-                raise LayoutError(f"bidirectional region {s.bidir} of segment [{s.start}, {s.end}) must be non-empty and inside it")
+                raise LayoutError(
+                    f"bidirectional region {s.bidir} of segment [{s.start}, {s.end}) must be non-empty and inside it"
+                )
             prev = s.end
 
     @property
@@ -142,14 +146,21 @@ class PromptLayout:
         if o == 0 and self.valid_end == self.length:
             return self
         spans = tuple(
-            Span(s.start - o, s.end - o, tuple(p - o for p in s.sinks), None if s.bidir is None else (s.bidir[0] - o, s.bidir[1] - o))
+            Span(
+                s.start - o,
+                s.end - o,
+                tuple(p - o for p in s.sinks),
+                None if s.bidir is None else (s.bidir[0] - o, s.bidir[1] - o),
+            )
             for s in self.spans
         )
         return PromptLayout(length=self.num_valid, spans=spans)
 
     def with_sinks(self, policy: SinkPolicy) -> PromptLayout:
         """The same segments with sinks recomputed under another policy (config overrides, sweeps)."""
-        spans = tuple(Span(s.start, s.end, tuple(s.start + o for o in policy.sink_offsets(s.length)), s.bidir) for s in self.spans)
+        spans = tuple(
+            Span(s.start, s.end, tuple(s.start + o for o in policy.sink_offsets(s.length)), s.bidir) for s in self.spans
+        )
         return PromptLayout(self.length, spans, self.valid_start, self.valid_end)
 
     @classmethod
@@ -167,7 +178,9 @@ class PromptLayout:
         pos, spans = 0, []
         for i, (kind, n) in enumerate(kinds_and_lengths):
             if kind not in ("text", "image") or n < 0 or (kind == "image" and n == 0):
-                raise LayoutError(f"segment {i} {(kind, n)!r}: kind must be 'text' or 'image', text length >= 0, image length >= 1")
+                raise LayoutError(
+                    f"segment {i} {(kind, n)!r}: kind must be 'text' or 'image', text length >= 0, image length >= 1"
+                )
             if kind == "image":
                 bidir = (pos + 1, pos + n - 1) if bidirectional and n > 2 else None
                 spans.append(Span(pos, pos + n, tuple(pos + o for o in sinks.sink_offsets(n)), bidir))
@@ -184,7 +197,9 @@ def _valid_range(mask: np.ndarray | None, length: int, row: int) -> tuple[int, i
     lo, hi = int(nz[0]), int(nz[-1]) + 1
     if nz.size != hi - lo:
         hole = int(np.flatnonzero(~mask[lo:hi].astype(bool))[0]) + lo
-        raise LayoutError(f"row {row}: padding at position {hole} is inside the prompt; only left or right padding is supported")
+        raise LayoutError(
+            f"row {row}: padding at position {hole} is inside the prompt; only left or right padding is supported"
+        )
     return lo, hi
 
 
@@ -220,7 +235,9 @@ def layout_from_ids(
     for pos, is_end in events:
         if not is_end:
             if open_at is not None:
-                raise LayoutError(f"row {row}: segment start at position {pos} inside the segment opened at {open_at} (no end token between)")
+                raise LayoutError(
+                    f"row {row}: segment start at position {pos} inside the segment opened at {open_at} (no end token between)"
+                )
             open_at = pos
             continue
         if open_at is None:
@@ -230,7 +247,9 @@ def layout_from_ids(
     if open_at is not None:
         raise LayoutError(f"row {row}: segment start at position {open_at} has no end token")
     if expected_inner is not None and len(expected_inner) != len(bounds):
-        raise LayoutError(f"row {row}: {len(expected_inner)} images expected from the grid, {len(bounds)} found in the ids")
+        raise LayoutError(
+            f"row {row}: {len(expected_inner)} images expected from the grid, {len(bounds)} found in the ids"
+        )
     bad_keys = sorted(set(frame_splits or {}) - set(range(len(bounds))))
     if bad_keys:
         raise LayoutError(f"row {row}: frame splits for images {bad_keys}, but the row has {len(bounds)} images")
@@ -244,14 +263,18 @@ def layout_from_ids(
     return PromptLayout(length=n, spans=tuple(spans), valid_start=lo, valid_end=hi)
 
 
-def _check_no_stray_image_tokens(ids: np.ndarray, spec: LayoutSpec, lo: int, hi: int, bounds: list[tuple[int, int]], row: int) -> None:
+def _check_no_stray_image_tokens(
+    ids: np.ndarray, spec: LayoutSpec, lo: int, hi: int, bounds: list[tuple[int, int]], row: int
+) -> None:
     inside = np.zeros(hi - lo, dtype=bool)
     for a, b in bounds:
         inside[a - lo : b + 1 - lo] = True
     stray = np.flatnonzero(np.isin(ids[lo:hi], spec.inner_ids) & ~inside)
     if stray.size:
         p = int(stray[0]) + lo
-        raise LayoutError(f"row {row}: image token {int(ids[p])} at position {p} is outside every image segment (start/end tokens missing?)")
+        raise LayoutError(
+            f"row {row}: image token {int(ids[p])} at position {p} is outside every image segment (start/end tokens missing?)"
+        )
 
 
 def _close_span(
@@ -269,7 +292,9 @@ def _close_span(
         bad = np.flatnonzero(~np.isin(ids[start + 1 : end_tok], spec.inner_ids))
         if bad.size:
             p = int(bad[0]) + start + 1
-            raise LayoutError(f"row {row}: token {int(ids[p])} at position {p} inside the segment opened at {start} is not an image token")
+            raise LayoutError(
+                f"row {row}: token {int(ids[p])} at position {p} inside the segment opened at {start} is not an image token"
+            )
     if expected_inner is not None and inner != expected_inner:
         raise LayoutError(
             f"row {row}: the image opened at position {start} holds {inner} tokens but the model's grid says {expected_inner}"
@@ -299,7 +324,11 @@ def layouts_from_batch(
     ids = np.asarray(input_ids.cpu() if hasattr(input_ids, "cpu") else input_ids)
     if ids.ndim != 2:
         raise LayoutError(f"input_ids must be [batch, length], got shape {ids.shape}")
-    mask = None if attention_mask is None else np.asarray(attention_mask.cpu() if hasattr(attention_mask, "cpu") else attention_mask)
+    mask = (
+        None
+        if attention_mask is None
+        else np.asarray(attention_mask.cpu() if hasattr(attention_mask, "cpu") else attention_mask)
+    )
     for name, per_row in (("expected_inner", expected_inner), ("frame_splits", frame_splits)):
         if per_row is not None and len(per_row) != ids.shape[0]:
             raise LayoutError(f"{name} has {len(per_row)} rows for a batch of {ids.shape[0]}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from .layout import PromptLayout, SinkPolicy
+from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy
 
 
 @st.composite

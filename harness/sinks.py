@@ -15,13 +15,12 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from bsight.harness.interfaces import AttentionMethod, LayerCall, ModelAdapter, Prepared
+from bsight.harness.interfaces import AttentionMethod, ModelAdapter, Prepared
+from bsight.kernels.dispatch import LayerCall, dense_prefill
 from bsight.kernels.reference import accumulation_dtype, check_shapes
-from bsight.plugins.methods.dense import dense_prefill
-
-from .layout import SinkPolicy
-from .masks import base_mask
-from .metadata import LayoutMeta
+from bsight.kernels.sparsity.layout import SinkPolicy
+from bsight.kernels.sparsity.masks import base_mask
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 
 def sink_offset_votes(
@@ -46,7 +45,10 @@ def sink_offset_votes(
     if meta.num_images < 2:
         return votes
     rows = torch.cat(
-        [torch.linspace(a, e - 1, min(queries_per_image, e - a)).round().long().unique() for a, e in zip(starts[1:], ends[1:])]
+        [
+            torch.linspace(a, e - 1, min(queries_per_image, e - a)).round().long().unique()
+            for a, e in zip(starts[1:], ends[1:])
+        ]
     ).to(q.device)
     G, acc = Hq // Hkv, accumulation_dtype(q.dtype)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -58,7 +60,9 @@ def sink_offset_votes(
         kend = int(meta.img_end[seg[r].max()].item())  # no key past the last queried image is visible
         cols = torch.arange(kend, device=q.device)
         s = torch.einsum("hgcd,hkd->hgck", q[:, r].to(acc).view(Hkv, G, r.numel(), D), k[:, :kend].to(acc)) * scale
-        p = torch.softmax(s.masked_fill(~mod(z, z, r[:, None], cols[None, :]), float("-inf")), dim=-1).reshape(Hq, r.numel(), kend)
+        p = torch.softmax(s.masked_fill(~mod(z, z, r[:, None], cols[None, :]), float("-inf")), dim=-1).reshape(
+            Hq, r.numel(), kend
+        )
         earlier = (seg[:kend][None, :] >= 0) & (seg[:kend][None, :] < seg[r][:, None])  # [C, K]
         p = p.masked_fill(~earlier, -1.0)
         top = p.topk(min(top_per_query, kend), dim=-1)
@@ -95,10 +99,19 @@ class SinkOffsetProbe(AttentionMethod):
         super().__init__(options)
         self.votes = torch.zeros(0, dtype=torch.int64)
 
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, call: LayerCall) -> torch.Tensor:
+    def prefill(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: LayoutMeta, call: LayerCall
+    ) -> torch.Tensor:
         o = self.options
         new = sink_offset_votes(
-            q, k, meta, scale=call.scale, window=call.window, queries_per_image=o.queries_per_image, top_per_query=o.top_per_query, chunk_size=o.chunk_size
+            q,
+            k,
+            meta,
+            scale=call.scale,
+            window=call.window,
+            queries_per_image=o.queries_per_image,
+            top_per_query=o.top_per_query,
+            chunk_size=o.chunk_size,
         )
         self.votes = _add_padded(self.votes, new)
         return dense_prefill(q, k, v, meta, call)

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .categories import Category
-from .layout import PromptLayout, SinkPolicy
-from .metadata import LayoutMeta
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 
 def realistic_layout(
@@ -56,7 +56,9 @@ class PlantedStrength:
     noise: float = 0.5  # norm of the random part of every q and k, relative to a unit direction
 
 
-def planted_labels(num_layers: int, num_heads: int, generator: torch.Generator, diffuse_share: float = 0.25) -> torch.Tensor:
+def planted_labels(
+    num_layers: int, num_heads: int, generator: torch.Generator, diffuse_share: float = 0.25
+) -> torch.Tensor:
     """``int64 [layers, heads]`` random labels: ``diffuse_share`` dense, the rest spread over the sparse ones."""
     dense = torch.rand(num_layers, num_heads, generator=generator) < diffuse_share
     sparse = torch.randint(1, len(Category), (num_layers, num_heads), generator=generator)

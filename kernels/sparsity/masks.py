@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import torch
 
-from .categories import Category
-from .metadata import LayoutMeta
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -112,7 +112,11 @@ def head_category_mask(meta: LayoutMeta, categories: torch.Tensor) -> MaskMod:
         always, same, other_img, sink_k = _parts(meta, q, kv)
         c = cats[h]
         own = torch.where(c == Category.SINK.value, sink_k | (q == kv), torch.ones_like(same))
-        other = torch.where(c == Category.DENSE.value, torch.ones_like(sink_k), torch.where(c == Category.INTRA_IMAGE.value, torch.zeros_like(sink_k), sink_k))
+        other = torch.where(
+            c == Category.DENSE.value,
+            torch.ones_like(sink_k),
+            torch.where(c == Category.INTRA_IMAGE.value, torch.zeros_like(sink_k), sink_k),
+        )
         return always | (same & own) | (other_img & other)
 
     return mod
@@ -123,7 +127,9 @@ def head_mask(meta: LayoutMeta, categories: torch.Tensor, window: int | None = N
     return and_masks(base_mask(meta, window), head_category_mask(meta, categories))
 
 
-def materialize(mod: MaskMod, length: int, num_heads: int = 1, q_rows: torch.Tensor | None = None, device=None) -> torch.Tensor:
+def materialize(
+    mod: MaskMod, length: int, num_heads: int = 1, q_rows: torch.Tensor | None = None, device=None
+) -> torch.Tensor:
     """Explicit boolean mask ``[num_heads, len(q_rows), length]`` (tests and small cases only)."""
     q = torch.arange(length, device=device) if q_rows is None else q_rows.to(device)
     kv = torch.arange(length, device=device)

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .aggregate import DEFAULT_PARAMS, aggregate_categories, category_histograms
-from .categories import Category
-from .characterize import CharacterizationResult, nmse_of_categories
-from .flops import reduction_from_pairs
-from .layout import SinkPolicy
+from bsight.kernels.sparsity.aggregate import DEFAULT_PARAMS, aggregate_categories, category_histograms
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.characterization import CharacterizationResult, nmse_of_categories
+from bsight.kernels.sparsity.flops import reduction_from_pairs
+from bsight.kernels.sparsity.layout import SinkPolicy
 
 
 class SweepRow(BaseModel):
@@ -75,13 +75,16 @@ def sweep(
     return rows
 
 
-def pareto_front(rows: Sequence[SweepRow], fidelity: str = "nmse_mean", saving: str = "flops_reduction_mean") -> list[SweepRow]:
+def pareto_front(
+    rows: Sequence[SweepRow], fidelity: str = "nmse_mean", saving: str = "flops_reduction_mean"
+) -> list[SweepRow]:
     """Rows no other row beats on both axes (lower ``fidelity`` error, higher ``saving``), by saving."""
     front = [
         r
         for r in rows
         if not any(
-            getattr(o, fidelity) <= getattr(r, fidelity) and getattr(o, saving) >= getattr(r, saving)
+            getattr(o, fidelity) <= getattr(r, fidelity)
+            and getattr(o, saving) >= getattr(r, saving)
             and (getattr(o, fidelity) < getattr(r, fidelity) or getattr(o, saving) > getattr(r, saving))
             for o in rows
         )

@@ -1,6 +1,6 @@
 """Timing sweep of the baseline attention methods against dense and BlindSight, on the peers' layout.
 
-    python -m bsight.kernels.baselines_sweep --out FILE [--small] [--lengths 36864,73728]
+    python -m bsight.harness.benchmarks.baselines_sweep --out FILE [--small] [--lengths 36864,73728]
         [--methods dense,blindsight,flex,mminference,streaming] [--categories intra_image_sink]
         [--mm-patterns vertical_slash:2d_boundary,a_shape:2d_boundary,...] [--reps 5]
 
@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bsight.harness.interfaces import LayerCall
-from bsight.harness.sparsity.categories import Category
-from bsight.harness.sparsity.flops import pair_counts
-from bsight.harness.sparsity.layout import PromptLayout, SinkPolicy
-from bsight.harness.sparsity.metadata import LayoutMeta
+from bsight.kernels.dispatch import LayerCall
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.flops import pair_counts
+from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy
+from bsight.kernels.sparsity.metadata import LayoutMeta
 from bsight.plugins.methods.flex import FlexRunner, categories_mask
 from bsight.plugins.methods.mminference import HeadPattern, MMInference
 from bsight.plugins.methods.streaming import streaming_mask, streaming_pair_count
@@ -155,7 +155,12 @@ def sweep_length(length: int, shape: Shape, args: argparse.Namespace, device: to
 
                 inner = fn
                 fn = lambda: _with(sdpa_kernel([SDPBackend.CUDNN_ATTENTION]), inner)  # noqa: E731
-            rec.update(first_call_s=timer.first(fn)[0], attention_ms=timer.ms(fn), kept_pairs_per_head=dense_pairs, flops_reduction=0.0)
+            rec.update(
+                first_call_s=timer.first(fn)[0],
+                attention_ms=timer.ms(fn),
+                kept_pairs_per_head=dense_pairs,
+                flops_reduction=0.0,
+            )
 
         _guard(rec, dense)
 
@@ -175,12 +180,19 @@ def sweep_length(length: int, shape: Shape, args: argparse.Namespace, device: to
                 rec["implementation"] = "bsight.kernels.reference (CPU)"
                 fn = lambda: reference_attention(q, k, v, meta, cats, scale=scale)  # noqa: E731
             kept = counts[Category.parse(cat)]
-            rec.update(first_call_s=timer.first(fn)[0], attention_ms=timer.ms(fn), overhead_ms={"layout_metadata": row["layout_metadata_ms"]},
-                       kept_pairs_per_head=kept, flops_reduction=_reduction(kept, dense_pairs))
+            rec.update(
+                first_call_s=timer.first(fn)[0],
+                attention_ms=timer.ms(fn),
+                overhead_ms={"layout_metadata": row["layout_metadata_ms"]},
+                kept_pairs_per_head=kept,
+                flops_reduction=_reduction(kept, dense_pairs),
+            )
 
         _guard(rec, blindsight)
 
-    runner = FlexRunner("auto")  # its builder raises dynamo's limits: one compiled block-mask builder per mask and length
+    runner = FlexRunner(
+        "auto"
+    )  # its builder raises dynamo's limits: one compiled block-mask builder per mask and length
     compiled = runner.compiled(device)
 
     def flex_case(rec: dict, build_mod: Callable, kept: int) -> None:
@@ -188,23 +200,47 @@ def sweep_length(length: int, shape: Shape, args: argparse.Namespace, device: to
         rec["first_mask_build_s"], bm = timer.first(build)
         mask_ms = timer.ms(build)
         fn = lambda: runner.attend(q, k, v, bm, scale)  # noqa: E731
-        rec.update(first_call_s=timer.first(fn)[0], attention_ms=timer.ms(fn), overhead_ms={"layout_metadata": row["layout_metadata_ms"], "mask_building": mask_ms},
-                   kept_pairs_per_head=kept, flops_reduction=_reduction(kept, dense_pairs),
-                   computed_block_fraction_of_full=1.0 - float(bm.sparsity()) / 100.0)
+        rec.update(
+            first_call_s=timer.first(fn)[0],
+            attention_ms=timer.ms(fn),
+            overhead_ms={"layout_metadata": row["layout_metadata_ms"], "mask_building": mask_ms},
+            kept_pairs_per_head=kept,
+            flops_reduction=_reduction(kept, dense_pairs),
+            computed_block_fraction_of_full=1.0 - float(bm.sparsity()) / 100.0,
+        )
 
     for cat in args.categories if "flex" in args.methods else ():
-        rec = record(f"flex/{cat}", implementation=f"FlexAttention, {'compiled' if compiled else 'eager'}, 128-token blocks")
+        rec = record(
+            f"flex/{cat}", implementation=f"FlexAttention, {'compiled' if compiled else 'eager'}, 128-token blocks"
+        )
         cats = torch.full((H,), Category.parse(cat).value, dtype=torch.int32)
         _guard(rec, lambda: flex_case(rec, lambda: categories_mask(meta, cats), counts[Category.parse(cat)]))
 
     if "streaming" in args.methods:
-        rec = record("streaming", implementation="FlexAttention A-shape mask", n_sink=shape.stream_sink, window=shape.stream_window)
-        _guard(rec, lambda: flex_case(rec, lambda: streaming_mask(meta, shape.stream_sink, shape.stream_window),
-                                      streaming_pair_count(meta, shape.stream_sink, shape.stream_window)))
+        rec = record(
+            "streaming",
+            implementation="FlexAttention A-shape mask",
+            n_sink=shape.stream_sink,
+            window=shape.stream_window,
+        )
+        _guard(
+            rec,
+            lambda: flex_case(
+                rec,
+                lambda: streaming_mask(meta, shape.stream_sink, shape.stream_window),
+                streaming_pair_count(meta, shape.stream_sink, shape.stream_window),
+            ),
+        )
 
     for spec in args.mm_patterns if "mminference" in args.methods else ():
         pattern, _, boundary = spec.partition(":")
-        pat = HeadPattern(pattern=pattern, boundary=boundary or "none", vertical_size=shape.mm_vertical, slash_size=shape.mm_slash, top_k=shape.mm_top_k)
+        pat = HeadPattern(
+            pattern=pattern,
+            boundary=boundary or "none",
+            vertical_size=shape.mm_vertical,
+            slash_size=shape.mm_slash,
+            top_k=shape.mm_top_k,
+        )
         rec = record(f"mminference/{spec}", pattern=pat.model_dump(exclude_none=True))
 
         def mminference() -> None:
@@ -215,13 +251,21 @@ def sweep_length(length: int, shape: Shape, args: argparse.Namespace, device: to
             plan_fn = lambda: m.plan(pats, q, k, v, meta, call)  # noqa: E731
             plan = plan_fn()
             exec_fn = lambda: m.execute(plan, q, k, v, meta, call)  # noqa: E731
-            rec["implementation"] = "vertical_slash Triton kernel" if device.type == "cuda" else "vertical_slash reference (CPU)"
+            rec["implementation"] = (
+                "vertical_slash Triton kernel" if device.type == "cuda" else "vertical_slash reference (CPU)"
+            )
             rec["first_call_s"], (_, kept) = timer.first(exec_fn)
             kept_mean = float(kept.double().mean())
-            rec.update(attention_ms=timer.ms(exec_fn),
-                       overhead_ms={"layout_metadata": row["layout_metadata_ms"], "index_metadata": metadata_ms,
-                                    "pattern_estimation_and_permutation": timer.ms(plan_fn)},
-                       kept_pairs_per_head=kept_mean, flops_reduction=_reduction(kept_mean, dense_pairs))
+            rec.update(
+                attention_ms=timer.ms(exec_fn),
+                overhead_ms={
+                    "layout_metadata": row["layout_metadata_ms"],
+                    "index_metadata": metadata_ms,
+                    "pattern_estimation_and_permutation": timer.ms(plan_fn),
+                },
+                kept_pairs_per_head=kept_mean,
+                flops_reduction=_reduction(kept_mean, dense_pairs),
+            )
 
         _guard(rec, mminference)
     return row
@@ -253,7 +297,9 @@ def _provenance(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bsight.kernels.baselines_sweep", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bsight.harness.benchmarks.baselines_sweep", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     p.add_argument("--small", action="store_true", help="reduced shape on the CPU (checks the script)")
     p.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=None)
@@ -261,7 +307,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--categories", type=lambda s: s.split(","), default=["intra_image_sink"])
     p.add_argument("--mm-patterns", type=lambda s: s.split(","), default=list(MM_PATTERNS))
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--append", action="store_true", help="keep the rows of an existing --out file (a length measured again replaces its row)")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the rows of an existing --out file (a length measured again replaces its row)",
+    )
     args = p.parse_args(argv)
     bad = sorted(set(args.methods) - set(METHODS))
     if bad:
@@ -282,12 +332,21 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("no CUDA device: run on the GPU, or pass --small for the CPU check")
     lengths = args.lengths or list(shape.lengths)
     timer = Timer(args.reps, device)
-    result = {"schema": "bsight.baselines_sweep/1", "provenance": _provenance(args, device),
-              "setup": {"shape": asdict(shape), "lengths": lengths, "reps": args.reps,
-                        "timing": "median ms; triton.testing.do_bench on CUDA" if device.type == "cuda" else "median ms; wall clock",
-                        "inputs": "random q/k/v; one layer's attention forward, batch 1",
-                        "flops": "kept query-key pairs per head x 4 x head_dim; reduction against the model's own causal mask"},
-              "rows": []}
+    result = {
+        "schema": "bsight.baselines_sweep/1",
+        "provenance": _provenance(args, device),
+        "setup": {
+            "shape": asdict(shape),
+            "lengths": lengths,
+            "reps": args.reps,
+            "timing": "median ms; triton.testing.do_bench on CUDA"
+            if device.type == "cuda"
+            else "median ms; wall clock",
+            "inputs": "random q/k/v; one layer's attention forward, batch 1",
+            "flops": "kept query-key pairs per head x 4 x head_dim; reduction against the model's own causal mask",
+        },
+        "rows": [],
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     earlier: list[dict] = []
     if args.append and args.out.is_file():

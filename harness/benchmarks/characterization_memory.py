@@ -4,7 +4,7 @@ Random q, k, v of a model shape (default Qwen2-VL-7B: 28 layers, 28 query heads,
 are made one layer at a time and characterized with :func:`characterize_layers`, as a model run would hand
 them over. The process's peak resident set size is read from the kernel, so run this in a fresh process::
 
-    python -m bsight.harness.sparsity.footprint --tokens 36864 --layers 28
+    python -m bsight.harness.benchmarks.characterization_memory --tokens 36864 --layers 28
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from collections.abc import Iterator
 
 import torch
 
-from bsight.harness.interfaces import LayerCall
-
-from .characterize import characterize_layers
-from .layout import PromptLayout
-from .planted import realistic_layout
+from bsight.harness.characterize import characterize_layers
+from bsight.kernels.dispatch import LayerCall
+from bsight.kernels.sparsity.layout import PromptLayout
+from bsight.kernels.sparsity.planted import realistic_layout
 
 
 def _rss_bytes() -> int:
@@ -39,13 +38,17 @@ def _peak_rss_bytes() -> int:
     raise RuntimeError("/proc/self/status has no VmHWM line (not Linux?)")
 
 
-def footprint_layout(num_tokens: int, image_tokens: int = 1024, label_tokens: int = 16, text_tokens: int = 64) -> PromptLayout:
+def footprint_layout(
+    num_tokens: int, image_tokens: int = 1024, label_tokens: int = 16, text_tokens: int = 64
+) -> PromptLayout:
     """The peers' timing layout: text prefix, images each after a label, a question filling up to ``num_tokens``."""
     n = (num_tokens - 2 * text_tokens) // (image_tokens + label_tokens)
     if n < 1:
         raise ValueError(f"{num_tokens} tokens cannot hold one image of {image_tokens} tokens plus text")
     question = num_tokens - text_tokens - n * (image_tokens + label_tokens)
-    return realistic_layout(n, image_tokens, prefix_tokens=text_tokens, label_tokens=label_tokens, question_tokens=question)
+    return realistic_layout(
+        n, image_tokens, prefix_tokens=text_tokens, label_tokens=label_tokens, question_tokens=question
+    )
 
 
 def measure_characterization_memory(

@@ -24,7 +24,7 @@ the metadata build (``LayoutMeta.build`` and the kernel's tile plan), and whethe
 compiled anything; recorded: each compiled kernel's registers, spills and shared memory.
 
 ``run_sweep(...)`` returns the rows (``tokens, layout, method, category, ms`` plus context);
-``python -m bsight.kernels.sweep --out FILE`` writes them with provenance and the targets of the kernel issue.
+``python -m bsight.harness.benchmarks.kernel_sweep --out FILE`` writes them with provenance and the targets of the kernel issue.
 """
 
 from __future__ import annotations
@@ -43,12 +43,11 @@ from pathlib import Path
 
 import torch
 
-from bsight.harness.sparsity.categories import SPARSE_CATEGORIES, Category
-from bsight.harness.sparsity.layout import PromptLayout, SinkPolicy
-from bsight.harness.sparsity.metadata import LayoutMeta
-
-from .blindsight_attention import KernelConfig, blindsight_attention, cudnn_takes_gqa, default_config
-from .plan import build_plan
+from bsight.kernels.blindsight_attention import KernelConfig, blindsight_attention, cudnn_takes_gqa, default_config
+from bsight.kernels.plan import build_plan
+from bsight.kernels.sparsity.categories import SPARSE_CATEGORIES, Category
+from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 LENGTHS = (36_864, 73_728, 147_456, 301_056)
 LAYOUTS = ("peers", "mixed")
@@ -82,7 +81,11 @@ def mixed_head_map(num_heads: int, dense_share: float = 0.3, seed: int = 0) -> l
 def kept_pairs(meta: LayoutMeta, category: Category) -> int:
     """Exact (query, key) pairs a head of this category keeps on a causal layer (for FLOP floors)."""
     S = meta.length
-    starts, ends, glob_before = meta.host_tables if hasattr(meta, "host_tables") else (meta.img_start.tolist(), meta.img_end.tolist(), meta.glob_before.tolist())
+    starts, ends, glob_before = (
+        meta.host_tables
+        if hasattr(meta, "host_tables")
+        else (meta.img_start.tolist(), meta.img_end.tolist(), meta.glob_before.tolist())
+    )
     text_rows = meta.text_idx.long() + 1
     total = int(text_rows.sum())
     if category is Category.DENSE:
@@ -106,7 +109,12 @@ def kept_pairs(meta: LayoutMeta, category: Category) -> int:
 def _provenance(command: Sequence[str]) -> dict:
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent).stdout.strip() or None
+            return (
+                subprocess.run(
+                    ["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent
+                ).stdout.strip()
+                or None
+            )
         except (OSError, subprocess.SubprocessError):
             return None
 
@@ -115,7 +123,9 @@ def _provenance(command: Sequence[str]) -> dict:
     dirty = git("status", "--porcelain")
     return {
         "git_commit": os.environ.get("BSIGHT_GIT_COMMIT") or git("rev-parse", "HEAD"),
-        "git_dirty": (os.environ.get("BSIGHT_GIT_DIRTY") == "1") if "BSIGHT_GIT_DIRTY" in os.environ else (None if dirty is None else bool(dirty)),
+        "git_dirty": (os.environ.get("BSIGHT_GIT_DIRTY") == "1")
+        if "BSIGHT_GIT_DIRTY" in os.environ
+        else (None if dirty is None else bool(dirty)),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "triton": triton.__version__,
@@ -160,7 +170,9 @@ def _bench(calls: Sequence[Callable[[], object]], runs: int = 3, slow_ms: float 
     return float(sorted(times)[len(times) // 2])
 
 
-def _bench_interleaved(calls: dict[str, Sequence[Callable[[], object]]], runs: int = 5, min_ms: float = 300.0) -> dict[str, float]:
+def _bench_interleaved(
+    calls: dict[str, Sequence[Callable[[], object]]], runs: int = 5, min_ms: float = 300.0
+) -> dict[str, float]:
     """Median ms of each named method, its calls timed one at a time and alternated with the others'.
 
     Used where two methods must be compared to within a few percent (our dense path against cuDNN): timed
@@ -193,7 +205,7 @@ def _bench_interleaved(calls: dict[str, Sequence[Callable[[], object]]], runs: i
 
 def _compiled_kernels(fn=None) -> list:
     """Compiled specializations of a Triton function (default: the attention kernel) on every device."""
-    from .triton_fwd import bsight_fwd_kernel
+    from bsight.kernels.triton_fwd import bsight_fwd_kernel
 
     fn = fn or bsight_fwd_kernel
     caches = getattr(fn, "device_caches", None)
@@ -204,7 +216,7 @@ def _compiled_kernels(fn=None) -> list:
 
 def _compiled_variants() -> int:
     """Compiled variants of the attention kernel and of the tile-plan kernel together."""
-    from .plan import _plan_kernel
+    from bsight.kernels.plan import _plan_kernel
 
     return len(_compiled_kernels()) + len(_compiled_kernels(_plan_kernel))
 
@@ -214,7 +226,13 @@ def _resources(kernel) -> dict:
     md = kernel.metadata
     warps = getattr(md, "num_warps", None)
     regs, spills, smem = getattr(kernel, "n_regs", None), getattr(kernel, "n_spills", None), getattr(md, "shared", None)
-    out = {"regs": regs, "spills": spills, "shared_bytes": smem, "num_warps": warps, "num_stages": getattr(md, "num_stages", None)}
+    out = {
+        "regs": regs,
+        "spills": spills,
+        "shared_bytes": smem,
+        "num_warps": warps,
+        "num_stages": getattr(md, "num_stages", None),
+    }
     if regs and warps and smem is not None and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         per_sm_regs = getattr(props, "regs_per_multiprocessor", 65536)
@@ -225,10 +243,12 @@ def _resources(kernel) -> dict:
     return out
 
 
-def _mixed_part_calls(sets, meta: LayoutMeta, cats: list[int], cfg: KernelConfig) -> dict[str, list[Callable[[], object]]]:
+def _mixed_part_calls(
+    sets, meta: LayoutMeta, cats: list[int], cfg: KernelConfig
+) -> dict[str, list[Callable[[], object]]]:
     """The two halves of a mixed head map's call, timed apart to attribute its distance from the Amdahl
     bound: SDPA on the dense heads alone (with its copies of q and K/V) and the kernel on the other heads."""
-    from .blindsight_attention import _dense_sdpa, _launch
+    from bsight.kernels.blindsight_attention import _dense_sdpa, _launch
 
     dense = [h for h, c in enumerate(cats) if c == Category.DENSE.value]
     rest = [h for h in range(len(cats)) if h not in dense]
@@ -237,7 +257,9 @@ def _mixed_part_calls(sets, meta: LayoutMeta, cats: list[int], cfg: KernelConfig
     outs = [torch.empty_like(q) for q, _, _ in sets]
     return {
         "mixed30_dense_part": [lambda s=s: _dense_sdpa(*s, dense, group, scale) for s in sets],
-        "mixed30_kernel_part": [lambda s=s, o=o: _launch(*s, o, meta, cats, rest, group, scale, None, cfg) for s, o in zip(sets, outs)],
+        "mixed30_kernel_part": [
+            lambda s=s, o=o: _launch(*s, o, meta, cats, rest, group, scale, None, cfg) for s, o in zip(sets, outs)
+        ],
     }
 
 
@@ -265,7 +287,12 @@ def _flex_setup() -> tuple[Callable, Callable]:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     cfg = torch._dynamo.config
-    for name, limit in (("cache_size_limit", 256), ("recompile_limit", 256), ("accumulated_cache_size_limit", 4096), ("accumulated_recompile_limit", 4096)):
+    for name, limit in (
+        ("cache_size_limit", 256),
+        ("recompile_limit", 256),
+        ("accumulated_cache_size_limit", 4096),
+        ("accumulated_recompile_limit", 4096),
+    ):
         if hasattr(cfg, name):
             setattr(cfg, name, max(getattr(cfg, name), limit))
     cfg.automatic_dynamic_shapes = False
@@ -283,7 +310,7 @@ class _FlexMasks:
     """
 
     def __init__(self, meta: LayoutMeta, num_heads: int, build: Callable, max_bytes: int = 8 << 30):
-        from bsight.harness.sparsity.masks import head_mask
+        from bsight.kernels.sparsity.masks import head_mask
         from bsight.plugins.methods.flex import chunk_rows, chunked_block_mask
 
         S, dev = meta.length, meta.device
@@ -304,19 +331,29 @@ class _FlexMasks:
         idx = torch.tensor(cats, device=self.cats.device)
         self.cats.copy_(idx)
         b = self.bm4
-        parts = dict(kv_num_blocks=b.kv_num_blocks[:, idx].contiguous(), kv_indices=b.kv_indices[:, idx].contiguous(), BLOCK_SIZE=b.BLOCK_SIZE, mask_mod=self.mask_mod)
+        parts = dict(
+            kv_num_blocks=b.kv_num_blocks[:, idx].contiguous(),
+            kv_indices=b.kv_indices[:, idx].contiguous(),
+            BLOCK_SIZE=b.BLOCK_SIZE,
+            mask_mod=self.mask_mod,
+        )
         if b.full_kv_num_blocks is not None:
-            parts.update(full_kv_num_blocks=b.full_kv_num_blocks[:, idx].contiguous(), full_kv_indices=b.full_kv_indices[:, idx].contiguous())
+            parts.update(
+                full_kv_num_blocks=b.full_kv_num_blocks[:, idx].contiguous(),
+                full_kv_indices=b.full_kv_indices[:, idx].contiguous(),
+            )
         try:
             return BlockMask.from_kv_blocks(**parts, seq_lengths=(self.S, self.S))
         except TypeError:  # torch without seq_lengths: the lengths follow from the block counts
             return BlockMask.from_kv_blocks(**parts)
 
 
-def _check_full_size(q, k, v, meta: LayoutMeta, cats: list[int], config: KernelConfig | None, rows_checked: int = 192) -> float:
+def _check_full_size(
+    q, k, v, meta: LayoutMeta, cats: list[int], config: KernelConfig | None, rows_checked: int = 192
+) -> float:
     """Max relative error over sampled rows (every head) against an explicit float32 softmax on the exact
     mask (``masks.head_mask``): catches indexing errors at large offsets without an S x S reference."""
-    from bsight.harness.sparsity.masks import head_mask
+    from bsight.kernels.sparsity.masks import head_mask
 
     S, dev = meta.length, q.device
     out = torch.full_like(q, float("nan"))
@@ -324,7 +361,9 @@ def _check_full_size(q, k, v, meta: LayoutMeta, cats: list[int], config: KernelC
     if not torch.isfinite(out).all():
         raise AssertionError("kernel left unwritten or non-finite outputs")
     g = q.shape[0] // k.shape[0]
-    rows = torch.cat([meta.text_idx[-32:].long(), torch.randint(0, S, (rows_checked,), device=dev), meta.img_start[-1:].long()])
+    rows = torch.cat(
+        [meta.text_idx[-32:].long(), torch.randint(0, S, (rows_checked,), device=dev), meta.img_start[-1:].long()]
+    )
     mod = head_mask(meta, torch.tensor(cats, dtype=torch.int32, device=dev))
     b = torch.zeros((), dtype=torch.long, device=dev)
     cols = torch.arange(S, device=dev)[None, None, :]
@@ -396,17 +435,31 @@ def run_sweep(
 
     for S in lengths:
         if stop_after_s is not None and elapsed() > stop_after_s:
-            add(tokens=S, layout="-", method="skipped", category="-", ms=None, reason=f"time budget ({stop_after_s:.0f} s) spent")
+            add(
+                tokens=S,
+                layout="-",
+                method="skipped",
+                category="-",
+                ms=None,
+                reason=f"time budget ({stop_after_s:.0f} s) spent",
+            )
             log(f"S={S}: skipped, time budget spent")
             continue
         gen = torch.Generator(device=dev).manual_seed(S)
         sets = [
-            tuple(torch.randn(h, S, head_dim, device=dev, dtype=dtype, generator=gen) for h in (num_heads, num_kv_heads, num_kv_heads))
+            tuple(
+                torch.randn(h, S, head_dim, device=dev, dtype=dtype, generator=gen)
+                for h in (num_heads, num_kv_heads, num_kv_heads)
+            )
             for _ in range(2)
         ]
         once: dict[tuple[str, str], float] = {}  # layout-independent (method, category) -> ms
         # K/V expanded to the query heads beforehand, as in peers.md
-        expanded = [(q[None], k.repeat_interleave(G, 0)[None], v.repeat_interleave(G, 0)[None]) for q, k, v in sets] if {"cudnn", "fa2"} & set(methods) else []
+        expanded = (
+            [(q[None], k.repeat_interleave(G, 0)[None], v.repeat_interleave(G, 0)[None]) for q, k, v in sets]
+            if {"cudnn", "fa2"} & set(methods)
+            else []
+        )
         for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
             if name not in methods or (name == "cudnn" and "ours" in methods):
                 continue  # cuDNN with ours: timed interleaved with our all-dense head map below
@@ -414,7 +467,14 @@ def run_sweep(
                 once[(name, "dense")] = _bench([lambda s=s, b=backend: sdpa(*s, b) for s in expanded])
                 log(f"S={S} {name} dense causal {once[(name, 'dense')]:.2f} ms")
             except Exception as e:  # a backend missing on this GPU/torch: say so, go on
-                add(tokens=S, layout="-", method=name, category="dense", ms=None, error=f"{type(e).__name__}: {str(e)[:200]}")
+                add(
+                    tokens=S,
+                    layout="-",
+                    method=name,
+                    category="dense",
+                    ms=None,
+                    error=f"{type(e).__name__}: {str(e)[:200]}",
+                )
                 log(f"S={S} {name} failed: {e}")
         for li, lay_name in enumerate(layouts):
             layout = make_layout(S, mixed_sizes=lay_name == "mixed")
@@ -424,24 +484,45 @@ def run_sweep(
             _ = meta.has_bidirectional
             add(**ctx, method="layout_meta_build", category="-", ms=meta_ms)
             for n, c in configs.items():
-                add(**ctx, method="plan_build", config=n, category="-", ms=_timed_ms(lambda c=c, m=meta: build_plan(m, c.block_m, None)))
-            log(f"S={S} {lay_name}: {layout.num_images} images; LayoutMeta.build {meta_ms:.2f} ms, plan {rows[-1]['ms']:.2f} ms")
+                add(
+                    **ctx,
+                    method="plan_build",
+                    config=n,
+                    category="-",
+                    ms=_timed_ms(lambda c=c, m=meta: build_plan(m, c.block_m, None)),
+                )
+            log(
+                f"S={S} {lay_name}: {layout.num_images} images; LayoutMeta.build {meta_ms:.2f} ms, plan {rows[-1]['ms']:.2f} ms"
+            )
             pairs = {c.label: kept_pairs(meta, c) for c in Category}
             if "ours" in methods and li == 0:
                 dense_t = torch.tensor(head_maps["dense"], dtype=torch.int32)
                 ours_dense = [lambda s=s, m=meta: blindsight_attention(*s, m, dense_t) for s in sets]
                 if "cudnn" in methods:
                     try:
-                        calls = {"cudnn": [lambda s=s: sdpa(*s, SDPBackend.CUDNN_ATTENTION) for s in expanded], "ours": ours_dense}
+                        calls = {
+                            "cudnn": [lambda s=s: sdpa(*s, SDPBackend.CUDNN_ATTENTION) for s in expanded],
+                            "ours": ours_dense,
+                        }
                         if cudnn_takes_gqa(dev):  # cuDNN on the grouped K/V itself, no expansion
-                            calls["cudnn_gqa"] = [lambda s=s: sdpa(*(t[None] for t in s), SDPBackend.CUDNN_ATTENTION, gqa=True) for s in sets]
+                            calls["cudnn_gqa"] = [
+                                lambda s=s: sdpa(*(t[None] for t in s), SDPBackend.CUDNN_ATTENTION, gqa=True)
+                                for s in sets
+                            ]
                         pair = _bench_interleaved(calls)
                         calls = {}  # drop the expanded K/V
                         for name, ms in pair.items():
                             once[(name, "dense")] = ms
                         log(f"S={S} interleaved: " + ", ".join(f"{n} {ms:.2f} ms" for n, ms in pair.items()))
                     except Exception as e:
-                        add(tokens=S, layout="-", method="cudnn", category="dense", ms=None, error=f"{type(e).__name__}: {str(e)[:200]}")
+                        add(
+                            tokens=S,
+                            layout="-",
+                            method="cudnn",
+                            category="dense",
+                            ms=None,
+                            error=f"{type(e).__name__}: {str(e)[:200]}",
+                        )
                         log(f"S={S} cudnn failed: {e}")
                 if ("ours", "dense") not in once:
                     once[("ours", "dense")] = _bench(ours_dense)
@@ -452,8 +533,18 @@ def run_sweep(
                     if check:
                         err = _check_full_size(*sets[0], meta, mixed, cfg)
                         ok = err <= 2e-2
-                        add(**ctx, method="ours", config=cname, category="check_mixed30_max_rel_err", ms=None, value=err, passed=ok)
-                        log(f"S={S} {lay_name} [{cname}] sampled-row check: max rel err {err:.2e} {'ok' if ok else 'FAILED'}")
+                        add(
+                            **ctx,
+                            method="ours",
+                            config=cname,
+                            category="check_mixed30_max_rel_err",
+                            ms=None,
+                            value=err,
+                            passed=ok,
+                        )
+                        log(
+                            f"S={S} {lay_name} [{cname}] sampled-row check: max rel err {err:.2e} {'ok' if ok else 'FAILED'}"
+                        )
                     maps = {k: v for k, v in head_maps.items() if k != "dense"}
                     maps["mixed30_serial"] = mixed  # dense heads' SDPA, then the kernel
                     if S <= kernel_dense_upto and li == 0:
@@ -462,16 +553,31 @@ def run_sweep(
                     ms_of: dict[str, float] = {}
                     for hm, cats in maps.items():
                         cats_t = torch.tensor(cats, dtype=torch.int32)
-                        kw = dict(config=cfg, dense_backend="kernel" if hm == "dense_in_kernel" else "auto", overlap_dense=hm != "mixed30_serial")
+                        kw = dict(
+                            config=cfg,
+                            dense_backend="kernel" if hm == "dense_in_kernel" else "auto",
+                            overlap_dense=hm != "mixed30_serial",
+                        )
                         t0 = time.perf_counter()
                         blindsight_attention(*sets[0], meta, cats_t, **kw)
                         torch.cuda.synchronize()
                         first_call = first_call or 1e3 * (time.perf_counter() - t0)
-                        ms = _bench([lambda s=s, m=meta, c=cats_t, kw=kw: blindsight_attention(*s, m, c, **kw) for s in sets])
+                        ms = _bench(
+                            [lambda s=s, m=meta, c=cats_t, kw=kw: blindsight_attention(*s, m, c, **kw) for s in sets]
+                        )
                         pair_count = sum(pairs[Category(c).label] for c in cats)
-                        r = add(**ctx, method="ours", config=cname, category=hm, ms=ms, tflops_kept=4 * head_dim * pair_count / (ms * 1e-3) / 1e12)
+                        r = add(
+                            **ctx,
+                            method="ours",
+                            config=cname,
+                            category=hm,
+                            ms=ms,
+                            tflops_kept=4 * head_dim * pair_count / (ms * 1e-3) / 1e12,
+                        )
                         ms_of[hm] = ms
-                        log(f"S={S} {lay_name} ours[{cname}] {hm}: {ms:.3f} ms ({r['tflops_kept']:.0f} TFLOP/s on kept pairs)")
+                        log(
+                            f"S={S} {lay_name} ours[{cname}] {hm}: {ms:.3f} ms ({r['tflops_kept']:.0f} TFLOP/s on kept pairs)"
+                        )
                         if hm == "dense_in_kernel":
                             once[("ours:" + cname, hm)] = ms
                         if hm == "mixed30":
@@ -481,14 +587,34 @@ def run_sweep(
                     if li:
                         for hm in ("dense_in_kernel",):
                             if ("ours:" + cname, hm) in once:
-                                add(**ctx, method="ours", config=cname, category=hm, ms=once[("ours:" + cname, hm)], measured_on=layouts[0])
+                                add(
+                                    **ctx,
+                                    method="ours",
+                                    config=cname,
+                                    category=hm,
+                                    ms=once[("ours:" + cname, hm)],
+                                    measured_on=layouts[0],
+                                )
                     if ("ours", "dense") in once:
                         ms_of["dense"] = once[("ours", "dense")]
-                        add(**ctx, method="amdahl_bound", config=cname, category="mixed30", ms=sum(ms_of[Category(c).label] for c in mixed) / num_heads)
+                        add(
+                            **ctx,
+                            method="amdahl_bound",
+                            config=cname,
+                            category="mixed30",
+                            ms=sum(ms_of[Category(c).label] for c in mixed) / num_heads,
+                        )
                     for kern in _compiled_kernels():
                         if id(kern) not in seen_kernels:
                             seen_kernels.add(id(kern))
-                            add(**ctx, method="ours", config=cname, category="kernel_resources", ms=None, **_resources(kern))
+                            add(
+                                **ctx,
+                                method="ours",
+                                config=cname,
+                                category="kernel_resources",
+                                ms=None,
+                                **_resources(kern),
+                            )
                     variants = _compiled_variants()
                     variants_before = variants if variants_before is None else variants_before
                     add(**ctx, method="ours", config=cname, category="compiled_variants", ms=first_call, value=variants)
@@ -496,20 +622,36 @@ def run_sweep(
                 if not name.startswith("ours:"):
                     add(**ctx, method=name, category=cat, ms=ms, **({"measured_on": layouts[0]} if li else {}))
             if flex is not None and flex_until_s is not None and elapsed() > flex_until_s:
-                add(**ctx, method="flex", category="-", ms=None, reason=f"skipped: flex time budget ({flex_until_s:.0f} s) spent")
+                add(
+                    **ctx,
+                    method="flex",
+                    category="-",
+                    ms=None,
+                    reason=f"skipped: flex time budget ({flex_until_s:.0f} s) spent",
+                )
                 log(f"S={S} {lay_name} flex skipped (time budget)")
             elif flex is not None:
                 try:
                     masks = _FlexMasks(meta, num_heads, build_mask)
-                    add(**ctx, method="flex_block_mask_build", category="-", ms=1e3 * masks.build_s, query_chunks=masks.chunks)
-                    log(f"S={S} {lay_name} flex create_block_mask (H=4, compiled, static shapes, {masks.chunks} query chunks) {masks.build_s:.1f} s")
+                    add(
+                        **ctx,
+                        method="flex_block_mask_build",
+                        category="-",
+                        ms=1e3 * masks.build_s,
+                        query_chunks=masks.chunks,
+                    )
+                    log(
+                        f"S={S} {lay_name} flex create_block_mask (H=4, compiled, static shapes, {masks.chunks} query chunks) {masks.build_s:.1f} s"
+                    )
                     for hm in ("sink", "intra_image", "intra_image_sink", "mixed30"):
                         bm = masks.for_heads(head_maps[hm])
                         t0 = time.perf_counter()
                         flex(*[t[None] for t in sets[0]], block_mask=bm, enable_gqa=True)
                         torch.cuda.synchronize()
                         first = time.perf_counter() - t0
-                        ms = _bench([lambda s=s: flex(*[t[None] for t in s], block_mask=bm, enable_gqa=True) for s in sets])
+                        ms = _bench(
+                            [lambda s=s: flex(*[t[None] for t in s], block_mask=bm, enable_gqa=True) for s in sets]
+                        )
                         add(**ctx, method="flex", category=hm, ms=ms, first_call_s=first)
                         log(f"S={S} {lay_name} flex {hm}: {ms:.2f} ms (first call {first:.1f} s)")
                         del bm
@@ -527,15 +669,29 @@ def run_sweep(
         del sets, expanded
         torch.cuda.empty_cache()
     if variants_before is not None:
-        add(tokens=None, layout="-", method="ours", category="compiled_variants_growth", ms=None, value=_compiled_variants() - variants_before)
+        add(
+            tokens=None,
+            layout="-",
+            method="ours",
+            category="compiled_variants_growth",
+            ms=None,
+            value=_compiled_variants() - variants_before,
+        )
     return rows
 
 
 def targets(rows: list[dict]) -> list[dict]:
     """The issue's targets as ratios measured in this run (None where a needed row is missing)."""
+
     def ms(tokens, layout, method, category, config="default"):
         for r in rows:
-            if r["tokens"] == tokens and r["layout"] == layout and r["method"] == method and r["category"] == category and r.get("config", "default") == config:
+            if (
+                r["tokens"] == tokens
+                and r["layout"] == layout
+                and r["method"] == method
+                and r["category"] == category
+                and r.get("config", "default") == config
+            ):
                 return r["ms"]
         return None
 
@@ -545,34 +701,78 @@ def targets(rows: list[dict]) -> list[dict]:
     for lay in layouts:
         for S, need in ((36_864, 8.0), (301_056, 20.0)):
             o, c = ms(S, lay, "ours", "intra_image_sink"), ms(S, lay, "cudnn", "dense")
-            out.append({"target": f"intra_image_sink >= {need:g}x faster than cuDNN dense", "tokens": S, "layout": lay,
-                        "ratio": c / o if o and c else None, "need": need})
+            out.append(
+                {
+                    "target": f"intra_image_sink >= {need:g}x faster than cuDNN dense",
+                    "tokens": S,
+                    "layout": lay,
+                    "ratio": c / o if o and c else None,
+                    "need": need,
+                }
+            )
         for S in (147_456, 301_056):
             for cat in ("sink", "intra_image", "intra_image_sink"):
                 o, f = ms(S, lay, "ours", cat), ms(S, lay, "flex", cat)
-                out.append({"target": ">= 5x faster than FlexAttention, same mask", "tokens": S, "layout": lay, "category": cat,
-                            "ratio": f / o if o and f else None, "need": 5.0})
+                out.append(
+                    {
+                        "target": ">= 5x faster than FlexAttention, same mask",
+                        "tokens": S,
+                        "layout": lay,
+                        "category": cat,
+                        "ratio": f / o if o and f else None,
+                        "need": 5.0,
+                    }
+                )
         for S in lengths:
             o, b = ms(S, lay, "ours", "mixed30"), ms(S, lay, "amdahl_bound", "mixed30")
-            out.append({"target": "mixed30 within 10% of its Amdahl bound", "tokens": S, "layout": lay,
-                        "ratio": o / b if o and b else None, "need": 1.10, "lower_is_better": True})
+            out.append(
+                {
+                    "target": "mixed30 within 10% of its Amdahl bound",
+                    "tokens": S,
+                    "layout": lay,
+                    "ratio": o / b if o and b else None,
+                    "need": 1.10,
+                    "lower_is_better": True,
+                }
+            )
             o, c = ms(S, lay, "ours", "dense"), ms(S, lay, "cudnn", "dense")
-            out.append({"target": "dense heads no slower than cuDNN SDPA", "tokens": S, "layout": lay,
-                        "ratio": o / c if o and c else None, "need": 1.0, "lower_is_better": True})
+            out.append(
+                {
+                    "target": "dense heads no slower than cuDNN SDPA",
+                    "tokens": S,
+                    "layout": lay,
+                    "ratio": o / c if o and c else None,
+                    "need": 1.0,
+                    "lower_is_better": True,
+                }
+            )
         m = ms(301_056, lay, "layout_meta_build", "-")
         p = ms(301_056, lay, "plan_build", "-")
-        out.append({"target": "metadata build <= 2 ms at 300K (LayoutMeta.build + tile plan)", "tokens": 301_056, "layout": lay,
-                    "ratio": (m + p) if m is not None and p is not None else None, "need": 2.0, "lower_is_better": True})
+        out.append(
+            {
+                "target": "metadata build <= 2 ms at 300K (LayoutMeta.build + tile plan)",
+                "tokens": 301_056,
+                "layout": lay,
+                "ratio": (m + p) if m is not None and p is not None else None,
+                "need": 2.0,
+                "lower_is_better": True,
+            }
+        )
     for t in out:
         r = t["ratio"]
         t["met"] = None if r is None else (r <= t["need"] if t.get("lower_is_better") else r >= t["need"])
     return out
 
 
-def _pivot(rows: list[dict], cols: Sequence[tuple[str, str]], cell: Callable[[dict, tuple[str, str]], str]) -> list[str]:
+def _pivot(
+    rows: list[dict], cols: Sequence[tuple[str, str]], cell: Callable[[dict, tuple[str, str]], str]
+) -> list[str]:
     """Markdown lines: one line per (tokens, layout) with its image count, a cell per (method, category)
     column; ``cell(sel, col)`` gets that line's default-config rows keyed by (method, category)."""
-    lines = ["| tokens | layout | images | " + " | ".join(f"{m} {c}" for m, c in cols) + " |", "|" + "---|" * (3 + len(cols))]
+    lines = [
+        "| tokens | layout | images | " + " | ".join(f"{m} {c}" for m, c in cols) + " |",
+        "|" + "---|" * (3 + len(cols)),
+    ]
     for S, lay in sorted({(r["tokens"], r["layout"]) for r in rows if r["tokens"] and r["layout"] != "-"}):
         line = [r for r in rows if r["tokens"] == S and r["layout"] == lay]
         sel = {(r["method"], r["category"]): r for r in line if r.get("config", "default") == "default"}
@@ -587,7 +787,9 @@ def table(rows: list[dict]) -> str:
     for cat in ("sink", "intra_image", "intra_image_sink", "mixed30"):
         cols += [("ours", cat), ("flex", cat)]
     cols += [("ours", "mixed30_serial"), ("amdahl_bound", "mixed30")]
-    return "\n".join(_pivot(rows, cols, lambda sel, c: f"{sel[c]['ms']:.2f}" if c in sel and sel[c]["ms"] is not None else "-"))
+    return "\n".join(
+        _pivot(rows, cols, lambda sel, c: f"{sel[c]['ms']:.2f}" if c in sel and sel[c]["ms"] is not None else "-")
+    )
 
 
 def markdown(doc: dict) -> str:
@@ -609,7 +811,7 @@ def markdown(doc: dict) -> str:
         "",
         f"Written by `{' '.join(prov.get('command', []))}` on {prov.get('date')} at commit {commit}: torch {prov.get('torch')}, "
         f"Triton {prov.get('triton')}, CUDA {prov.get('cuda')}, cuDNN {prov.get('cudnn')}. Rows, targets and provenance: the JSON "
-        "beside this page. Setup and methods: the docstring of `bsight.kernels.sweep`; analysis: kernels/NOTES.md."
+        "beside this page. Setup and methods: the docstring of `bsight.harness.benchmarks.kernel_sweep`; analysis: kernels/NOTES.md."
         + (f" Note: {prov['provenance_note']}." if prov.get("provenance_note") else ""),
         "",
         "## Times, ms",
@@ -622,8 +824,11 @@ def markdown(doc: dict) -> str:
         "",
         "## Kernel throughput on kept (query, key) pairs, TFLOP/s",
         "",
-        *_pivot(rows, [("ours", c) for c in (*cats, "dense_in_kernel")],
-                lambda sel, c: f"{sel[c]['tflops_kept']:.0f}" if c in sel and sel[c].get("tflops_kept") else "-"),
+        *_pivot(
+            rows,
+            [("ours", c) for c in (*cats, "dense_in_kernel")],
+            lambda sel, c: f"{sel[c]['tflops_kept']:.0f}" if c in sel and sel[c].get("tflops_kept") else "-",
+        ),
         "",
         "## Targets",
         "",
@@ -633,19 +838,29 @@ def markdown(doc: dict) -> str:
     for t in doc["targets"]:
         r = "-" if t["ratio"] is None else f"{t['ratio']:.3f}"
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
-        out.append(f"| {t['target']} | {t['tokens']:,} | {t['layout']} | {t.get('category', '')} | {r} | {t['need']} | {met} |")
+        out.append(
+            f"| {t['target']} | {t['tokens']:,} | {t['layout']} | {t.get('category', '')} | {r} | {t['need']} | {met} |"
+        )
     return "\n".join(out) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m bsight.kernels.sweep", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="JSON file to write (rows, targets, provenance); a Markdown page goes beside it (.md)")
+    ap = argparse.ArgumentParser(
+        prog="python -m bsight.harness.benchmarks.kernel_sweep", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "--out",
+        required=True,
+        help="JSON file to write (rows, targets, provenance); a Markdown page goes beside it (.md)",
+    )
     ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     ap.add_argument("--layouts", default=",".join(LAYOUTS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--configs", default="", help="extra kernel configs to time: name=BM/BN/warps/stages[/maxnreg],...")
     ap.add_argument("--no-check", action="store_true")
-    ap.add_argument("--kernel-dense-upto", type=int, default=0, help="also time dense heads inside our kernel up to this length")
+    ap.add_argument(
+        "--kernel-dense-upto", type=int, default=0, help="also time dense heads inside our kernel up to this length"
+    )
     ap.add_argument("--flex-until", type=float, default=None, help="skip FlexAttention points after this many seconds")
     ap.add_argument("--stop-after", type=float, default=None, help="skip all points after this many seconds")
     args = ap.parse_args(argv)
@@ -657,15 +872,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         configs[name] = KernelConfig(*(int(x) for x in spec.split("/")))
     given = list(argv if argv is not None else sys.argv[1:])
     # the output file by name only: a machine's absolute paths do not belong in published results
-    command = ["python", "-m", "bsight.kernels.sweep", *(Path(a).name if a == args.out else a for a in given)]
+    command = [
+        "python",
+        "-m",
+        "bsight.harness.benchmarks.kernel_sweep",
+        *(Path(a).name if a == args.out else a for a in given),
+    ]
     prov = _provenance(command)
     out = Path(args.out)
 
     def save(rows: list[dict]) -> None:
-        doc = {"provenance": prov, "setup": {"heads": [28, 4], "head_dim": 128, "dtype": "bfloat16", "sinks_per_image": SINKS,
-                                             "label_tokens": LABEL, "configs": {n: vars(c) for n, c in configs.items()},
-                                             "mixed30_head_map": mixed_head_map(28)},
-               "rows": rows, "targets": targets(rows)}
+        doc = {
+            "provenance": prov,
+            "setup": {
+                "heads": [28, 4],
+                "head_dim": 128,
+                "dtype": "bfloat16",
+                "sinks_per_image": SINKS,
+                "label_tokens": LABEL,
+                "configs": {n: vars(c) for n, c in configs.items()},
+                "mixed30_head_map": mixed_head_map(28),
+            },
+            "rows": rows,
+            "targets": targets(rows),
+        }
         out.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(doc, indent=1, default=str)
         out.write_text(text)
@@ -688,7 +918,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for t in targets(rows):
         verdict = {True: "MET ", False: "MISS", None: "?   "}[t["met"]]
         ratio = "-" if t["ratio"] is None else f"{t['ratio']:.2f}"
-        print(f"{verdict} {t['target']} @ {t['tokens']} {t['layout']} {t.get('category', '')}: {ratio} (need {t['need']})")
+        print(
+            f"{verdict} {t['target']} @ {t['tokens']} {t['layout']} {t.get('category', '')}: {ratio} (need {t['need']})"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -15,9 +15,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .categories import Category
-from .layout import PromptLayout
-from .metadata import LayoutMeta
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.layout import PromptLayout
+from bsight.kernels.sparsity.metadata import LayoutMeta
 
 
 class KeptPairs(NamedTuple):
@@ -104,7 +104,10 @@ def reduction_from_pairs(pairs: np.ndarray, categories: np.ndarray) -> np.ndarra
 
 
 def model_flops(
-    layout: PromptLayout | LayoutMeta, categories: np.ndarray | torch.Tensor, windows: Sequence[int | None], head_dim: int
+    layout: PromptLayout | LayoutMeta,
+    categories: np.ndarray | torch.Tensor,
+    windows: Sequence[int | None],
+    head_dim: int,
 ) -> dict[str, float]:
     """Dense and sparse attention FLOPs of a whole model on one prompt, and the reduction between them.
 
@@ -120,7 +123,9 @@ def model_flops(
     return {"dense_flops": dense, "sparse_flops": sparse, "reduction": 1.0 - sparse / dense if dense else 0.0}
 
 
-def dataset_reductions(layouts: Iterable[PromptLayout | LayoutMeta], categories: np.ndarray, windows: Sequence[int | None]) -> np.ndarray:
+def dataset_reductions(
+    layouts: Iterable[PromptLayout | LayoutMeta], categories: np.ndarray, windows: Sequence[int | None]
+) -> np.ndarray:
     """Model-level FLOPs reduction of one head map (``categories [L, H]``) on each prompt: the data of the
     per-prompt FLOPs CDF."""
     tables = [layer_pair_table(lay, windows) for lay in layouts]

@@ -15,8 +15,8 @@ here on one plain causal attention kernel (no layout, every head dense), next to
 Re-run it after a Triton upgrade: when (2) reports a needed shape as warp-specialized, the kernel can adopt
 it. Results and the analysis of the first run are in kernels/NOTES.md (round 4). Usage::
 
-    python -m bsight.kernels.hopper_probe --out hopper_probe_h100.json [--lengths 36864,73728]
-    python -m bsight.kernels.hopper_probe --compile-only --target 90   # no GPU needed: shapes only
+    python -m bsight.harness.benchmarks.hopper_probe --out hopper_probe_h100.json [--lengths 36864,73728]
+    python -m bsight.harness.benchmarks.hopper_probe --compile-only --target 90   # no GPU needed: shapes only
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_fwd import _scores, _softmax_step
+from bsight.kernels.triton_fwd import _scores, _softmax_step
 
 HEADS, KV_HEADS, HEAD_DIM = 28, 4, 128  # peers.md's shape (Qwen2-VL 7B)
 BLOCK_M, BLOCK_N = 128, 64  # the kernel's default tile (bsight.kernels.blindsight_attention.default_config)
@@ -43,9 +43,22 @@ BLOCK_M, BLOCK_N = 128, 64  # the kernel's default tile (bsight.kernels.blindsig
 
 @triton.jit
 def probe_fwd_kernel(
-    Q, K, V, O, S, num_heads, group, qk_scale,
-    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, Q_BY_TMA: tl.constexpr, EDGE_LOOP: tl.constexpr, MASK_IN_LOOP: tl.constexpr,
+    Q,
+    K,
+    V,
+    O,
+    S,
+    num_heads,
+    group,
+    qk_scale,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+    Q_BY_TMA: tl.constexpr,
+    EDGE_LOOP: tl.constexpr,
+    MASK_IN_LOOP: tl.constexpr,
 ):
     """Causal attention of one BLOCK_M-row query tile (longest tiles first) of ``q, k, v [H, S, D]``, S a multiple of
     BLOCK_M. Without EDGE_LOOP or MASK_IN_LOOP only the full blocks (keys before the tile) are computed."""
@@ -57,7 +70,9 @@ def probe_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     if Q_BY_TMA:
-        q = tl.make_tensor_descriptor(Q, shape=[S * num_heads, D], strides=[D, 1], block_shape=[BLOCK_M, D]).load([h * S + t * BLOCK_M, 0])
+        q = tl.make_tensor_descriptor(Q, shape=[S * num_heads, D], strides=[D, 1], block_shape=[BLOCK_M, D]).load(
+            [h * S + t * BLOCK_M, 0]
+        )
     else:
         q = tl.load(Q + (h * S).to(tl.int64) * D + offs_m[:, None] * D + offs_d[None, :])
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
@@ -71,8 +86,12 @@ def probe_fwd_kernel(
     v_base = V + (kvh * S).to(tl.int64) * D
     kv_off = offs_n[:, None] * D + offs_d[None, :]
     if TMA:
-        k_desc = tl.make_tensor_descriptor(K, shape=[S * (num_heads // group), D], strides=[D, 1], block_shape=[BLOCK_N, D])
-        v_desc = tl.make_tensor_descriptor(V, shape=[S * (num_heads // group), D], strides=[D, 1], block_shape=[BLOCK_N, D])
+        k_desc = tl.make_tensor_descriptor(
+            K, shape=[S * (num_heads // group), D], strides=[D, 1], block_shape=[BLOCK_N, D]
+        )
+        v_desc = tl.make_tensor_descriptor(
+            V, shape=[S * (num_heads // group), D], strides=[D, 1], block_shape=[BLOCK_N, D]
+        )
     for j in tl.range(0, n_loop, warp_specialize=WARP_SPECIALIZE):
         if TMA:
             k = k_desc.load([kvh * S + j * BLOCK_N, 0])
@@ -114,8 +133,16 @@ class Variant:
         return self.edge_loop or self.mask_in_loop
 
     def constexprs(self) -> dict:
-        return dict(D=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, TMA=self.tma, WARP_SPECIALIZE=self.warp_specialize, Q_BY_TMA=self.q_by_tma,
-                    EDGE_LOOP=self.edge_loop, MASK_IN_LOOP=self.mask_in_loop)
+        return dict(
+            D=HEAD_DIM,
+            BLOCK_M=BLOCK_M,
+            BLOCK_N=BLOCK_N,
+            TMA=self.tma,
+            WARP_SPECIALIZE=self.warp_specialize,
+            Q_BY_TMA=self.q_by_tma,
+            EDGE_LOOP=self.edge_loop,
+            MASK_IN_LOOP=self.mask_in_loop,
+        )
 
 
 TIMED = (
@@ -123,7 +150,14 @@ TIMED = (
     Variant("TMA loads", tma=True),
     Variant("TMA loads, 4 warps", tma=True, q_by_tma=True, num_warps=4),
     Variant("TMA loads + warp specialization", tma=True, warp_specialize=True, q_by_tma=True, num_warps=4),
-    Variant("TMA loads + warp specialization, 2 stages", tma=True, warp_specialize=True, q_by_tma=True, num_warps=4, num_stages=2),
+    Variant(
+        "TMA loads + warp specialization, 2 stages",
+        tma=True,
+        warp_specialize=True,
+        q_by_tma=True,
+        num_warps=4,
+        num_stages=2,
+    ),
     Variant("pointer loads, causal (edge loop)", edge_loop=True),
     Variant("TMA loads, causal (edge loop)", tma=True, edge_loop=True),
 )
@@ -131,8 +165,22 @@ TIMED = (
 SHAPES = (
     Variant("WS: plain loop (reference)", tma=True, warp_specialize=True, q_by_tma=True, num_warps=4),
     Variant("WS: q loaded with pointers (text tiles gather rows)", tma=True, warp_specialize=True, num_warps=4),
-    Variant("WS: second, masked loop for edge blocks", tma=True, warp_specialize=True, q_by_tma=True, edge_loop=True, num_warps=4),
-    Variant("WS: mask under a branch in the one loop", tma=True, warp_specialize=True, q_by_tma=True, mask_in_loop=True, num_warps=4),
+    Variant(
+        "WS: second, masked loop for edge blocks",
+        tma=True,
+        warp_specialize=True,
+        q_by_tma=True,
+        edge_loop=True,
+        num_warps=4,
+    ),
+    Variant(
+        "WS: mask under a branch in the one loop",
+        tma=True,
+        warp_specialize=True,
+        q_by_tma=True,
+        mask_in_loop=True,
+        num_warps=4,
+    ),
     Variant("WS: mask under a branch, 8 warps", tma=True, warp_specialize=True, q_by_tma=True, mask_in_loop=True),
 )
 
@@ -143,18 +191,33 @@ def compile_report(variant: Variant, target=None) -> dict:
     from triton.compiler import ASTSource
 
     target = target or triton.runtime.driver.active.get_current_target()
-    signature = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "S": "i32", "num_heads": "i32", "group": "i32", "qk_scale": "fp32"}
+    signature = {
+        "Q": "*bf16",
+        "K": "*bf16",
+        "V": "*bf16",
+        "O": "*bf16",
+        "S": "i32",
+        "num_heads": "i32",
+        "group": "i32",
+        "qk_scale": "fp32",
+    }
     consts = variant.constexprs()
     signature.update({name: "constexpr" for name in consts})
     src = ASTSource(fn=probe_fwd_kernel, signature=signature, constexprs=consts)
     with tempfile.TemporaryFile(mode="w+") as log:
         try:
             with _stderr_to(log):  # the compiler's C++ passes print their failure (and a long reproducer) there
-                kernel = triton.compile(src, target=target, options={"num_warps": variant.num_warps, "num_stages": variant.num_stages})
+                kernel = triton.compile(
+                    src, target=target, options={"num_warps": variant.num_warps, "num_stages": variant.num_stages}
+                )
         except Exception as exc:  # the compiler's own failure is the finding
             log.seek(0)
             cause = [line.strip() for line in log if "Assertion" in line or "LLVM ERROR" in line]
-            return {"compiled": False, "warp_specialized": False, "error": (cause[0] if cause else f"{type(exc).__name__}: {exc}")[:300]}
+            return {
+                "compiled": False,
+                "warp_specialized": False,
+                "error": (cause[0] if cause else f"{type(exc).__name__}: {exc}")[:300],
+            }
     return {"compiled": True, **kernel_facts(kernel)}
 
 
@@ -189,8 +252,19 @@ def _registers(kernel) -> int | None:
 def _launch(variant: Variant, q, k, v, out):
     """Run ``variant`` on ``q [H, S, D]``, ``k, v [Hkv, S, D]`` into ``out``; returns the compiled kernel."""
     H, S, D = q.shape
-    return probe_fwd_kernel[(S // BLOCK_M * H,)](q, k, v, out, S, H, H // k.shape[0], D ** -0.5 * 1.4426950408889634, **variant.constexprs(),
-                                      num_warps=variant.num_warps, num_stages=variant.num_stages)
+    return probe_fwd_kernel[(S // BLOCK_M * H,)](
+        q,
+        k,
+        v,
+        out,
+        S,
+        H,
+        H // k.shape[0],
+        D**-0.5 * 1.4426950408889634,
+        **variant.constexprs(),
+        num_warps=variant.num_warps,
+        num_stages=variant.num_stages,
+    )
 
 
 def full_block_pairs(S: int) -> int:
@@ -204,14 +278,18 @@ def run_probe(lengths: Sequence[int], log=print) -> list[dict]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from triton.testing import do_bench
 
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))  # device-side descriptors
+    triton.set_allocator(
+        lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda")
+    )  # device-side descriptors
     rows = []
     for S in lengths:
         if S % BLOCK_M:
             raise ValueError(f"lengths must be multiples of {BLOCK_M}, got {S}")
         gen = torch.Generator(device="cuda").manual_seed(S)
         q = torch.randn(HEADS, S, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
-        k, v = (torch.randn(KV_HEADS, S, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+        k, v = (
+            torch.randn(KV_HEADS, S, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2)
+        )
         group = HEADS // KV_HEADS
         ke, ve = k.repeat_interleave(group, 0)[None], v.repeat_interleave(group, 0)[None]
 
@@ -222,7 +300,9 @@ def run_probe(lengths: Sequence[int], log=print) -> list[dict]:
         causal_pairs, full_pairs = S * (S + 1) // 2, full_block_pairs(S)
         expected = cudnn()
         ms = do_bench(cudnn, warmup=50, rep=400, return_mode="median")
-        rows.append(dict(tokens=S, variant="cuDNN SDPA, causal", ms=ms, tflops=4 * HEAD_DIM * causal_pairs * HEADS / ms / 1e9))
+        rows.append(
+            dict(tokens=S, variant="cuDNN SDPA, causal", ms=ms, tflops=4 * HEAD_DIM * causal_pairs * HEADS / ms / 1e9)
+        )
         full_ref = None
         for variant in TIMED:
             out = torch.zeros_like(q)
@@ -237,27 +317,46 @@ def run_probe(lengths: Sequence[int], log=print) -> list[dict]:
             else:
                 full_ref = out.clone() if full_ref is None else full_ref
                 ref = full_ref
-            got, want = out[:, BLOCK_M:].float(), ref[:, BLOCK_M:].float()  # (tile 0 of a full-block variant has no key)
+            got, want = (
+                out[:, BLOCK_M:].float(),
+                ref[:, BLOCK_M:].float(),
+            )  # (tile 0 of a full-block variant has no key)
             nonfinite = float((~got.isfinite()).float().mean().item())
             err = float(((got - want).abs().max() / want.abs().max()).item())  # NaN where any output is not finite
             ms = do_bench(lambda: _launch(variant, q, k, v, out), warmup=50, rep=400, return_mode="median")
             pairs = causal_pairs if variant.causal else full_pairs
-            rows.append(dict(tokens=S, variant=variant.name, ms=ms, tflops=4 * HEAD_DIM * pairs * HEADS / ms / 1e9, max_rel_err=err, nonfinite_share=nonfinite,
-                             **asdict(variant), **kernel_facts(compiled)))
-            log(f"{S:>8,} {variant.name:40s} {ms:9.3f} ms {rows[-1]['tflops']:5.0f} TFLOP/s  err {err:.1e}  not finite {nonfinite:.1%}")
+            rows.append(
+                dict(
+                    tokens=S,
+                    variant=variant.name,
+                    ms=ms,
+                    tflops=4 * HEAD_DIM * pairs * HEADS / ms / 1e9,
+                    max_rel_err=err,
+                    nonfinite_share=nonfinite,
+                    **asdict(variant),
+                    **kernel_facts(compiled),
+                )
+            )
+            log(
+                f"{S:>8,} {variant.name:40s} {ms:9.3f} ms {rows[-1]['tflops']:5.0f} TFLOP/s  err {err:.1e}  not finite {nonfinite:.1%}"
+            )
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m bsight.kernels.hopper_probe", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bsight.harness.benchmarks.hopper_probe", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--out", help="JSON file to write (loop rates, compiler findings, provenance)")
     ap.add_argument("--lengths", default="36864,73728")
     ap.add_argument("--compile-only", action="store_true", help="only compile the shapes (no GPU needed with --target)")
-    ap.add_argument("--target", type=int, default=None, help="CUDA compute capability to compile for, e.g. 90 (default: the GPU's)")
+    ap.add_argument(
+        "--target", type=int, default=None, help="CUDA compute capability to compile for, e.g. 90 (default: the GPU's)"
+    )
     args = ap.parse_args(argv)
     from triton.backends.compiler import GPUTarget
 
-    from .sweep import _provenance
+    from bsight.harness.benchmarks.kernel_sweep import _provenance
 
     target = GPUTarget("cuda", args.target, 32) if args.target else None
     if target is None and not torch.cuda.is_available():
@@ -265,14 +364,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     shapes = []
     for variant in SHAPES:
         shapes.append(dict(**asdict(variant), **compile_report(variant, target)))
-        print(f"{variant.name:55s} {'compiled' if shapes[-1]['compiled'] else 'FAILED':9s} warp-specialized: {shapes[-1]['warp_specialized']}"
-              + (f"  ({shapes[-1]['error']})" if not shapes[-1]["compiled"] else ""), flush=True)
-    rows = [] if args.compile_only else run_probe([int(x) for x in args.lengths.split(",")], log=lambda s: print(s, flush=True))
+        print(
+            f"{variant.name:55s} {'compiled' if shapes[-1]['compiled'] else 'FAILED':9s} warp-specialized: {shapes[-1]['warp_specialized']}"
+            + (f"  ({shapes[-1]['error']})" if not shapes[-1]["compiled"] else ""),
+            flush=True,
+        )
+    rows = (
+        []
+        if args.compile_only
+        else run_probe([int(x) for x in args.lengths.split(",")], log=lambda s: print(s, flush=True))
+    )
     if args.out:
         given = list(argv if argv is not None else sys.argv[1:])
-        command = ["python", "-m", "bsight.kernels.hopper_probe", *(Path(a).name if a == args.out else a for a in given)]
-        doc = {"provenance": _provenance(command), "setup": {"heads": [HEADS, KV_HEADS], "head_dim": HEAD_DIM, "dtype": "bfloat16",
-                                                               "block": [BLOCK_M, BLOCK_N], "target": args.target}, "shapes": shapes, "rows": rows}
+        command = [
+            "python",
+            "-m",
+            "bsight.harness.benchmarks.hopper_probe",
+            *(Path(a).name if a == args.out else a for a in given),
+        ]
+        doc = {
+            "provenance": _provenance(command),
+            "setup": {
+                "heads": [HEADS, KV_HEADS],
+                "head_dim": HEAD_DIM,
+                "dtype": "bfloat16",
+                "block": [BLOCK_M, BLOCK_N],
+                "target": args.target,
+            },
+            "shapes": shapes,
+            "rows": rows,
+        }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(doc, indent=1, default=str))
 

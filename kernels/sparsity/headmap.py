@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..artifacts import load_json_model
-from .categories import Category
-from .layout import SinkPolicy
+from bsight.kernels.sparsity.artifacts import load_json_model, tool_version
+from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.layout import SinkPolicy
 
 SCHEMA_VERSION = 1
 _LABELS = {c.label for c in Category}
@@ -65,7 +65,9 @@ class HeadMap(BaseModel):
         bad = {c for r in self.categories for c in r} - _LABELS
         if bad:
             raise ValueError(f"unknown categories {sorted(bad)}; allowed: {sorted(_LABELS)}")
-        if self.histograms and (len(self.histograms) != self.num_layers or any(len(r) != self.num_heads for r in self.histograms)):
+        if self.histograms and (
+            len(self.histograms) != self.num_layers or any(len(r) != self.num_heads for r in self.histograms)
+        ):
             raise ValueError(f"histograms must be {self.num_layers} layers x {self.num_heads} heads")
         bad = {c for r in self.histograms for h in r for c in h} - _LABELS
         if bad:
@@ -98,7 +100,9 @@ class HeadMap(BaseModel):
             )
 
     @classmethod
-    def uniform(cls, model_id: str, num_layers: int, num_heads: int, category: Category | str, sink_policy: SinkPolicy, **kw) -> HeadMap:
+    def uniform(
+        cls, model_id: str, num_layers: int, num_heads: int, category: Category | str, sink_policy: SinkPolicy, **kw
+    ) -> HeadMap:
         """Every head in one category (all-dense maps for equivalence tests, all-sparse for timing)."""
         label = Category.parse(category).label
         return cls(
@@ -109,7 +113,7 @@ class HeadMap(BaseModel):
             params=kw.pop("params", CharacterizationParams(tau=1.0, delta=1.0, gamma=0.0)),
             dataset=kw.pop("dataset", DatasetInfo(name="none", size=0)),
             sink_policy=sink_policy,
-            tool_version=kw.pop("tool_version", _tool_version()),
+            tool_version=kw.pop("tool_version", tool_version()),
             **kw,
         )
 
@@ -123,9 +127,3 @@ class HeadMap(BaseModel):
     def load(cls, path: str | Path) -> HeadMap:
         """Load and validate; errors name the file and what is wrong with it."""
         return load_json_model(cls, Path(path), "head map")
-
-
-def _tool_version() -> str:
-    from bsight.harness.version import __version__
-
-    return __version__

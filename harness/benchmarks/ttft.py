@@ -1,7 +1,7 @@
 """End-to-end time to first token (TTFT) of Qwen2-VL-7B on one GPU: dense vs method ``blindsight``.
 
-    python -m bsight.harness.ttft --out reports/published/ttft_h100.json
-    python -m bsight.harness.ttft --small --out ttft_small.json           # the whole path on CPU, tiny model
+    python -m bsight.harness.benchmarks.ttft --out reports/published/ttft_h100.json
+    python -m bsight.harness.benchmarks.ttft --small --out ttft_small.json           # the whole path on CPU, tiny model
 
 What is real and what is not (also written into the JSON):
 
@@ -43,31 +43,80 @@ from typing import Any
 import numpy as np
 import torch
 
+from bsight.kernels.sparsity.artifacts import tool_version
+
 log = logging.getLogger("bsight.ttft")
 
 MODEL_ID = "Qwen/Qwen2-VL-7B-Instruct"
 # config.json of Qwen/Qwen2-VL-7B-Instruct on the hub (architecture only; weights here are random)
 QWEN2_VL_7B_CONFIG: dict[str, Any] = {
-    "architectures": ["Qwen2VLForConditionalGeneration"], "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
-    "vision_start_token_id": 151652, "vision_end_token_id": 151653, "vision_token_id": 151654, "image_token_id": 151655,
-    "video_token_id": 151656, "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02, "intermediate_size": 18944,
-    "max_position_embeddings": 32768, "max_window_layers": 28, "model_type": "qwen2_vl", "num_attention_heads": 28,
-    "num_hidden_layers": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False,
-    "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3, "hidden_size": 3584,
-                      "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
-    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 152064,
+    "architectures": ["Qwen2VLForConditionalGeneration"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "vision_token_id": 151654,
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "hidden_act": "silu",
+    "hidden_size": 3584,
+    "initializer_range": 0.02,
+    "intermediate_size": 18944,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 28,
+    "model_type": "qwen2_vl",
+    "num_attention_heads": 28,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vision_config": {
+        "depth": 32,
+        "embed_dim": 1280,
+        "mlp_ratio": 4,
+        "num_heads": 16,
+        "in_chans": 3,
+        "hidden_size": 3584,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vocab_size": 152064,
 }
 # preprocessor_config.json of the same repository (resizing bounds and normalization)
 QWEN2_VL_PREPROCESSOR: dict[str, Any] = {
-    "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "min_pixels": 3136,
+    "max_pixels": 12845056,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
 }
 # tiny variant for --small: same classes and code path, small enough for a CPU
 SMALL_CONFIG = {
-    **QWEN2_VL_7B_CONFIG, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
-    "num_hidden_layers": 2, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
-    "vision_config": {**QWEN2_VL_7B_CONFIG["vision_config"], "depth": 1, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2, "hidden_size": 64},
+    **QWEN2_VL_7B_CONFIG,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+    "vision_config": {
+        **QWEN2_VL_7B_CONFIG["vision_config"],
+        "depth": 1,
+        "embed_dim": 32,
+        "num_heads": 2,
+        "mlp_ratio": 2,
+        "hidden_size": 64,
+    },
 }
 # common photo / screenshot sizes (width, height): 1024, 999, 1196, 609 and 391 tokens through the processor
 IMAGE_SIZES = [(896, 896), (1024, 768), (1280, 720), (800, 600), (640, 480)]
@@ -114,7 +163,11 @@ class ChunkedMLP(torch.nn.Module):
 
 def chunk_mlps(model: torch.nn.Module, chunk: int) -> int:
     """Wrap every ``mlp`` child (decoder layers and vision blocks) in :class:`ChunkedMLP`; returns how many."""
-    parents = [m for m in model.modules() if isinstance(getattr(m, "mlp", None), torch.nn.Module) and not isinstance(m.mlp, ChunkedMLP)]
+    parents = [
+        m
+        for m in model.modules()
+        if isinstance(getattr(m, "mlp", None), torch.nn.Module) and not isinstance(m.mlp, ChunkedMLP)
+    ]
     for parent in parents:
         parent.mlp = ChunkedMLP(parent.mlp, chunk)
     return len(parents)
@@ -137,8 +190,8 @@ def build_model(config: dict[str, Any], device: torch.device, dtype: torch.dtype
 def random_head_map(info, dense_share: float, seed: int, sinks):
     """Exactly round(dense_share * heads) dense heads over the whole model, at random (layer, head); the
     others get a random sparse category. Labelled as random: for timing only."""
-    from bsight.harness.sparsity.categories import SPARSE_CATEGORIES
-    from bsight.harness.sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
+    from bsight.kernels.sparsity.categories import SPARSE_CATEGORIES
+    from bsight.kernels.sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
 
     rng = np.random.default_rng(seed)
     total = info.num_layers * info.num_heads
@@ -146,11 +199,14 @@ def random_head_map(info, dense_share: float, seed: int, sinks):
     sparse = rng.integers(0, len(SPARSE_CATEGORIES), total)
     flat = ["dense" if i in dense else SPARSE_CATEGORIES[sparse[i]].label for i in range(total)]
     return HeadMap(
-        model_id=info.model_id, num_layers=info.num_layers, num_heads=info.num_heads,
+        model_id=info.model_id,
+        num_layers=info.num_layers,
+        num_heads=info.num_heads,
         categories=[flat[layer * info.num_heads : (layer + 1) * info.num_heads] for layer in range(info.num_layers)],
         params=CharacterizationParams(tau=1.0, delta=1.0, gamma=0.0),
         dataset=DatasetInfo(name=f"random head map for timing (seed {seed}, {dense_share:.0%} dense)", size=0),
-        sink_policy=sinks, tool_version=_version(),
+        sink_policy=sinks,
+        tool_version=tool_version(),
     )
 
 
@@ -184,7 +240,9 @@ def process_images(sizes: list[tuple[int, int]], dtype: torch.dtype, seed: int) 
     return out
 
 
-def build_prompt(length: int, images: list[ProcessedImage], config: dict[str, Any], seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def build_prompt(
+    length: int, images: list[ProcessedImage], config: dict[str, Any], seed: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Chat-structured ids of exactly ``length`` tokens: a system turn, then a user turn of labelled images
     (sizes cycling) and a question, then the assistant prompt. Text ids are random."""
     rng = np.random.default_rng(seed)
@@ -216,8 +274,13 @@ def build_prompt(length: int, images: list[ProcessedImage], config: dict[str, An
         "image_grid_thw": torch.tensor([img.grid for img in chosen]),
     }
     image_tokens = sum(img.tokens + 2 for img in chosen)
-    return inputs, {"tokens": length, "images": len(chosen), "image_tokens": image_tokens, "text_tokens": length - image_tokens,
-                    "vision_patches": int(inputs["pixel_values"].shape[0])}
+    return inputs, {
+        "tokens": length,
+        "images": len(chosen),
+        "image_tokens": image_tokens,
+        "text_tokens": length - image_tokens,
+        "vision_patches": int(inputs["pixel_values"].shape[0]),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -231,12 +294,16 @@ def _sync(device: torch.device) -> None:
 def pick_sdpa_backend(info, length: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """Time each SDPA backend (GQA via enable_gqa or expanded K/V) on one causal attention call of the
     model's shape and return the fastest that works, with every candidate's time."""
-    from bsight.plugins.methods.dense import causal_sdpa
+    from bsight.kernels.dispatch import causal_sdpa
 
     q = torch.randn(info.num_heads, length, info.head_dim, device=device, dtype=dtype)
     k = torch.randn(info.num_kv_heads, length, info.head_dim, device=device, dtype=dtype)
     v = torch.randn_like(k)
-    candidates = [(b, e) for b in ("cudnn", "flash", "efficient") for e in (False, True)] if device.type == "cuda" else [("auto", False)]
+    candidates = (
+        [(b, e) for b in ("cudnn", "flash", "efficient") for e in (False, True)]
+        if device.type == "cuda"
+        else [("auto", False)]
+    )
     times: dict[str, float | str] = {}
     for backend, expand in candidates:
         key = f"{backend}{'+expand_kv' if expand else '+enable_gqa'}"
@@ -252,7 +319,12 @@ def pick_sdpa_backend(info, length: int, device: torch.device, dtype: torch.dtyp
     ok = {k: t for k, t in times.items() if isinstance(t, float)}
     best = min(ok, key=ok.get)
     backend, _, gqa = best.partition("+")
-    return {"backend": backend, "expand_kv": gqa == "expand_kv", "candidates_ms": times, "shape": [info.num_heads, info.num_kv_heads, length, info.head_dim]}
+    return {
+        "backend": backend,
+        "expand_kv": gqa == "expand_kv",
+        "candidates_ms": times,
+        "shape": [info.num_heads, info.num_kv_heads, length, info.head_dim],
+    }
 
 
 def timed_prefill(adapter, prepared, method, device: torch.device) -> dict[str, Any]:
@@ -272,8 +344,14 @@ def timed_prefill(adapter, prepared, method, device: torch.device) -> dict[str, 
     ttft = 1e3 * (time.perf_counter() - t0)
     attention = timer.total_ms()
     del out
-    result = {"ttft_ms": ttft, "attention_ms": attention, "attention_share": attention / ttft, "attention_calls": timer.calls,
-              "overhead_ms": method.overhead.take(), "first_token": token}
+    result = {
+        "ttft_ms": ttft,
+        "attention_ms": attention,
+        "attention_share": attention / ttft,
+        "attention_calls": timer.calls,
+        "overhead_ms": method.overhead.take(),
+        "first_token": token,
+    }
     if device.type == "cuda":
         result["peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
@@ -284,7 +362,7 @@ def warm_attention(method, info, prepared, device: torch.device, dtype: torch.dt
     """One attention call per layer plan at the prompt's shape (kernel compilation, cuDNN graph building)
     so that the timed prefill measures steady-state work."""
     from bsight.harness.attention_bridge import PrefillContext
-    from bsight.harness.interfaces import LayerCall
+    from bsight.kernels.dispatch import LayerCall
 
     meta = PrefillContext(method, prepared.layouts).meta(0, device)
     S = prepared.layouts[0].num_valid
@@ -306,12 +384,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- provenance
 
 
-def _version() -> str:
-    from bsight.harness.version import __version__
-
-    return __version__
-
-
 def provenance(argv: list[str], device: torch.device, git_commit: str | None = None) -> dict[str, Any]:
     """Code, environment and command of this measurement (``git_commit`` for copies without ``.git``)."""
     from bsight.harness.provenance import git_state, package_versions
@@ -319,7 +391,7 @@ def provenance(argv: list[str], device: torch.device, git_commit: str | None = N
     commit, dirty = git_state()
     prov: dict[str, Any] = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m bsight.harness.ttft " + " ".join(argv),
+        "command": "python -m bsight.harness.benchmarks.ttft " + " ".join(argv),
         "git_commit": commit or git_commit or "unknown",
         "git_dirty": dirty,
         "python": platform.python_version(),
@@ -330,8 +402,13 @@ def provenance(argv: list[str], device: torch.device, git_commit: str | None = N
         prov["git_commit_given"] = git_commit
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        prov.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(), compute_capability=f"{props.major}.{props.minor}")
+        prov.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            compute_capability=f"{props.major}.{props.minor}",
+        )
     return prov
 
 
@@ -348,7 +425,7 @@ def kernel_status(device: torch.device) -> str:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    from bsight.harness.sparsity.layout import SinkPolicy
+    from bsight.kernels.sparsity.layout import SinkPolicy
     from bsight.plugins.methods import blindsight as bs
     from bsight.plugins.methods.blindsight import Blindsight
     from bsight.plugins.methods.dense import Dense
@@ -359,14 +436,28 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     dtype = torch.float32 if args.small else torch.bfloat16
     config = SMALL_CONFIG if args.small else QWEN2_VL_7B_CONFIG
     lengths = args.lengths or (SMALL_LENGTHS if args.small else LENGTHS)
-    weights = "random (tiny config for --small)" if args.small else "random bf16 (Qwen2-VL-7B-Instruct architecture from its config.json; NOT trained)"
+    weights = (
+        "random (tiny config for --small)"
+        if args.small
+        else "random bf16 (Qwen2-VL-7B-Instruct architecture from its config.json; NOT trained)"
+    )
     result: dict[str, Any] = {
         "benchmark": "ttft",
-        "model": {"id": MODEL_ID, "class": "transformers.Qwen2VLForConditionalGeneration", "weights": weights, "config": config},
+        "model": {
+            "id": MODEL_ID,
+            "class": "transformers.Qwen2VLForConditionalGeneration",
+            "weights": weights,
+            "config": config,
+        },
         "provenance": provenance(argv, device, args.git_commit),
-        "setup": {"dtype": str(dtype).replace("torch.", ""), "mlp_chunk_tokens": args.mlp_chunk, "kv_cache": True, "repeats": args.repeats,
-                  "text_tokens": "random ids in the chat-template structure (no tokenizer files available)",
-                  "ttft": "inputs on the device -> first token id: vision tower, M-RoPE indices, layout metadata, prefill, last-position logits"},
+        "setup": {
+            "dtype": str(dtype).replace("torch.", ""),
+            "mlp_chunk_tokens": args.mlp_chunk,
+            "kv_cache": True,
+            "repeats": args.repeats,
+            "text_tokens": "random ids in the chat-template structure (no tokenizer files available)",
+            "ttft": "inputs on the device -> first token id: vision tower, M-RoPE indices, layout metadata, prefill, last-position logits",
+        },
         "lengths": [],
     }
     out_path = Path(args.out)
@@ -385,10 +476,18 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     sinks: SinkPolicy = adapter.layout_spec().sinks
     head_map = random_head_map(info, args.dense_share, args.seed, sinks)
     digest = hashlib.sha256(json.dumps(head_map.categories).encode()).hexdigest()
-    result["head_map"] = {"kind": "random, for timing only", "seed": args.seed, "dense_share": args.dense_share, "shares": head_map.shares(),
-                          "categories_sha256": digest, "sink_policy": sinks.model_dump()}
+    result["head_map"] = {
+        "kind": "random, for timing only",
+        "seed": args.seed,
+        "dense_share": args.dense_share,
+        "shares": head_map.shares(),
+        "categories_sha256": digest,
+        "sink_policy": sinks.model_dump(),
+    }
     images = process_images(SMALL_IMAGE_SIZES if args.small else IMAGE_SIZES, dtype, args.seed)
-    result["images"] = [{"size": list(i.size), "grid_thw": i.grid, "tokens": i.tokens, "process_ms": i.process_ms} for i in images]
+    result["images"] = [
+        {"size": list(i.size), "grid_thw": i.grid, "tokens": i.tokens, "process_ms": i.process_ms} for i in images
+    ]
     result["setup"]["image_processor"] = {"class": "transformers.Qwen2VLImageProcessor", **QWEN2_VL_PREPROCESSOR}
     result["kernel"] = kernel_status(device)
     save()
@@ -402,7 +501,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
     skipped: dict[str, str] = {}
     if strict and result["kernel"] != "triton":
-        skipped["blindsight"] = "bsight.kernels.blindsight_attention is unavailable; the float32 reference is far too slow at these lengths"
+        skipped["blindsight"] = (
+            "bsight.kernels.blindsight_attention is unavailable; the float32 reference is far too slow at these lengths"
+        )
         methods.pop("blindsight")
     # one untimed prefill per method on a short prompt: every layer's kernels compiled, libraries initialized
     t0 = time.perf_counter()
@@ -454,13 +555,17 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = ["| tokens | images | method | TTFT ms | attention ms | attention share | peak GiB | TTFT speedup | attention speedup |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| tokens | images | method | TTFT ms | attention ms | attention share | peak GiB | TTFT speedup | attention speedup |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in result["lengths"]:
         for name in ("dense", "blindsight"):
             r = e.get(name, {})
             if "ttft_ms" not in r:
-                rows.append(f"| {e['tokens']:,} | {e['images']} | {name} | {r.get('skipped') or r.get('error') or '-'} | | | | | |")
+                rows.append(
+                    f"| {e['tokens']:,} | {e['images']} | {name} | {r.get('skipped') or r.get('error') or '-'} | | | | | |"
+                )
                 continue
             sp = e.get("speedup", {}) if name == "blindsight" else {}
             peak = f"{r['peak_allocated_gib']:.1f}" if "peak_allocated_gib" in r else "-"
@@ -474,10 +579,16 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m bsight.harness.ttft", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="JSON file to write (rewritten after every run, so partial results survive)")
-    p.add_argument("--small", action="store_true", help="tiny Qwen2-VL config on the CPU: checks the whole path in seconds")
-    p.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], help="prompt lengths in tokens, comma-separated")
+    p = argparse.ArgumentParser(prog="python -m bsight.harness.benchmarks.ttft", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--out", required=True, help="JSON file to write (rewritten after every run, so partial results survive)"
+    )
+    p.add_argument(
+        "--small", action="store_true", help="tiny Qwen2-VL config on the CPU: checks the whole path in seconds"
+    )
+    p.add_argument(
+        "--lengths", type=lambda s: [int(x) for x in s.split(",")], help="prompt lengths in tokens, comma-separated"
+    )
     p.add_argument("--dense-share", type=float, default=0.3, help="share of dense heads in the random head map")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="timed prefills per length and method (median reported)")
@@ -486,15 +597,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-tokens", type=int, default=4096, help="length of the untimed warm-up prefill")
     p.add_argument("--device", help="default: cuda if available (cpu with --small)")
     p.add_argument("--git-commit", help="commit to record when the checkout has no .git (a copied working tree)")
-    p.add_argument("--allow-reference", action="store_true", help="time blindsight on the float32 reference if the kernel is missing")
+    p.add_argument(
+        "--allow-reference",
+        action="store_true",
+        help="time blindsight on the float32 reference if the kernel is missing",
+    )
     args = p.parse_args(argv)
     if not 0 <= args.dense_share <= 1:
         p.error("--dense-share must be in [0, 1]")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     result = run(args, argv)
     print(table(result))
-    print(f"\nweights: {result['model']['weights']}; head map: {result['head_map']['kind']}; kernel: {result['kernel']}; "
-          f"SDPA backend: {result['sdpa_backend']['backend']} (expand_kv={result['sdpa_backend']['expand_kv']}); written to {args.out}")
+    print(
+        f"\nweights: {result['model']['weights']}; head map: {result['head_map']['kind']}; kernel: {result['kernel']}; "
+        f"SDPA backend: {result['sdpa_backend']['backend']} (expand_kv={result['sdpa_backend']['expand_kv']}); written to {args.out}"
+    )
     return 0
 
 
