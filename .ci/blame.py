@@ -72,7 +72,8 @@ def main() -> int:
         pip(f"{name}=={cur}")
     if not culprits:
         print(
-            "no single package explains the failure; try `pip install -c constraints.txt -e '.[test]'` to get the green set"
+            "no single package explains the failure; try `pip install -c constraints.txt -e '.[test]'` to get "
+            "the green set"
         )
     return 0
 

@@ -34,7 +34,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from bsight.harness.interfaces import AttentionMethod
-from bsight.kernels.dispatch import LayerCall
+from bsight.kernels.dispatch import LayerCall, sdpa_policy
 from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy
 from bsight.kernels.sparsity.metadata import LayoutMeta
 
@@ -82,18 +82,20 @@ class PrefillContext:
     timer: AttentionTimer | None = None
     _metas: dict[tuple[int, str], LayoutMeta] = field(default_factory=dict)
 
-    def layout(self, row: int) -> PromptLayout:
-        """The row's unpadded layout, with sinks under the method's own policy if it has one."""
+    def layout(self, row: int, causal: bool = False) -> PromptLayout:
+        """The row's unpadded layout, with sinks under the method's own policy if it has one; ``causal`` drops
+        its bidirectional regions (layers where the model keeps image attention causal)."""
         policy: SinkPolicy | None = getattr(self.method, "sink_policy", None)
         layout = self.layouts[row].unpadded()
+        layout = layout.causal() if causal else layout
         return layout.with_sinks(policy) if policy is not None else layout
 
-    def meta(self, row: int, device: torch.device) -> LayoutMeta:
-        """Metadata of one row, built once per prompt and device and reused by every layer."""
-        key = (row, str(device))
+    def meta(self, row: int, device: torch.device, causal: bool = False) -> LayoutMeta:
+        """Metadata of one row, built once per prompt and device (and causality) and reused by every layer."""
+        key = (row, str(device), causal)
         if key not in self._metas:
             with self.method.overhead.measure("layout_metadata", device):
-                self._metas[key] = LayoutMeta.build(self.layout(row), device)
+                self._metas[key] = LayoutMeta.build(self.layout(row, causal), device)
         return self._metas[key]
 
 
@@ -145,19 +147,23 @@ def attention_forward(
     for GQA) -> ``([B, S, Hq, D], None)``."""
     causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", True) if causal is None else causal
+    suffix = _suffix_context(query.shape[2], key.shape[2]) if causal else None
+    if suffix is not None:  # a prefill layer that computes only the last queries (Gemma 4's KV-shared layers)
+        return _suffix_attention(suffix, module, query, key, value, scaling, sliding_window), None
     ctx = _prefill_context(query.shape[2], key.shape[2]) if causal else None
-    if ctx is None:
-        return ALL_ATTENTION_FUNCTIONS["sdpa"](
-            module,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=scaling,
-            dropout=dropout,
-            sliding_window=sliding_window,
-            **kwargs,
-        )
+    if ctx is None:  # decode steps (flash: no per-KV-length cost) and prefills no method handles, as dense does
+        with sdpa_policy(query.shape[2], key.shape[2], query.device):
+            return ALL_ATTENTION_FUNCTIONS["sdpa"](
+                module,
+                query,
+                key,
+                value,
+                attention_mask,
+                scaling=scaling,
+                dropout=dropout,
+                sliding_window=sliding_window,
+                **kwargs,
+            )
     if attention_mask is not None:  # our mask function returned None: this mask was built elsewhere and would be lost
         raise ValueError(
             "a precomputed attention mask reached a bsight prefill; methods apply the model's mask from the layout, "
@@ -174,6 +180,8 @@ def attention_forward(
         raise ValueError(f"{len(ctx.layouts)} layouts for a batch of {B}")
     scale = scaling if scaling is not None else D**-0.5
     call = LayerCall(layer_idx=int(getattr(module, "layer_idx", -1)), scale=float(scale), window=sliding_window)
+    info = ctx.method.model  # per-layer bidirectionality (Gemma 4: images are bidirectional in sliding layers only)
+    causal_layer = info is not None and not info.layer_is_bidirectional(call.layer_idx)
     timing = ctx.timer.time(query.device) if ctx.timer is not None else _no_timer()
     with timing:
         out = query.new_zeros(B, S, Hq, D)
@@ -182,14 +190,68 @@ def attention_forward(
             if hi == lo:
                 continue
             o = ctx.method.prefill(
-                query[row, :, lo:hi], key[row, :, lo:hi], value[row, :, lo:hi], ctx.meta(row, query.device), call
+                query[row, :, lo:hi],
+                key[row, :, lo:hi],
+                value[row, :, lo:hi],
+                ctx.meta(row, query.device, causal_layer),
+                call,
             )
             if o.shape != (Hq, hi - lo, D):
                 raise ValueError(
-                    f"method {ctx.method.name!r} returned {tuple(o.shape)} for layer {call.layer_idx}, expected {(Hq, hi - lo, D)}"
+                    f"method {ctx.method.name!r} returned {tuple(o.shape)} for layer {call.layer_idx}, "
+                    f"expected {(Hq, hi - lo, D)}"
                 )
             out[row, lo:hi] = o.transpose(0, 1).to(out.dtype)
     return out, None
+
+
+def _suffix_context(q_length: int, kv_length: int) -> PrefillContext | None:
+    """The active prefill when a layer computes only the prompt's last ``q_length`` queries over all its keys:
+    transformers' Gemma 4 does this in its KV-shared layers under an integer ``logits_to_keep`` (generation), since
+    their keys and values come from earlier layers. Our mask function returned None for this prefill, so the
+    model's mask must be rebuilt here."""
+    ctx = _ACTIVE.get()
+    if ctx is None or not 0 < q_length < kv_length or kv_length != ctx.layouts[0].length:
+        return None
+    return ctx
+
+
+def _suffix_attention(
+    ctx: PrefillContext,
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float | None,
+    window: int | None,
+) -> torch.Tensor:
+    """Dense attention of the last queries under the model's own mask from the layout (these queries are not the
+    method's: a prefill method sees whole prompts; the last prompt positions are text, dense in every category)."""
+    from bsight.kernels.sparsity.masks import base_mask
+
+    B, Hq, n, D = query.shape
+    S, Hkv = key.shape[2], key.shape[1]
+    layer = int(getattr(module, "layer_idx", -1))
+    info = ctx.method.model
+    causal_layer = info is not None and not info.layer_is_bidirectional(layer)
+    out = query.new_zeros(B, n, Hq, D)
+    for row, layout in enumerate(ctx.layouts):
+        lo, hi = layout.valid_start, layout.valid_end
+        rows = torch.arange(S - n, S, device=query.device)
+        keep = (rows >= lo) & (rows < hi)
+        if not bool(keep.any()):
+            continue
+        meta = ctx.meta(row, query.device, causal_layer)
+        q_pos = (rows[keep] - lo)[:, None]
+        k_pos = torch.arange(hi - lo, device=query.device)[None, :]
+        mask = base_mask(meta, window)(0, 0, q_pos, k_pos)
+        k = key[row, :, lo:hi].repeat_interleave(Hq // Hkv, dim=0)
+        v = value[row, :, lo:hi].repeat_interleave(Hq // Hkv, dim=0)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            query[row][:, keep], k, v, attn_mask=mask[None], scale=scaling
+        )
+        out[row, keep] = o.transpose(0, 1).to(out.dtype)
+    return out
 
 
 @contextmanager

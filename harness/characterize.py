@@ -12,10 +12,15 @@ dense output comes from the model's own dense path (SDPA, or the chunked referen
 returns the dense output, so the model runs on unchanged. :func:`characterize_model` drives it over a
 dataset and keeps the per-prompt NMSE tables, so that any tau can be re-selected later without re-running the
 model (:func:`select_categories`, ``aggregate`` and ``sweep`` work on the stored tables).
+
+Hybrid models: layers that are not softmax attention (``ModelInfo.layer_kinds``: linear attention, Mamba)
+make no attention call and are skipped - recorded with empty NMSE rows and zero pairs, and logged - while
+``shared_kv`` layers (softmax over another layer's keys and values, own queries) are characterized like any.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -31,9 +36,12 @@ from bsight.kernels.sparsity.categories import SPARSE_CATEGORIES
 from bsight.kernels.sparsity.characterization import CharacterizationResult, PromptRecord, SkippedPrompt
 from bsight.kernels.sparsity.flops import KeptPairs, pair_counts
 from bsight.kernels.sparsity.headmap import DatasetInfo
+from bsight.kernels.sparsity.layerkinds import describe, is_softmax, require_softmax, resolve
 from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy
 from bsight.kernels.sparsity.masks import base_mask, category_mask
 from bsight.kernels.sparsity.metadata import LayoutMeta
+
+log = logging.getLogger(__name__)
 
 RESULT_SCHEMA_VERSION = 1
 _TINY = 1e-30
@@ -161,19 +169,36 @@ class CharacterizationProbe(AttentionMethod):
 
 
 def prompt_record(
-    prompt_id: str, layout: PromptLayout, layers: dict[int, tuple[torch.Tensor, KeptPairs, int]], num_layers: int
+    prompt_id: str,
+    layout: PromptLayout,
+    layers: dict[int, tuple[torch.Tensor, KeptPairs, int]],
+    num_layers: int,
+    kinds: list[str] | tuple[str, ...] = (),
 ) -> PromptRecord:
-    """Assemble one prompt's tables from per-layer results (``{layer: (nmse, pairs, image queries)}``)."""
-    missing = sorted(set(range(num_layers)) - set(layers))
+    """Assemble one prompt's tables from per-layer results (``{layer: (nmse, pairs, image queries)}``).
+    Layers that ``kinds`` marks as not softmax attention get an empty NMSE row and zero pairs."""
+    kinds = resolve(kinds, num_layers)
+    attention = require_softmax(kinds, num_layers, f"prompt {prompt_id}")
+    missing = [i for i in attention if i not in layers]
     if missing:
-        raise ValueError(f"prompt {prompt_id}: no attention call recorded for layers {missing[:8]}")
+        raise ValueError(
+            f"prompt {prompt_id}: no attention call recorded for softmax-attention layers {missing[:8]} "
+            f"({describe(kinds, num_layers)}); did those layers run on the 'bsight' attention implementation?"
+        )
+    extra = sorted(i for i in layers if not is_softmax(kinds[i]))
+    if extra:
+        raise ValueError(
+            f"prompt {prompt_id}: attention calls recorded for layers {extra[:8]}, which the model's layer kinds mark "
+            f"as {sorted({kinds[i] for i in extra})}: the adapter's layer kinds are wrong"
+        )
+    zero = [0] * len(KeptPairs._fields)
     return PromptRecord(
         id=prompt_id,
         num_tokens=layout.num_valid,
         num_images=layout.num_images,
-        image_queries=layers[0][2],
-        nmse=[layers[i][0].tolist() for i in range(num_layers)],
-        pairs=[list(layers[i][1]) for i in range(num_layers)],
+        image_queries=layers[attention[0]][2],
+        nmse=[layers[i][0].tolist() if i in layers else [] for i in range(num_layers)],
+        pairs=[list(layers[i][1]) if i in layers else zero for i in range(num_layers)],
     )
 
 
@@ -220,6 +245,17 @@ def characterize_model(
     floor of about 1e-5 from rounding; thresholds far below that are meaningless.
     """
     info = adapter.info
+    kinds = info.kinds()
+    require_softmax(kinds, info.num_layers, f"model {info.model_id!r}")
+    skipped_layers = [i for i, k in enumerate(kinds) if not is_softmax(k)]
+    if skipped_layers:
+        log.info(
+            "characterizing %s (%s): skipping %d layers that are not softmax attention: %s",
+            info.model_id,
+            describe(kinds, info.num_layers),
+            len(skipped_layers),
+            skipped_layers,
+        )
     sinks = sinks or adapter.layout_spec().sinks
     probe = CharacterizationProbe({"chunk_size": chunk_size})
     probe.setup(info)
@@ -233,6 +269,7 @@ def characterize_model(
         num_kv_heads=info.num_kv_heads,
         head_dim=info.head_dim,
         sliding_windows=list(info.sliding_windows),
+        layer_kinds=list(info.layer_kinds),
         dataset=dataset,
         sink_policy=sinks,
         tool_version=tool_version(),
@@ -249,9 +286,10 @@ def characterize_model(
                 continue
             if r >= len(rows):
                 raise RuntimeError(
-                    f"prompt {rid}: the model made no attention call through the probe (attn_implementation not 'bsight'?)"
+                    f"prompt {rid}: the model made no attention call through the probe (attn_implementation "
+                    "not 'bsight'?)"
                 )
-            record = prompt_record(rid, layout, rows[r], info.num_layers)
+            record = prompt_record(rid, layout, rows[r], info.num_layers, kinds)
             result.prompts.append(record)
             if on_prompt is not None:
                 on_prompt(record)

@@ -1,7 +1,10 @@
 """The ``bsight`` command: ``plugins``, ``run``, ``characterize``, ``report``, ``compare``.
 
-Exit status: 0 success; 1 a unit failed (``run``) or a regression was flagged (``compare``); 2 bad input
-(config, arguments, not a run folder), reported as one line per problem without a traceback; 130 interrupted.
+Exit status: 0 success; 1 a unit failed or is incomplete (``run``) or a regression was flagged (``compare``);
+2 bad input (config, arguments, not a run folder), reported as one line per problem without a traceback;
+3 an error: an OS-level failure (read-only or full disk) in one line, a crash, or (``compare``) a comparison
+that cannot vouch for the new run (a metric missing from it, a failed or incomplete unit, different configs
+without ``--allow-config-change``); 130 interrupted.
 
 ``torchrun --nproc-per-node N -m bsight.harness.cli run CONFIG`` runs the config data-parallel over N
 processes (see :mod:`bsight.harness.distributed`); rank 0 prints, the other ranks exit with its status.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -21,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bsight.harness.plugins import Registry, load_registry
+from bsight.harness.plugins import Registry, load_registry, plugin_description
 from bsight.kernels.sparsity.artifacts import tool_version
 
 DEFAULT_CONFIG = "benchmarks.yaml"
@@ -65,7 +69,8 @@ def _registry(err: Console) -> Registry:
         err.print(f"[yellow]warning:[/] {escape(line)}")
     for f in registry.failures:
         err.print(
-            f"[yellow]warning:[/] plugin {escape(repr(f.plugin))} from package {escape(f.package)} was skipped: {escape(f.error)}"
+            f"[yellow]warning:[/] plugin {escape(repr(f.plugin))} from package {escape(f.package)} was "
+            f"skipped: {escape(f.error)}"
         )
     return registry
 
@@ -87,7 +92,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for col in ("family", "name", "package", "version", "description"):
         table.add_column(col, overflow="fold")
     for info in registry.all():
-        table.add_row(info.family, info.name, info.package, info.version, info.cls.description)
+        table.add_row(info.family, info.name, info.package, info.version, plugin_description(info.cls))
     out.print(table)
     if registry.failures:
         failed = Table(title="plugins that failed to load (skipped)")
@@ -102,6 +107,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from bsight.harness.config import load_config
     from bsight.harness.distributed import launched, session
+    from bsight.harness.preflight import preflight
     from bsight.harness.runner import default_run_dir, execute, plan
 
     err = _console(stderr=True)
@@ -109,10 +115,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry = _registry(err)
     config = load_config(path, registry)
     run_dir = Path(args.out) if args.out else default_run_dir(config)
+    if launched() and os.environ.get("RANK", "0") != "0" and args.dry_run:
+        return 0  # one listing per launch
+    units = plan(config)
+    preflight(config, registry, [u for _, u in units])  # head maps and task sources, before any work
     if args.dry_run:
-        if launched() and os.environ.get("RANK", "0") != "0":
-            return 0  # one listing per launch
-        units = plan(config)
         out = _console()
         out.print(
             f"config {escape(str(path))} is valid (hash {config.config_hash()}); run folder {escape(str(run_dir))}"
@@ -125,7 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         console = err if dist.is_main else Console(stderr=True, quiet=True)
         processes = f" over {dist.world_size} processes ({dist.backend})" if dist.world_size > 1 else ""
         console.print(
-            f"config {escape(str(path))} -> run folder {escape(str(run_dir))}{' (fresh)' if args.fresh else ''}{processes}"
+            f"config {escape(str(path))} -> run folder "
+            f"{escape(str(run_dir))}{' (fresh)' if args.fresh else ''}{processes}"
         )
         with _logs_to(console):
             outcome = execute(config, registry, run_dir, fresh=args.fresh, config_file=path, console=console, dist=dist)
@@ -136,6 +144,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.failed:
         console.print(
             f"[red]{len(outcome.failed)} of {outcome.units} units failed:[/] {escape(', '.join(outcome.failed))}"
+        )
+        return 1
+    if outcome.incomplete:
+        console.print(
+            f"[red]{len(outcome.incomplete)} of {outcome.units} units are incomplete:[/] "
+            f"{escape(', '.join(outcome.incomplete))}"
         )
         return 1
     return 0
@@ -184,15 +198,13 @@ def characterize_job(args: argparse.Namespace) -> dict:
     return job
 
 
-def _option_errors(job: dict) -> list[str]:
+def _option_errors(job: dict, registry: Registry) -> list[str]:
     """The job's parameter errors phrased as command-line options (``--tau: ...``)."""
     from pydantic import ValidationError
 
-    from bsight.harness.jobs.characterize import CharacterizeSpec
-
     flags = {"sinks": "--sink-fraction/--sink-offsets", "discover_sinks": "--discover-sinks"}
     try:
-        CharacterizeSpec.model_validate(job)
+        registry.job_type(job["type"]).Spec.model_validate(job)
     except ValidationError as e:
         out = []
         for err in e.errors(include_url=False):
@@ -207,7 +219,6 @@ def _option_errors(job: dict) -> list[str]:
 def cmd_characterize(args: argparse.Namespace) -> int:
     """Characterize one model on one task (models and tasks as the config defines them) into a run folder."""
     from bsight.harness.config import load_config, parse_config
-    from bsight.harness.jobs.characterize import head_map_file
     from bsight.harness.runner import execute
     from bsight.harness.store import RunFolder
 
@@ -227,7 +238,7 @@ def cmd_characterize(args: argparse.Namespace) -> int:
     if problems:
         raise UsageError("\n".join(problems))
     job = characterize_job(args)
-    problems = _option_errors(job)
+    problems = _option_errors(job, registry)
     if problems:
         raise UsageError("\n".join(problems))
     out = Path(args.out)
@@ -244,7 +255,8 @@ def cmd_characterize(args: argparse.Namespace) -> int:
     }
     config = parse_config(data, registry, source=f"bsight characterize (models and tasks from {path})")
     err.print(
-        f"characterize {escape(args.model)} on {escape(args.task)} (config {escape(str(path))}) -> {escape(str(out))}{' (fresh)' if args.fresh else ''}"
+        f"characterize {escape(args.model)} on {escape(args.task)} (config {escape(str(path))}) -> "
+        f"{escape(str(out))}{' (fresh)' if args.fresh else ''}"
     )
     with _logs_to(err):
         outcome = execute(
@@ -253,12 +265,13 @@ def cmd_characterize(args: argparse.Namespace) -> int:
     (rec,) = RunFolder.open(out).manifest().units
     if rec.status != "done":
         err.print(
-            f"[red]characterization failed:[/] {escape(rec.error or rec.status)} (details in {escape(str(out / 'errors.log'))})"
+            f"[red]characterization failed:[/] {escape(rec.error or rec.status)} (details in "
+            f"{escape(str(out / 'errors.log'))})"
         )
         return 1
     files = rec.info.get("files", {})
     stem = out / "plots" / f"characterization-{CHARACTERIZE_JOB}-{args.model}"
-    print(f"head map: {(out / files.get('head_map', head_map_file(CHARACTERIZE_JOB, args.model))).resolve()}")
+    print(f"head map: {(out / files['head_map']).resolve()}")
     if "published" in files:
         print(f"published head map: {Path(files['published']).resolve()}")
     print(f"heatmap: {Path(f'{stem}-heatmap.svg').resolve()}")
@@ -286,22 +299,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from bsight.harness.store import RunFolder
 
     a, b = RunFolder.open(args.run_a), RunFolder.open(args.run_b)
-    cmp = compare_runs(a, b, threshold=args.threshold, rel_threshold=args.rel_threshold)
+    cmp = compare_runs(
+        a, b, threshold=args.threshold, rel_threshold=args.rel_threshold, allow_config_change=args.allow_config_change
+    )
     html, md = render_comparison(cmp, Path(args.out) if args.out else b.root)
     out = _console()
     for c in cmp.regressions:
         out.print(f"[red]REGRESSION[/] {escape(c.name)}: {c.a:.4g} -> {c.b:.4g}")
     out.print(
-        f"{len(cmp.changes)} shared metrics, {len(cmp.regressions)} regressions (threshold {args.threshold}, relative {args.rel_threshold})"
+        f"{len(cmp.changes)} shared metrics, {len(cmp.regressions)} regressions (threshold {args.threshold}, "
+        f"relative {args.rel_threshold})"
     )
     print(f"comparison: {html.resolve()}")
+    for line in cmp.problems:
+        out.print(f"[red]INCOMPLETE[/] {escape(line)}")
+    if cmp.problems:
+        return 3
     return 1 if cmp.regressions else 0
 
 
 def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 and finite, got {text}")
     return value
 
 
@@ -322,8 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "characterize",
-        help="characterize one model on one task: head map, heatmap and per-layer shares (and a tau sweep) in a run folder",
-        description="Characterize a model defined in CONFIG on a task defined in CONFIG and write its head map. The output "
+        help="characterize one model on one task: head map, heatmap and per-layer shares (and a tau sweep) in "
+        "a run folder",
+        description="Characterize a model defined in CONFIG on a task defined in CONFIG and write its head "
+        "map. The output "
         "folder is a run folder: running the same command again resumes, prompt by prompt.",
     )
     p.add_argument(
@@ -375,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run folder")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("compare", help="compare two runs and flag regressions (exit 1 when any)")
+    p = sub.add_parser(
+        "compare", help="compare two runs: exit 0 no regression, 1 regression, 2 bad input, 3 error or incomplete"
+    )
     p.add_argument("run_a", metavar="RUN_A", help="old run folder (reference)")
     p.add_argument("run_b", metavar="RUN_B", help="new run folder")
     p.add_argument(
@@ -391,26 +418,55 @@ def build_parser() -> argparse.ArgumentParser:
         help="relative change that counts for timings (default 0.10)",
     )
     p.add_argument("--out", metavar="DIR", help="where to write compare.html/compare.md (default: RUN_B)")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="compare runs of different configs (otherwise exit 3)",
+    )
     p.set_defaults(func=cmd_compare)
+
+    from bsight.harness.prompts_cmd import add_parser as add_prompts_parser
+
+    add_prompts_parser(sub)
+    from bsight.harness.check_adapter import add_parser as add_check_adapter_parser
+
+    add_check_adapter_parser(sub)
+    from bsight.harness.random_models import add_parser as add_random_model_parser
+
+    add_random_model_parser(sub)
+    from bsight.harness.inspect_cmd import add_parser as add_inspect_parser
+
+    add_inspect_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from bsight.harness.config import ConfigError
     from bsight.harness.distributed import LaunchError
+    from bsight.harness.preflight import PreflightError
     from bsight.harness.runner import PlanError
     from bsight.harness.store import StoreError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, StoreError, PlanError, UsageError, LaunchError) as e:
+    except (ConfigError, StoreError, PlanError, UsageError, LaunchError, PreflightError) as e:
         for line in str(e).splitlines():
             print(f"bsight: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bsight: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except OSError as e:  # read-only or full disk, a file where a folder should be: one line, no traceback
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"bsight: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 3
+    except Exception as e:  # a crash is an error, never a "regression" (1): exit 3, traceback shown
+        import traceback
+
+        traceback.print_exc()
+        print(f"bsight: error: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

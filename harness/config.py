@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, StringConstraints, ValidationError
 
-from bsight.harness.jobs import JOB_TYPES
-from bsight.harness.jobs.base import NAME_PATTERN, ConfigIssue, JobSpec
+from bsight.harness.interfaces import AttentionMethod
+from bsight.harness.jobtypes import NAME_PATTERN, Artifact, ConfigIssue, JobSpec, JobType
 from bsight.harness.plugins import Family, Registry, UnknownPluginError
+from bsight.harness.validation import non_finite, value_problems
+from bsight.harness.yamlsafe import YAMLBoundError, load_yaml
+from bsight.kernels.sparsity.artifacts import find_published
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Loc = tuple[str | int, ...]
@@ -45,7 +49,7 @@ class StrictModel(BaseModel):
 class RunBlock(StrictModel):
     name: Name = Field("default", description="run folder name under output_dir; the same name resumes")
     output_dir: Path = Field(Path("runs"), description="parent folder of run folders")
-    seed: int = Field(0, description="seeds torch, numpy and the bootstrap")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds torch, numpy and the bootstrap (0 to 2**32 - 1)")
     description: str = ""
 
 
@@ -72,28 +76,45 @@ class BenchmarkConfig(StrictModel):
                 return spec
         raise KeyError(name)
 
+    # The registry the config was validated against: job types and plugin classes are looked up through it,
+    # so nothing above the plugin manager names a built-in.
+    _registry: Registry | None = PrivateAttr(default=None)
+
+    def job_type(self, kind: str) -> JobType:
+        """The registered job type of ``type: kind``."""
+        assert self._registry is not None, "parse_config() sets the registry"
+        return self._registry.job_type(kind)
+
+    def method_class(self, name: str) -> type[AttentionMethod]:
+        """The plugin class of the method defined as ``name`` under ``methods:``."""
+        assert self._registry is not None, "parse_config() sets the registry"
+        return self._registry.get("method", self.methods[name].plugin)  # type: ignore[return-value]
+
+    def produced(self, before: int) -> dict[tuple[str, str], Artifact]:
+        """Artifacts the first ``before`` jobs write, by (kind, normalized path); a later producer wins."""
+        out: dict[tuple[str, str], Artifact] = {}
+        for spec in self.jobs[:before]:
+            for artifact in self.job_type(spec.type).produces(spec, self):
+                out[artifact.key] = artifact
+        return out
+
+    def artifact_identity(self, kind: str, path: str | None, before: int) -> str | None:
+        """What decides the content of a file a job reads, for its units' fingerprints: the identity its
+        producer among the first ``before`` jobs declares, else the file's content hash (``absent`` when it is
+        missing); None for no file."""
+        if path is None:
+            return None
+        producer = self.produced(before).get((kind, os.path.normpath(path)))
+        if producer is not None:
+            return producer.identity
+        file = find_published(path)
+        return hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file is not None else "absent"
+
 
 FAMILY_OF_SECTION: dict[str, Family] = {"models": "model", "methods": "method", "tasks": "task"}
 
 
 # ------------------------------------------------------------------------------------------- loading
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML loader that rejects duplicate keys instead of silently keeping the last one."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def read_yaml(path: Path) -> Any:
@@ -102,10 +123,12 @@ def read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(str(path), [("", "config file not found")]) from None
-    except (IsADirectoryError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(str(path), [("", f"cannot read the config: {e}")]) from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return load_yaml(text)  # bounded alias expansion, duplicate keys refused
+    except YAMLBoundError as e:
+        raise ConfigError(str(path), [("", f"YAML refused: {e.problem}")]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -128,7 +151,8 @@ def parse_config(data: Any, registry: Registry, source: str = "<config>") -> Ben
             [
                 (
                     "",
-                    f"the config must be a mapping with keys {', '.join(BenchmarkConfig.model_fields)}; got {type(data).__name__}",
+                    f"the config must be a mapping with keys {', '.join(BenchmarkConfig.model_fields)}; got "
+                    f"{type(data).__name__}",
                 )
             ],
         )
@@ -137,6 +161,18 @@ def parse_config(data: Any, registry: Registry, source: str = "<config>") -> Ben
     if raw_jobs is None:
         raw_jobs = []
     head = {k: v for k, v in data.items() if k != "jobs"}
+    if isinstance(raw_jobs, list) and not raw_jobs:
+        problems.append(
+            (
+                "jobs",
+                "the config lists no jobs; add at least one entry under `jobs:`" if data else "the config is empty",
+            )
+        )
+    checked = [(RunBlock, "run")] if isinstance(head.get("run"), dict) else []
+    for model, key in checked:
+        problems += [(dotted(where), msg) for where, msg in value_problems(model, head[key], (key,))]
+    for section in FAMILY_OF_SECTION:  # plugin options: NaN and infinity are never a setting
+        problems += [(dotted(where), msg) for where, msg in non_finite(head.get(section), (section,))]
     try:
         config = BenchmarkConfig.model_validate(head)
     except ValidationError as e:
@@ -145,7 +181,7 @@ def parse_config(data: Any, registry: Registry, source: str = "<config>") -> Ben
     if not isinstance(raw_jobs, list):
         problems.append(("jobs", f"must be a list of job entries, got {type(raw_jobs).__name__}"))
         raw_jobs = []
-    specs = [_validate_job(i, raw, problems) for i, raw in enumerate(raw_jobs)]
+    specs = [_validate_job(registry, i, raw, problems) for i, raw in enumerate(raw_jobs)]
     plugins = config if config is not None else _plugin_sections(head)
     if plugins is not None:  # check plugins even when another block failed, to report everything at once
         for section, family in FAMILY_OF_SECTION.items():
@@ -154,6 +190,7 @@ def parse_config(data: Any, registry: Registry, source: str = "<config>") -> Ben
     if problems:
         raise ConfigError(source, problems)
     assert config is not None
+    config._registry = registry
     config.jobs = [s for s in specs if s is not None]
     _check_jobs(config, problems)
     if problems:
@@ -172,6 +209,10 @@ def _plugin_sections(head: dict) -> BenchmarkConfig | None:
 def _validate_options(
     registry: Registry, family: Family, loc: Loc, ref: PluginRef, problems: list[tuple[str, str]]
 ) -> dict[str, Any]:
+    clash = registry.conflict(family, ref.plugin)  # a third-party plugin named like a built-in: choose one
+    if clash is not None:
+        problems.append((dotted(loc + ("plugin",)), clash))
+        return ref.options
     try:
         cls = registry.get(family, ref.plugin)
     except UnknownPluginError as e:
@@ -189,9 +230,10 @@ def _validate_options(
     return ref.options
 
 
-def _validate_job(index: int, raw: Any, problems: list[tuple[str, str]]) -> JobSpec | None:
+def _validate_job(registry: Registry, index: int, raw: Any, problems: list[tuple[str, str]]) -> JobSpec | None:
     loc: Loc = ("jobs", index)
-    allowed = ", ".join(sorted(JOB_TYPES))
+    kinds = registry.names("job")
+    allowed = ", ".join(kinds)
     if not isinstance(raw, dict):
         problems.append(
             (dotted(loc), f"a job entry must be a mapping with a 'type' (one of {allowed}); got {type(raw).__name__}")
@@ -201,14 +243,19 @@ def _validate_job(index: int, raw: Any, problems: list[tuple[str, str]]) -> JobS
     if kind is None:
         problems.append((dotted(loc + ("type",)), f"missing; allowed: {allowed}"))
         return None
-    if kind not in JOB_TYPES:
+    if kind not in kinds:
         problems.append((dotted(loc + ("type",)), f"unknown job type {kind!r}; allowed: {allowed}"))
         return None
-    spec_cls = JOB_TYPES[kind].Spec
+    spec_cls = registry.job_type(kind).Spec
+    strict = [(dotted(where), msg) for where, msg in value_problems(spec_cls, raw, loc)]  # true as 1, NaN, ...
+    problems += strict
     try:
         spec = spec_cls.model_validate(raw)
     except ValidationError as e:
-        problems += format_errors(e, spec_cls, prefix=loc)
+        named = {where for where, _ in strict}
+        problems += [(where, msg) for where, msg in format_errors(e, spec_cls, prefix=loc) if where not in named]
+        return None
+    if strict:
         return None
     if not spec.name:
         spec.name = spec.type
@@ -226,8 +273,29 @@ def _check_jobs(config: BenchmarkConfig, problems: list[tuple[str, str]]) -> Non
                 )
             )
         seen.setdefault(spec.name, i)
-        issues: list[ConfigIssue] = JOB_TYPES[spec.type].check(spec, config)
+        issues: list[ConfigIssue] = config.job_type(spec.type).check(spec, config)
         problems += [(dotted(("jobs", i) + issue.path), issue.message) for issue in issues]
+        if not issues:
+            problems += [(dotted(("jobs", i) + path), msg) for path, msg in _unproduced(config, i, spec)]
+
+
+def _unproduced(config: BenchmarkConfig, index: int, spec: JobSpec) -> list[tuple[Loc, str]]:
+    """Files a job reads that neither exist nor are written by an earlier job (or by itself, before)."""
+    out = []
+    produced = config.produced(index + 1)
+    for path, wanted in config.job_type(spec.type).consumes(spec, config):
+        if wanted.key in produced or find_published(wanted.path) is not None:
+            continue
+        writers = sorted({a.job for a in produced.values() if a.kind == wanted.kind})
+        out.append(
+            (
+                path,
+                " ".join(filter(None, [wanted.info.get("reader"), "reads"]))
+                + f" {wanted.kind} {wanted.path!r}, which does not exist and which no earlier job writes"
+                + (f" (jobs writing a {wanted.kind}: {', '.join(writers)})" if writers else ""),
+            )
+        )
+    return out
 
 
 # -------------------------------------------------------------------------------------- error lines

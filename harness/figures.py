@@ -26,8 +26,10 @@ _LABELS = [c.label for c in Category]
 
 
 def category_heatmap(head_map: HeadMap, title: str | None = None) -> Figure:
-    """Layer x head grid of categories (paper Fig. 4 style)."""
+    """Layer x head grid of categories (paper Fig. 4 style); linear layers of hybrid models stay blank."""
     cats = head_map.category_array()
+    linear = np.array([k == "linear" for k in head_map.kinds()])[:, None]
+    cats = np.ma.masked_array(cats, mask=np.broadcast_to(linear, cats.shape))
     fig = Figure(figsize=(max(4.0, 0.22 * head_map.num_heads + 2.5), max(3.0, 0.18 * head_map.num_layers + 1.5)))
     ax = fig.add_subplot()
     cmap = ListedColormap([COLORS[c] for c in Category])

@@ -1,4 +1,4 @@
-"""The hooks through which plugins add model adapters, tasks and attention methods.
+"""The hooks through which plugins add model adapters, tasks, attention methods and job types.
 
 Every plugin, built-in or third party, is a module (or object) registered under the entry-point group
 ``bsight`` and implementing one or more of the hooks below with ``@hookimpl``. A hook returns a list of
@@ -27,6 +27,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from bsight.harness.interfaces import AttentionMethod, ModelAdapter, Task
+    from bsight.harness.jobtypes import JobType
 
 PROJECT = "bsight"
 ENTRY_POINT_GROUP = "bsight"
@@ -60,4 +61,14 @@ def bsight_attention_methods() -> list[type[AttentionMethod]]:
 
     A method computes prefill attention for one layer given q, k, v and the prompt's layout metadata,
     and reports its own run-time overhead. See :class:`bsight.harness.interfaces.AttentionMethod`.
+    """
+
+
+@hookspec
+def bsight_job_types() -> list[type[JobType]]:
+    """Return the job type classes this plugin provides (the kinds of work a config lists under ``jobs:``).
+
+    A job type plans resumable units from its config entry, runs them, and renders its report section and
+    compare metrics. See :class:`bsight.harness.jobtypes.JobType`; the built-ins live in
+    :mod:`bsight.harness.jobs`.
     """

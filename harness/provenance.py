@@ -11,10 +11,11 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel
@@ -169,3 +170,56 @@ def resume(previous: Provenance, current: Provenance) -> Provenance:
             "models": previous.models,
         }
     )
+
+
+def cli_command(benchmark: str, argv: Sequence[str], out: str | Path | None = None) -> list[str]:
+    """The command line of ``python -m bsight.harness.benchmarks.<benchmark>`` given ``argv``, the output file
+    ``out`` by its name only (a machine's paths do not belong in published results)."""
+    out_name = None if out is None else str(out)
+    return [
+        "python",
+        "-m",
+        f"bsight.harness.benchmarks.{benchmark}",
+        *(Path(a).name if a == out_name else a for a in argv),
+    ]
+
+
+def benchmark_provenance(
+    benchmark: str,
+    command: Sequence[str] | None = None,
+    device: torch.device | str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Provenance of one GPU benchmark document (``bsight.harness.benchmarks.<benchmark>``): code, environment,
+    device and command, with the keys the published documents and report templates read (``PROVENANCE_KEYS`` of
+    :mod:`bsight.harness.jobs.published`), then ``extra``.
+
+    ``command``: the CLI's command line (:func:`cli_command`); None where a job called the benchmark's
+    ``run(spec)`` directly (recorded as ``[bsight.harness.benchmarks.<benchmark>.run]``). ``device``: where it
+    ran (default: the first GPU if any, else the CPU); ``gpu`` is that GPU's name, ``device`` the GPU's name or
+    ``cpu``. Versions come from package metadata (nothing is imported).
+    """
+    commit, dirty = git_state()
+    if dirty is None and "BSIGHT_GIT_DIRTY" in os.environ:  # a copied tree whose state its sender recorded
+        dirty = os.environ["BSIGHT_GIT_DIRTY"] == "1"
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available() else None
+    packages = package_versions()
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    prov: dict[str, Any] = {
+        "benchmark": benchmark,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "date": now().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": packages.get("triton"),
+        "cuda": torch.version.cuda,
+        "cudnn": cudnn,
+        "gpu": gpu,
+        "device": gpu or dev.type,
+        "packages": packages,
+        "command": list(command) if command is not None else [f"bsight.harness.benchmarks.{benchmark}.run"],
+    }
+    prov.update(extra or {})
+    return prov

@@ -10,6 +10,7 @@ error instead of taking the whole report down.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,9 @@ from typing import Any, Literal
 import jinja2
 from markupsafe import Markup
 
-from bsight.harness.jobs import JOB_TYPES
+from bsight.harness.jobtypes import JobType
+from bsight.harness.plugins import default_registry
+from bsight.harness.results import build_results, combined_tables, write_results
 from bsight.harness.store import RunFolder, UnitRecord
 
 SECTIONS: dict[str, str] = {
@@ -43,7 +46,9 @@ def fmt_num(value: Any, digits: int = 3) -> str:
         return "–"
     if isinstance(value, int) or value == 0:
         return str(value)
-    return f"{value:.{digits}g}" if abs(value) >= 1e4 or abs(value) < 1e-3 else f"{value:.{digits}f}"
+    if abs(value) >= 1e4:  # large timings in full ("50,600", never "5e+04")
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
 
 
 def fmt_pct(value: Any, digits: int = 1, signed: bool = False) -> str:
@@ -81,6 +86,14 @@ def portable_command(argv: list[str]) -> str:
     return " ".join(parts)
 
 
+def md_text(value: Any) -> Any:
+    """A value as Markdown output: strings have ``&``, ``<`` and ``>`` escaped (no raw HTML from data), Markup
+    (an already rendered part of the report) is kept as it is."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return value
+
+
 def environment(kind: Literal["html", "md"]) -> jinja2.Environment:
     """Template environment: HTML autoescapes; Markdown does not (its templates escape table pipes)."""
     env = jinja2.Environment(
@@ -90,6 +103,8 @@ def environment(kind: Literal["html", "md"]) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # Markdown viewers render inline HTML: text taken from data (answers, errors, names) is escaped
+        finalize=None if kind == "html" else md_text,
     )
     env.filters.update(
         num=fmt_num,
@@ -108,18 +123,20 @@ def _records_by_type(run: RunFolder) -> dict[str, list[UnitRecord]]:
     return out
 
 
-def build_sections(run: RunFolder, html_env: jinja2.Environment, md_env: jinja2.Environment) -> list[RenderedSection]:
+def build_sections(
+    run: RunFolder, html_env: jinja2.Environment, md_env: jinja2.Environment, job_types: Sequence[JobType]
+) -> list[RenderedSection]:
     """Every section of the frame, filled from the run where a job produced data; plots written to plots/.
 
     Several job types may fill one section (``planted`` goes with ``characterize``, ``ttft`` with ``timing``):
     each renders its own part, in registration order, from ``sections/<job type>.*.j2`` when that template
     exists, else ``sections/<section>.*.j2``. A part whose builder fails shows its error; the others render."""
     by_type = _records_by_type(run)
-    keys = list(SECTIONS) + [j.section for j in JOB_TYPES.values() if j.section not in SECTIONS]
+    keys = list(SECTIONS) + [j.section for j in job_types if j.section not in SECTIONS]
     out = []
     for key in dict.fromkeys(keys):
-        jobs = [j for j in JOB_TYPES.values() if j.section == key and by_type.get(j.type)]
-        title = next((j.title for j in JOB_TYPES.values() if j.section == key), SECTIONS.get(key, key))
+        jobs = [j for j in job_types if j.section == key and by_type.get(j.type)]
+        title = next((j.title for j in job_types if j.section == key), SECTIONS.get(key, key))
         parts: list[tuple[str, str]] = []
         errors: list[tuple[str, str]] = []
         for job in jobs:
@@ -150,7 +167,7 @@ def build_sections(run: RunFolder, html_env: jinja2.Environment, md_env: jinja2.
                     )
                 )
             html = Markup("".join(h for h, _ in parts))
-            out.append(RenderedSection(key, title, html, "\n".join(m for _, m in parts), True))
+            out.append(RenderedSection(key, title, html, Markup("\n".join(m for _, m in parts)), True))
             continue
         ctx = {"title": title, "error": "; ".join(e if len(errors) == 1 else f"{t}: {e}" for t, e in errors) or None}
         out.append(
@@ -158,20 +175,36 @@ def build_sections(run: RunFolder, html_env: jinja2.Environment, md_env: jinja2.
                 key,
                 title,
                 Markup(html_env.get_template("sections/_empty.html.j2").render(ctx)),
-                md_env.get_template("sections/_empty.md.j2").render(ctx),
+                Markup(md_env.get_template("sections/_empty.md.j2").render(ctx)),
                 False,
             )
         )
     return out
 
 
+def shared_table(run: RunFolder, name: str, job_types: Sequence[JobType] | None = None) -> list[dict[str, Any]]:
+    """Rows of a named table that job types offer other job types' reports (:attr:`JobType.tables`), from the
+    run's units of every job type offering it, in report order: how one job's report reads another's results
+    without importing it."""
+    types = default_registry().job_types() if job_types is None else job_types
+    by_type = _records_by_type(run)
+    out: list[dict[str, Any]] = []
+    for job in types:
+        if name in job.tables and by_type.get(job.type):
+            out += job.table(run, by_type[job.type], name)
+    return out
+
+
 def _template(env: jinja2.Environment, job_type: str, section: str) -> str:
-    """The job type's own section template if it has one, else the section's."""
-    try:
-        env.get_template(f"sections/{job_type}.html.j2")
-        return job_type
-    except jinja2.TemplateNotFound:
-        return section
+    """The job type's own section template if it has one, else the section's, else the generic table (a third
+    party's job type: its ``report`` context holds ``table``, a list of rows, and ``note``)."""
+    for name in (job_type, section):
+        try:
+            env.get_template(f"sections/{name}.html.j2")
+            return name
+        except jinja2.TemplateNotFound:
+            continue
+    return "_table"
 
 
 def _write_plots(root: Path, plots) -> None:
@@ -189,12 +222,17 @@ def _provenance_context(run: RunFolder) -> dict[str, Any]:
     return {"provenance": p, "error": None}
 
 
-def render_report(run: RunFolder | Path | str) -> tuple[Path, Path]:
-    """Write ``index.html`` and ``report.md`` into the run folder; returns their paths."""
+def render_report(run: RunFolder | Path | str, job_types: Sequence[JobType] | None = None) -> tuple[Path, Path]:
+    """Write ``results.json`` (:mod:`bsight.harness.results`), then ``index.html`` and ``report.md`` (their
+    combined table built from the same results) into the run folder; returns the report's paths. ``job_types``:
+    those of the run's registry (default: the installed plugins')."""
     run = run if isinstance(run, RunFolder) else RunFolder.open(run)
     html_env, md_env = environment("html"), environment("md")
     manifest = run.manifest()
-    sections = build_sections(run, html_env, md_env)
+    job_types = default_registry().job_types() if job_types is None else job_types
+    results = build_results(run, job_types)
+    write_results(run, results)
+    sections = build_sections(run, html_env, md_env, job_types)
     counts: dict[str, int] = {}
     for rec in manifest.units:
         counts[rec.status] = counts.get(rec.status, 0) + 1
@@ -202,6 +240,8 @@ def render_report(run: RunFolder | Path | str) -> tuple[Path, Path]:
         "manifest": manifest,
         "counts": counts,
         "sections": sections,
+        "combined": combined_tables(results),
+        "results": results,
         **_provenance_context(run),
     }
     html_path, md_path = run.root / "index.html", run.root / "report.md"

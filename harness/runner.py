@@ -15,6 +15,7 @@ shows progress bars (of its own share) and prints.
 
 from __future__ import annotations
 
+import errno
 import random
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -33,12 +34,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bsight.harness import provenance as prov
 from bsight.harness.config import BenchmarkConfig
 from bsight.harness.distributed import Dist, describe_device, shard_indices
+from bsight.harness.inputs import changed_keys, sample_digest, selected_keys
 from bsight.harness.interfaces import AttentionMethod, ModelAdapter, ModelInfo, Sample, Task
-from bsight.harness.jobs import JOB_TYPES
-from bsight.harness.jobs.base import JobSpec, Unit
+from bsight.harness.jobtypes import JobSpec, JobType, Unit
 from bsight.harness.plugins import Registry
 from bsight.harness.report import render_report
-from bsight.harness.store import Manifest, RunStore, Shard, ShardWriter, StoreError, UnitRecord, UnitRowSet
+from bsight.harness.store import (
+    Manifest,
+    RunFolder,
+    RunStore,
+    Shard,
+    ShardWriter,
+    StoreError,
+    UnitRecord,
+    UnitRowSet,
+)
 
 T = TypeVar("T")
 
@@ -74,6 +84,12 @@ class RunContext:
     _record: UnitRecord | None = None
     _split: bool = False  # the current unit is split over the ranks of a data-parallel session
     _order: list[str] | None = None  # canonical order of the current unit's row keys, from shard()
+    _unit: Unit | None = None  # the unit running now, its rows, and the content hash of each sample it read
+    _rows: UnitRowSet | None = None
+    _used: dict[str, str] = field(default_factory=dict)
+    _digests: dict[str, str] = field(default_factory=dict)  # (task, sample id) hashes, computed once a run
+    _partial: int = 0  # rows the unit cut short by an exception had written
+    notices: list[str] = field(default_factory=list)  # what the run changed on its own (printed by rank 0)
 
     def model(self, name: str) -> ModelAdapter:
         """The loaded adapter for a config model name (loaded on first use; a failed load is not retried)."""
@@ -120,7 +136,36 @@ class RunContext:
                     raise ValueError(f"task {task_name!r} yields sample id {s.id!r} twice; sample ids must be unique")
                 seen.add(s.id)
             self._samples[key] = items
-        return self._samples[key]
+        items = self._samples[key]
+        if self._unit is not None:
+            self._note_inputs(task_name, items)
+        return items
+
+    def _note_inputs(self, task_name: str, items: list[Sample]) -> None:
+        """Hash the samples the current unit reads; drop its stored rows computed from samples that changed."""
+        fresh = {}
+        for s in items:
+            digest = self._digests.get(f"{task_name}\0{s.id}")
+            if digest is None:
+                digest = self._digests[f"{task_name}\0{s.id}"] = sample_digest(s)
+            fresh[s.id] = digest
+        self._used.update(fresh)
+        if self._rows is None or self.run_dir is None or self._unit is None:
+            return
+        stored = RunFolder(self.run_dir).read_inputs(self._unit)
+        changed = changed_keys(stored, fresh, self._rows.done)
+        if not changed:
+            return
+        shown = ", ".join(sorted(changed)[:5]) + (" ..." if len(changed) > 5 else "")
+        if self._split:
+            raise RuntimeError(
+                f"task {task_name!r}: the data of {len(changed)} stored sample(s) changed since their rows were "
+                f"written ({shown}); run once without the launcher to redo them, or use --fresh"
+            )
+        self._rows.discard(changed)
+        self.notices.append(
+            f"{self._unit.id}: task {task_name!r} data changed for {len(changed)} sample(s) ({shown}); redone"
+        )
 
     def expect(self, n: int) -> None:
         """Tell the run how many rows complete the current unit (shown in the report as n of N)."""
@@ -137,6 +182,8 @@ class RunContext:
         rank if the unit is split over a data-parallel session, else every item. ``key`` gives each item's
         row key; the unit's merged rows follow the items' order."""
         self._order = [key(item) for item in items]
+        if self._record is not None:  # the unit's selection: only these rows count from now on
+            self._record.keys = list(self._order)
         if not self._split:
             return list(items)
         return [items[i] for i in shard_indices(len(items), self.dist.rank, self.dist.world_size)]
@@ -168,11 +215,12 @@ class RunOutcome:
     units: int
     failed: list[str]
     rows_written: int
+    incomplete: list[str] = field(default_factory=list)  # units not failed that the report shows incomplete
 
 
 def plan(config: BenchmarkConfig) -> list[tuple[JobSpec, Unit]]:
     """Every unit of every job, in run order, with the spec it came from."""
-    out = [(spec, unit) for spec in config.jobs for unit in JOB_TYPES[spec.type].expand(spec, config)]
+    out = [(spec, unit) for spec in config.jobs for unit in config.job_type(spec.type).expand(spec, config)]
     ids = [u.id for _, u in out]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
@@ -191,7 +239,8 @@ def check_launch(config: BenchmarkConfig, dist: Dist) -> None:
     for name, ref in config.models.items():
         if ref.options.get("device_map") in SPREADING_DEVICE_MAPS:
             raise PlanError(
-                f"models.{name}.options.device_map is {ref.options['device_map']!r}: a model spread over several GPUs runs in one "
+                f"models.{name}.options.device_map is {ref.options['device_map']!r}: a model spread over "
+                "several GPUs runs in one "
                 f"process; start `bsight run` without torchrun (this launch has {dist.world_size} processes)"
             )
 
@@ -279,8 +328,11 @@ def _start(
     planned: list[tuple[JobSpec, Unit]],
     config_file: Path | None,
     devices: list[str],
+    console: Console | None = None,
 ) -> tuple[prov.Provenance, Manifest]:
-    """Rank 0's session start: provenance (resumed or new), the config files, the manifest."""
+    """Rank 0's session start: provenance (resumed or new), the config files, the manifest (each unit's record
+    checked against its files)."""
+    _refuse_other_config(store, planned)
     plugin_packages = {info.package: info.version for info in registry.all() if info.version}
     current = prov.collect(
         config.run.name, config.config_hash(), str(config_file or "<in-process>"), plugin_packages, devices=devices
@@ -290,14 +342,118 @@ def _start(
     except StoreError:
         provenance = current
     store.write_model(store.PROVENANCE, provenance)
-    (store.root / store.CONFIG).write_text(config.model_dump_json(indent=2), encoding="utf-8")
-    if config_file is not None:
-        (store.root / store.CONFIG_SOURCE).write_text(config_file.read_text(encoding="utf-8"), encoding="utf-8")
-    else:  # configured in-process: an earlier session's file would not describe this one
-        (store.root / store.CONFIG_SOURCE).unlink(missing_ok=True)
-    manifest = _manifest(config, planned, store)
-    store.write_manifest(manifest)
+    try:
+        (store.root / store.CONFIG).write_text(config.model_dump_json(indent=2), encoding="utf-8")
+        if config_file is not None:
+            (store.root / store.CONFIG_SOURCE).write_text(config_file.read_text(encoding="utf-8"), encoding="utf-8")
+        else:  # configured in-process: an earlier session's file would not describe this one
+            (store.root / store.CONFIG_SOURCE).unlink(missing_ok=True)
+        manifest = _manifest(config, planned, store)
+        for line in verify_units(store, manifest, config) + check_inputs(config, registry, store, manifest):
+            if console is not None:
+                console.print(f"[yellow]resume:[/] {escape(line)}")
+        store.write_manifest(manifest)
+    except BaseException as e:  # the session started (it is on record): it must not stay "running"
+        session = provenance.sessions[-1]
+        session.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        provenance.ended = session.ended = prov.now()
+        try:
+            store.write_model(store.PROVENANCE, provenance)
+        except OSError:
+            pass  # a full or read-only disk: nothing more can be recorded
+        raise
     return provenance, manifest
+
+
+class _TaskDigests:
+    """Content hashes of a task's samples by id, read lazily (only as far as the ids asked for)."""
+
+    def __init__(self, config: BenchmarkConfig, registry: Registry, name: str) -> None:
+        ref = config.tasks[name]
+        self._samples = iter(registry.get("task", ref.plugin)(ref.options).samples())
+        self.digests: dict[str, str] = {}
+
+    def of(self, ids: set[str]) -> dict[str, str]:
+        while not ids <= self.digests.keys():
+            sample = next(self._samples, None)
+            if sample is None:
+                break
+            self.digests[sample.id] = sample_digest(sample)
+        return {k: self.digests[k] for k in ids if k in self.digests}
+
+
+def check_inputs(config: BenchmarkConfig, registry: Registry, store: RunStore, manifest: Manifest) -> list[str]:
+    """Rows computed from task samples whose content changed since (``<unit file>.inputs.json``) are dropped,
+    and their units run again to redo them. Returns one line per unit affected."""
+    tasks: dict[str, _TaskDigests] = {}
+    out = []
+    for rec in manifest.units:
+        stored = store.read_inputs(rec.unit)
+        name = rec.unit.task
+        if not stored or name is None or name not in config.tasks:
+            continue
+        try:
+            if name not in tasks:
+                tasks[name] = _TaskDigests(config, registry, name)
+            changed = changed_keys(stored, tasks[name].of(set(stored)), set(stored))
+        except Exception as e:  # the unit itself will meet (and report) the same problem when it runs
+            out.append(f"{rec.unit.id}: could not read task {name!r} to check its data: {type(e).__name__}: {e}")
+            continue
+        if not changed:
+            continue
+        store.clean_unit(rec.unit, config.job_type(rec.unit.type).Row, sorted(changed))
+        store.write_inputs(rec.unit, {k: v for k, v in stored.items() if k not in changed})
+        rec.status, rec.rows = "pending", max(0, rec.rows - len(changed))
+        shown = ", ".join(sorted(changed)[:5]) + (" ..." if len(changed) > 5 else "")
+        out.append(f"{rec.unit.id}: task {name!r} data changed for {len(changed)} sample(s) ({shown}); redone")
+    return out
+
+
+def _refuse_other_config(store: RunStore, planned: list[tuple[JobSpec, Unit]]) -> None:
+    """A folder holding rows of units this plan does not have belongs to another config: refuse it (its units
+    would silently drop out of the report) unless the run starts over (``--fresh``)."""
+    try:
+        old = store.manifest().units
+    except StoreError:
+        return
+    ids = {u.id for _, u in planned}
+    gone = [r.unit.id for r in old if r.unit.id not in ids and (r.rows or r.status == "done")]
+    if gone:
+        shown = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
+        raise StoreError(
+            f"{store.root}: holds results of units this config does not plan ({shown}): it is another config's run "
+            "folder; pass --fresh to start it over, or another folder with --out"
+        )
+
+
+def verify_units(store: RunStore, manifest: Manifest, config: BenchmarkConfig) -> list[str]:
+    """Check every unit's record against its result files (never trust the manifest alone): the row count is
+    what the files hold; a unit whose files lack rows it recorded is no longer done (its missing samples are
+    redone); torn, unparseable and repeated lines are set aside; rows the unit does not list are excluded
+    and reported. Returns one line per unit that needed attention."""
+    out = []
+    for rec in manifest.units:
+        row_type = config.job_type(rec.unit.type).Row
+        check = store.check_unit(rec.unit, row_type, rec.keys)
+        if check.problems or check.mismatched:
+            store.clean_unit(rec.unit, row_type, check.mismatched)
+        rows = len(check.present)
+        incomplete = bool(check.missing) or (rec.expected is not None and rows < rec.expected)
+        path = store.unit_path(rec.unit).relative_to(store.root)
+        if rec.status == "done" and incomplete:
+            rec.status = "pending"
+            lacking = f"{len(check.missing)} recorded row(s)" if check.missing else f"{rec.expected - rows} row(s)"
+            out.append(f"{rec.unit.id}: {path} lacks {lacking}; the unit runs again")
+        if check.problems:
+            out.append(f"{rec.unit.id}: set aside from {path} (to .rejected): {'; '.join(check.problems)}")
+        if check.foreign:
+            shown = ", ".join(map(repr, check.foreign[:5])) + (" ..." if len(check.foreign) > 5 else "")
+            out.append(
+                f"{rec.unit.id}: {len(check.foreign)} row(s) in {path} not among the unit's samples are excluded "
+                f"from its counts ({shown})"
+            )
+        rec.rows = rows
+    return out
 
 
 def _complete(rec: UnitRecord) -> bool:
@@ -315,7 +471,7 @@ def _execute(
     dist: Dist,
 ) -> RunOutcome:
     devices = dist.gather(describe_device(dist.device))
-    started = _on_main(dist, lambda: _start(config, registry, store, planned, config_file, devices))
+    started = _on_main(dist, lambda: _start(config, registry, store, planned, config_file, devices, console))
     provenance, manifest = started if started is not None else (None, None)
     manifest = Manifest.model_validate_json(
         dist.broadcast(manifest.model_dump_json() if manifest is not None else None)
@@ -344,8 +500,14 @@ def _execute(
             if session is not None:
                 session.status = "failed" if failed else "completed"
         except KeyboardInterrupt:
+            written += ctx._partial
             if session is not None:
                 session.status = "interrupted"
+            raise
+        except BaseException:  # an OS error (disk full, read-only) or a crash: the session failed
+            written += ctx._partial
+            if session is not None:
+                session.status = "failed"
             raise
         finally:
             if store is not None and provenance is not None and session is not None:  # rank 0 keeps the records
@@ -355,18 +517,32 @@ def _execute(
                 provenance.models = {**provenance.models, **ctx.model_infos}
                 store.write_model(store.PROVENANCE, provenance)
                 store.write_manifest(manifest)
-                html = _render(store, console)  # an interrupted run still gets a report of what it has
-    html, failed = dist.broadcast((html, failed))
-    return RunOutcome(run_dir=run_dir, report=html, units=len(planned), failed=failed, rows_written=written)
+                html = _render(store, console, registry.job_types())  # an interrupted run still gets a report
+    incomplete = [r.unit.id for r in manifest.units if r.unit.id not in failed and not _whole(r)]
+    html, failed, incomplete = dist.broadcast((html, failed, incomplete))
+    return RunOutcome(
+        run_dir=run_dir,
+        report=html,
+        units=len(planned),
+        failed=failed,
+        rows_written=written,
+        incomplete=incomplete,
+    )
 
 
-def _render(store: RunStore, console: Console) -> Path | None:
+def _whole(rec: UnitRecord) -> bool:
+    """The report shows the unit complete: done, with every row it expects."""
+    return rec.status == "done" and (rec.expected is None or rec.rows >= rec.expected)
+
+
+def _render(store: RunStore, console: Console, job_types: list[JobType]) -> Path | None:
     try:
-        return render_report(store)[0]
+        return render_report(store, job_types)[0]
     except Exception as e:
         store.log_error("report", traceback.format_exc())
         console.print(
-            f"[red]the report could not be rendered:[/] {escape(f'{type(e).__name__}: {e}')} (traceback in {store.root / 'errors.log'})"
+            f"[red]the report could not be rendered:[/] {escape(f'{type(e).__name__}: {e}')} (traceback in "
+            f"{store.root / 'errors.log'})"
         )
         return None
 
@@ -408,7 +584,7 @@ def _run_unit(
 ) -> int:
     """Run one unit on the ranks that take part, keeping rank 0's manifest record current; returns how many
     rows all ranks added."""
-    job = JOB_TYPES[unit.type]
+    job = ctx.config.job_type(unit.type)
     dist = ctx.dist
     ctx._split = dist.world_size > 1 and job.shardable
     result = _RankResult("idle")
@@ -422,7 +598,15 @@ def _run_unit(
         store.log_error(unit.id if dist.world_size == 1 else f"{unit.id} [rank {rank}]", r.traceback or "")
     try:
         order = next((r.order for r in results if r.order is not None), None)
-        rec.rows = store.merge_shards(unit, job.Row, order)
+        store.merge_shards(unit, job.Row, order)
+        stored_inputs = store.read_inputs(unit)
+        every = [r.key for r in store._row_set(unit, job.Row, None)]
+        rec.keys = list(order) if order is not None else selected_keys(every, stored_inputs, ctx._used)
+        present = store.check_unit(unit, job.Row, rec.keys).present
+        rec.rows = len(present)
+        inputs = {**stored_inputs, **{k: v for k, v in ctx._used.items() if k in present}}
+        if inputs != stored_inputs:
+            store.write_inputs(unit, inputs)
     except Exception as e:
         store.log_error(f"{unit.id} [merge]", traceback.format_exc())
         broken.append((0, _RankResult("failed", error=f"merging its shards: {type(e).__name__}: {e}")))
@@ -437,11 +621,30 @@ def _run_unit(
         )
     else:
         rec.status = "done"
-        before = rec.rows - sum(r.written for r in results)
+        before = max(0, rec.rows - sum(r.written for r in results))
         console.print(f"[green]done[/] {escape(unit.id)}: {rec.rows} rows ({before} from an earlier session)")
+    for line in ctx.notices:
+        console.print(f"[yellow]resume:[/] {escape(line)}")
+    ctx.notices.clear()
     rec.updated = prov.now()
     store.write_manifest(manifest)
     return sum(r.written for r in results)
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}  # the run folder cannot take more rows
+
+
+def _leave_to_resume(
+    ctx: RunContext, rec: UnitRecord, rows: UnitRowSet, store: RunStore | None, manifest: Manifest
+) -> None:
+    """A unit cut short: count the rows it wrote and record it as pending (best effort on a failing disk)."""
+    ctx._partial = rows.appended
+    if store is not None:
+        rec.status, rec.rows, rec.updated = "pending", len(rows), prov.now()
+        try:
+            store.write_manifest(manifest)
+        except OSError:
+            pass  # the next session verifies the files anyway
 
 
 def _work(
@@ -454,9 +657,10 @@ def _work(
     manifest: Manifest,
 ) -> _RankResult:
     """This rank's part of a unit."""
-    job = JOB_TYPES[unit.type]
+    job = ctx.config.job_type(unit.type)
     rows = _open_rows(ctx, store, run_dir, unit, job.Row)
     start = len(rows)
+    ctx._unit, ctx._rows, ctx._used, ctx._partial = unit, rows, {}, 0
     if store is not None:
         rec.status, rec.error, rec.rows, rec.updated = "running", None, start, prov.now()
         store.write_manifest(manifest)
@@ -465,15 +669,17 @@ def _work(
     result = _RankResult("done")
     try:
         job.run_unit(spec, unit, ctx, rows)
-    except KeyboardInterrupt:
-        if store is not None:
-            rec.status, rec.rows, rec.updated = "pending", len(rows), prov.now()
-            store.write_manifest(manifest)
-        raise
     except Exception as e:
-        result = _RankResult("failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        if not (isinstance(e, OSError) and e.errno in STORAGE_ERRNOS):
+            result = _RankResult("failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        else:  # the disk is full or read-only: every later unit would fail the same way; the session fails
+            _leave_to_resume(ctx, rec, rows, store, manifest)
+            raise
+    except BaseException:  # interrupted (or the process is going down): the unit is left to resume
+        _leave_to_resume(ctx, rec, rows, store, manifest)
+        raise
     finally:
-        ctx._record = None
+        ctx._record, ctx._unit, ctx._rows = None, None, None
         rows.close()
-    result.written, result.order, result.info = len(rows) - start, ctx._order, dict(rec.info)
+    result.written, result.order, result.info = rows.appended, ctx._order, dict(rec.info)
     return result

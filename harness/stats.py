@@ -99,6 +99,46 @@ def _norm(answer: str | None) -> str | None:
     return None if answer is None else answer.strip().lower()
 
 
+@dataclass(frozen=True)
+class Agreement:
+    """Answers of a method vs the baseline's, on paired samples. ``rate`` is over the pairs where both answers
+    parsed (two unparsed answers are not an agreement; nan when no pair parsed); ``either_unparsed`` is the share
+    of all pairs where one side or both could not be parsed; ``exact_generation`` the share of pairs whose raw
+    generations are identical."""
+
+    rate: float
+    parsed_pairs: int
+    either_unparsed: float
+    exact_generation: float
+    pairs: int
+
+
+def answer_agreement(
+    answers: Sequence[str | None],
+    baseline: Sequence[str | None],
+    generations: Sequence[str],
+    baseline_generations: Sequence[str],
+) -> Agreement:
+    """Honest agreement with the baseline (DESIGN.md section 5): see :class:`Agreement`."""
+    n = len(answers)
+    if not (len(baseline) == len(generations) == len(baseline_generations) == n):
+        raise ValueError(
+            f"lengths differ: {n} answers, {len(baseline)} baseline answers, {len(generations)} generations, "
+            f"{len(baseline_generations)} baseline generations"
+        )
+    if not n:
+        return Agreement(float("nan"), 0, float("nan"), float("nan"), 0)
+    parsed = [(a, b) for a, b in zip(answers, baseline) if a is not None and b is not None]
+    rate = float(np.mean([_norm(a) == _norm(b) for a, b in parsed])) if parsed else float("nan")
+    return Agreement(
+        rate=rate,
+        parsed_pairs=len(parsed),
+        either_unparsed=(n - len(parsed)) / n,
+        exact_generation=float(np.mean([g == h for g, h in zip(generations, baseline_generations)])),
+        pairs=n,
+    )
+
+
 def unparsed(answers: Sequence[str | None]) -> int:
     """How many generations the extractor could not turn into an answer."""
     return sum(a is None for a in answers)
@@ -131,3 +171,16 @@ def headline_accuracy(kind: Literal["micro", "macro"], groups: Sequence[str], co
 def paired(rows: Mapping[str, object], baseline: Mapping[str, object]) -> list[str]:
     """Keys present in both result sets, in the method's order: the samples a paired statistic may use."""
     return [k for k in rows if k in baseline]
+
+
+def score_interval(
+    correct: Sequence[bool],
+    groups: Sequence[str] | None = None,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedDelta:
+    """Percentile bootstrap CI of a headline score itself (micro: over samples; with ``groups``, the macro
+    score, each subtask's samples resampled within it): the paired bootstrap against an all-wrong baseline,
+    whose change is the score. Seeded like :func:`paired_bootstrap`."""
+    return paired_bootstrap(correct, [False] * len(correct), resamples, confidence, seed, groups)

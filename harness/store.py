@@ -17,6 +17,14 @@ plugin option, ``max_new_tokens``) starts a new file while unchanged units keep 
 has a ``key``; keys already present are skipped, so nothing is redone or duplicated. A process killed in the
 middle of a write leaves at most one partial last line, which the next writer cuts off.
 
+Resume verifies the files, never the manifest alone (:meth:`RunFolder.check_unit`, run for every unit when a
+session starts): a unit counts as done only when its files hold exactly the keys it recorded
+(``UnitRecord.keys``), each once, each line parsing and each row naming the unit's model, method and task. A
+line that does not parse (torn) or repeats a key is moved to ``<file>.rejected``, so its sample is redone; a
+row whose key the unit does not list (foreign, or outside the current sample selection) is never counted
+(:meth:`RunFolder.rows` leaves it out). ``<unit file>.inputs.json`` records a content hash of the task sample
+each row was computed from; a row whose sample changed since is dropped and redone.
+
 Data-parallel sessions: every file has exactly one writer. Rank r of n appends only to its own shard file;
 rank 0 alone holds the folder's lock, writes the manifest and, once every rank has finished a unit, merges
 the shards into the unit's file in the unit's canonical order and then deletes them (a merge cut short is
@@ -32,14 +40,14 @@ import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from bsight.harness.jobs.base import ResultRow, Unit
+from bsight.harness.jobtypes import ResultRow, Unit
 
 R = TypeVar("R", bound=ResultRow)
 M = TypeVar("M", bound=BaseModel)
@@ -57,6 +65,8 @@ class UnitRecord(BaseModel):
     status: UnitStatus = "pending"
     rows: int = 0
     expected: int | None = None  # rows the unit will hold when complete, when the job knows
+    # the row keys of the unit's current selection (set when the unit ends): only these rows are counted
+    keys: list[str] | None = None
     info: dict[str, Any] = {}  # facts the job recorded while running (accuracy: the task's headline score kind)
     error: str | None = None
     updated: datetime | None = None
@@ -138,23 +148,65 @@ class UnitRows(_KeyedRows[R]):
         self.path, self.row_type = path, row_type
         lines, good_bytes = _read_lines(path)
         self.rows: dict[str, R] = {}
+        self.bad_lines: list[str] = []  # "<line>: <why>" of lines that do not parse as a row (left out)
+        self.duplicates: list[str] = []  # keys met again after their first row (left out)
+        self.torn = path.exists() and path.stat().st_size != good_bytes  # a partial last line
+        rejected: list[bytes] = []
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 row = row_type.model_validate_json(line)
             except ValidationError as e:
-                raise StoreError(
-                    f"{path}:{n}: not a valid {row_type.__name__} row: {e.errors()[0]['msg']} at {e.errors()[0]['loc']}"
-                ) from None
-            self.rows.setdefault(row.key, row)
+                self.bad_lines.append(f"line {n}: {e.errors()[0]['msg']} at {e.errors()[0]['loc']}")
+                rejected.append(line)
+                continue
+            if row.key in self.rows:
+                self.duplicates.append(row.key)
+                rejected.append(line)
+                continue
+            self.rows[row.key] = row
         self._file = None
         if writable:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists() and path.stat().st_size != good_bytes:
+            if rejected:  # keep the file to the rows that count; what was cut out stays readable aside
+                self._set_aside(rejected)
+                self._rewrite()
+            elif self.torn:
                 with open(path, "r+b") as f:  # cut the line a killed writer left half-written
                     f.truncate(good_bytes)
             self._file = open(path, "ab")
+
+    @property
+    def problems(self) -> list[str]:
+        """What reading the file left out, one phrase each (empty for a clean file)."""
+        out = list(self.bad_lines)
+        if self.duplicates:
+            out.append(f"{len(self.duplicates)} repeated row(s) ({', '.join(map(repr, self.duplicates[:5]))})")
+        if self.torn:
+            out.append("a partial last line")
+        return out
+
+    def _set_aside(self, lines: list[bytes]) -> None:
+        with open(self.path.with_name(self.path.name + ".rejected"), "ab") as f:
+            f.write(b"".join(line + b"\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _rewrite(self) -> None:
+        write_bytes_atomic(self.path, b"".join(r.model_dump_json().encode() + b"\n" for r in self.rows.values()))
+
+    def drop(self, keys: set[str]) -> None:
+        """Remove the rows of ``keys`` from the file (atomically), so that they can be written again."""
+        if not keys & set(self.rows):
+            return
+        was_open = self._file is not None
+        self.close()
+        self._set_aside([self.rows[k].model_dump_json().encode() for k in self.rows if k in keys])
+        self.rows = {k: r for k, r in self.rows.items() if k not in keys}
+        self._rewrite()
+        if was_open:
+            self._file = open(self.path, "ab")
 
     def append(self, row: R) -> None:
         """Write one row durably. A key already present is a caller bug: it would duplicate a result."""
@@ -195,6 +247,7 @@ class UnitRowSet(_KeyedRows[R]):
 
     def __init__(self, files: list[UnitRows[R]], writer: UnitRows[R] | None) -> None:
         self._files, self._writer = files, writer
+        self.appended = 0  # rows this process wrote through it
         self.rows: dict[str, R] = {}
         for f in files:
             for row in f:
@@ -208,16 +261,54 @@ class UnitRowSet(_KeyedRows[R]):
             raise StoreError(f"{self._writer.path}: row {row.key!r} is already stored for this unit")
         self._writer.append(row)
         self.rows[row.key] = row
+        self.appended += 1
+
+    def discard(self, keys: set[str]) -> None:
+        """Forget stored rows (their input changed) in every file of the unit, so they are computed again.
+        Only for a unit one process writes (never while other ranks append to its shards)."""
+        keys = keys & set(self.rows)
+        if not keys:
+            return
+        for f in self._files:
+            f.drop(keys)
+        self.rows = {k: r for k, r in self.rows.items() if k not in keys}
 
     def close(self) -> None:
         for f in self._files:
             f.close()
 
 
+def row_matches(unit: Unit, row: ResultRow) -> bool:
+    """False when the row names another model, method or task than its unit (it came from another unit)."""
+    for attr in ("model", "method", "task"):
+        mine, theirs = getattr(unit, attr), getattr(row, attr, None)
+        if mine is not None and isinstance(theirs, str) and theirs != mine:
+            return False
+    return True
+
+
+@dataclass
+class UnitCheck:
+    """A unit's files against its expected keys: ``present`` (valid rows that count), ``missing`` keys,
+    ``foreign`` rows (not expected, or naming another unit) and ``problems`` (unparseable, repeated or torn
+    lines, which the next writer sets aside)."""
+
+    present: set[str]
+    missing: list[str]
+    foreign: list[str]
+    problems: list[str]
+    mismatched: list[str] = field(default_factory=list)  # foreign rows naming another model, method or task
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.foreign or self.problems)
+
+
 class RunFolder:
     """Read-only view of a run folder, used by reports and ``compare``."""
 
     CONFIG, CONFIG_SOURCE, PROVENANCE, MANIFEST = "config.json", "config.yaml", "provenance.json", "units.json"
+    MARKER = ".bsight-run"  # written when bsight creates (or first writes) the folder; --fresh needs it
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -264,9 +355,57 @@ class RunFolder:
         return [path for _, path in sorted(found)]
 
     def rows(self, unit: Unit, row_type: type[R]) -> list[R]:
-        """A unit's rows: its file in the order written, then rows of shards not merged yet (complete lines
-        only; an interrupted data-parallel session's rows are shown too)."""
-        return list(self._row_set(unit, row_type, None))
+        """A unit's rows that count: its file in the order written, then rows of shards not merged yet
+        (complete lines only; an interrupted data-parallel session's rows are shown too). Rows the unit's
+        manifest record does not list (foreign, or outside its current sample selection) and rows naming
+        another model, method or task than the unit are left out."""
+        keys = self.counted_keys(unit)
+        return [
+            r for r in self._row_set(unit, row_type, None) if (keys is None or r.key in keys) and row_matches(unit, r)
+        ]
+
+    def counted_keys(self, unit: Unit) -> set[str] | None:
+        """The keys the manifest lists for ``unit`` (None: the record lists none, every key counts)."""
+        path = self.root / self.MANIFEST
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if getattr(self, "_keys_stamp", None) != stamp:
+            self._keys_cache = {r.unit: r.keys for r in self.manifest().units}
+            self._keys_stamp = stamp
+        keys = self._keys_cache.get(unit)
+        return None if keys is None else set(keys)
+
+    def inputs_path(self, unit: Unit) -> Path:
+        """Content hashes of the samples the unit's rows were computed from: ``{key: hash}``."""
+        path = self.unit_path(unit)
+        return path.with_name(path.name.removesuffix(".jsonl") + ".inputs.json")
+
+    def read_inputs(self, unit: Unit) -> dict[str, str]:
+        try:
+            data = json.loads(self.inputs_path(unit).read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def check_unit(self, unit: Unit, row_type: type[R], keys: Sequence[str] | None) -> UnitCheck:
+        """What the unit's files hold against the keys it should hold (read only; see :class:`UnitCheck`)."""
+        rows = self._row_set(unit, row_type, None)
+        wanted = None if keys is None else set(keys)
+        present, foreign, mismatched = set(), [], []
+        for r in rows:
+            if not row_matches(unit, r):
+                mismatched.append(r.key)
+                foreign.append(r.key)
+            elif wanted is not None and r.key not in wanted:
+                foreign.append(r.key)
+            else:
+                present.add(r.key)
+        problems = [f"{f.path.name}: {p}" for f in rows._files for p in f.problems]
+        missing = [] if keys is None else [k for k in keys if k not in present]
+        return UnitCheck(present=present, missing=missing, foreign=foreign, problems=problems, mismatched=mismatched)
 
     def _row_set(self, unit: Unit, row_type: type[R], target: Path | None) -> UnitRowSet[R]:
         """Every stored row of a unit, appending to ``target`` (one of its files) when given."""
@@ -283,15 +422,38 @@ class RunStore(RunFolder):
 
     def __init__(self, root: Path | str, fresh: bool = False) -> None:
         super().__init__(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.root / ".lock", "w")
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root}: exists and is not a folder; pass a folder for the run (--out)")
+        ours = self.is_run_folder(self.root)
+        empty = not self.root.exists() or all(p.name == ".lock" for p in self.root.iterdir())
+        if fresh and not ours and not empty:
+            raise StoreError(
+                f"{self.root}: not a bsight run folder (no {self.MARKER}), refusing --fresh, which would delete "
+                "its results/, plots/, report and config files; pass an empty or new folder with --out"
+            )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.root / ".lock", "w")
+        except OSError as e:
+            raise StoreError(f"{self.root}: cannot write the run folder: {e.strerror or e}") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
             raise StoreError(f"{self.root}: another bsight process is writing this run folder") from None
-        if fresh:
-            self.clear()
+        try:
+            if (ours or empty) and not (self.root / self.MARKER).is_file():
+                (self.root / self.MARKER).write_text("bsight run folder\n", encoding="utf-8")
+            if fresh:
+                self.clear()
+        except OSError as e:
+            self._lock.close()
+            raise StoreError(f"{self.root}: cannot write the run folder: {e.strerror or e}") from None
+
+    @classmethod
+    def is_run_folder(cls, root: Path) -> bool:
+        """Made by bsight: it holds the marker, or (made before the marker existed) a manifest and provenance."""
+        return (root / cls.MARKER).is_file() or ((root / cls.MANIFEST).is_file() and (root / cls.PROVENANCE).is_file())
 
     def clear(self) -> None:
         """Forget every cached result and the old report (``--fresh``)."""
@@ -349,6 +511,20 @@ class RunStore(RunFolder):
                 folder.rmdir()
             _fsync_dir(folder.parent)
         return len(wanted)
+
+    def clean_unit(self, unit: Unit, row_type: type[R], drop: Sequence[str] = ()) -> None:
+        """Set aside the torn, unparseable and repeated lines of the unit's existing files, and the rows of
+        ``drop`` (no process may be writing the unit)."""
+        for path in [self.unit_path(unit), *self.shard_paths(unit)]:
+            if path.exists():
+                rows = UnitRows(path, row_type, writable=True)
+                rows.close()
+                rows.drop(set(drop))
+
+    def write_inputs(self, unit: Unit, inputs: dict[str, str]) -> None:
+        path = self.inputs_path(unit)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, json.dumps(inputs, sort_keys=True, indent=0).encode())
 
     def write_manifest(self, manifest: Manifest) -> None:
         write_json_atomic(self.root / self.MANIFEST, manifest)

@@ -117,7 +117,8 @@ def _check_inputs(
         raise ValueError(f"sequence length {S} does not match the layout's {meta.length}")
     if not (q.device == k.device == v.device == meta.device):
         raise ValueError(
-            f"q, k, v and the layout metadata must be on one device; got {q.device}, {k.device}, {v.device}, {meta.device}"
+            f"q, k, v and the layout metadata must be on one device; got {q.device}, {k.device}, {v.device}, "
+            f"{meta.device}"
         )
     if window is not None and (not isinstance(window, int) or window < 1):
         raise ValueError(f"sliding window must be a positive int or None, got {window!r}")
@@ -134,25 +135,12 @@ def _check_inputs(
 
 
 def _sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, gqa: bool) -> torch.Tensor:
-    """Causal SDPA on ``[1, H, S, D]`` inputs, cuDNN first in priority (the fastest dense kernel on an H100)."""
-    kw = dict(is_causal=True, scale=scale, **({"enable_gqa": True} if gqa else {}))
-    if q.device.type != "cuda":
-        return F.scaled_dot_product_attention(q, k, v, **kw)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    """Causal SDPA on ``[1, H, S, D]`` inputs under the dense baseline's policy (:data:`~bsight.kernels.dense_policy.
+    DENSE_POLICY`: flash for short prompts, cuDNN with bucketed lengths for long ones), so blindsight's dense
+    heads run exactly as method ``dense`` does."""
+    from bsight.kernels.dense_policy import policy_causal_sdpa
 
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    try:
-        ctx = sdpa_kernel(order, set_priority=True)
-    except TypeError:  # torch without priorities: cuDNN alone, then whatever SDPA picks
-        ctx = None
-    if ctx is not None:
-        with ctx:
-            return F.scaled_dot_product_attention(q, k, v, **kw)
-    try:
-        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            return F.scaled_dot_product_attention(q, k, v, **kw)
-    except RuntimeError:
-        return F.scaled_dot_product_attention(q, k, v, **kw)
+    return policy_causal_sdpa(q, k, v, scale=scale, **({"enable_gqa": True} if gqa else {}))
 
 
 @functools.lru_cache(maxsize=8)
@@ -220,7 +208,8 @@ def blindsight_attention(
     dtype and device to write into (every element is written). ``overlap_dense``: on CUDA, when some heads
     go to SDPA and others to the kernel, run SDPA on a side stream so that the two overlap (each fills the
     other's tail; on an H100 at 36K tokens, 30% dense heads: 6% faster on mixed image sizes, even on
-    1024-token images, on average over five runs, kernels/NOTES.md); the caller's stream waits for both before this returns.
+    1024-token images, on average over five runs, kernels/NOTES.md); the caller's stream waits for both before
+    this returns.
     """
     cats = _check_inputs(q, k, v, meta, categories, window)
     _check_device(q.device)
@@ -244,7 +233,8 @@ def blindsight_attention(
         out = torch.empty(Hq, S, D, dtype=q.dtype, device=q.device)
     elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
         raise ValueError(
-            f"out must be a {tuple(q.shape)} {q.dtype} tensor on {q.device} with unit stride in D; got {tuple(out.shape)} {out.dtype} on {out.device}"
+            f"out must be a {tuple(q.shape)} {q.dtype} tensor on {q.device} with unit stride in D; got "
+            f"{tuple(out.shape)} {out.dtype} on {out.device}"
         )
     if to_sdpa and to_kernel and overlap_dense and q.device.type == "cuda":
         main, side = torch.cuda.current_stream(q.device), _side_stream(q.device)

@@ -18,11 +18,26 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bsight.kernels import dense_policy
+from bsight.kernels.dense_policy import (  # noqa: F401 - re-exported: the dense policy lives in dense_policy
+    _CUDNN_FIRST,
+    DensePolicy,
+    _priority,
+    policy_causal_sdpa,
+    sdpa_policy,
+)
 from bsight.kernels.reference import reference_attention
 from bsight.kernels.sparsity.categories import Category
 from bsight.kernels.sparsity.metadata import LayoutMeta
 
 log = logging.getLogger(__name__)
+
+
+def sync(device: torch.device | str | None) -> None:
+    """Wait for the work queued on ``device`` when it is a GPU (nothing to wait for on the CPU or None): the one
+    synchronization helper of wall-clock timings (overhead meters, benchmarks, jobs)."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @dataclass(frozen=True)
@@ -41,21 +56,16 @@ _BACKENDS: dict[str, SDPBackend] = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
-# cuDNN first: on H100 it is the fastest dense prefill kernel (see peers' timings); torch falls through the
-# list when a backend cannot take the inputs.
-_AUTO_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+_AUTO_ORDER = _CUDNN_FIRST  # long prefill; see DensePolicy for the per-phase, per-length choice
 
 
 @contextmanager
-def _sdpa_backend(backend: SdpaBackend, device: torch.device) -> Iterator[None]:
+def _sdpa_backend(backend: SdpaBackend, device: torch.device, length: int = 0) -> Iterator[None]:
     if backend == "auto":
         if device.type != "cuda":
             yield
             return
-        try:
-            ctx = sdpa_kernel(_AUTO_ORDER, set_priority=True)
-        except TypeError:  # torch without set_priority: its own order
-            ctx = sdpa_kernel(_AUTO_ORDER)
+        ctx = _priority(dense_policy.DENSE_POLICY.order(length, length))
     else:
         ctx = sdpa_kernel([_BACKENDS[backend]])
     with ctx:
@@ -78,6 +88,8 @@ def causal_sdpa(
     Hq, Hkv = q.shape[0], k.shape[0]
     if expand_kv and Hq != Hkv:
         k, v = k.repeat_interleave(Hq // Hkv, 0), v.repeat_interleave(Hq // Hkv, 0)
+    if backend == "auto":
+        return policy_causal_sdpa(q[None], k[None], v[None], scale=scale, enable_gqa=k.shape[0] != Hq)[0]
     with _sdpa_backend(backend, q.device):
         return F.scaled_dot_product_attention(
             q[None], k[None], v[None], is_causal=True, scale=scale, enable_gqa=k.shape[0] != Hq
@@ -112,6 +124,11 @@ KernelChoice = Literal["auto", "triton", "reference"]
 DenseHeads = Literal["sdpa", "kernel"]
 AttentionFn = Callable[..., torch.Tensor]
 _warned: set[str] = set()
+
+
+def fallback_warnings() -> list[str]:
+    """The distinct fallback warnings logged in this process (benchmarks record them beside their timings)."""
+    return sorted(_warned)
 
 
 def _warn_once(message: str) -> None:
@@ -162,6 +179,7 @@ def layout_attention(
             if not fallback:
                 raise
             _warn_once(
-                f"blindsight kernel does not handle this case ({type(e).__name__}: {e}); using the reference attention for it"
+                f"blindsight kernel does not handle this case ({type(e).__name__}: {e}); using the reference "
+                "attention for it"
             )
     return reference_attention(q, k, v, meta, categories, scale=call.scale, window=call.window)

@@ -232,7 +232,8 @@ def build_plan(meta: LayoutMeta, block_m: int, window: int | None = None) -> Til
     dev = meta.device
     if dev.type != "cuda" and isinstance(_plan_kernel, triton.runtime.jit.JITFunction):
         raise NotImplementedError(
-            f"build_plan runs on CUDA (or under Triton's interpreter: TRITON_INTERPRET=1 before triton is imported), not on {dev.type}"
+            "build_plan runs on CUDA (or under Triton's interpreter: TRITON_INTERPRET=1 before triton is "
+            f"imported), not on {dev.type}"
         )
     S, n = meta.length, meta.num_images
     T, G = int(meta.text_idx.numel()), int(meta.glob_idx.numel())

@@ -564,7 +564,8 @@ def sparse_attention_triton(
         raise ValueError(f"the vertical-slash kernel needs a power-of-two head_dim >= 16, got {D}")
     if q.device.type != "cuda" and not _is_interpreted():
         raise RuntimeError(
-            "the vertical-slash kernel runs on CPU only with TRITON_INTERPRET=1 set before bsight.kernels.vertical_slash is imported"
+            "the vertical-slash kernel runs on CPU only with TRITON_INTERPRET=1 set before "
+            "bsight.kernels.vertical_slash is imported"
         )
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     N, NT, Hl = space.size, space.num_tiles, index.num_heads

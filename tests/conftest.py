@@ -28,7 +28,7 @@ from rich.console import Console
 from bsight.harness import provenance as prov
 from bsight.harness.config import BenchmarkConfig, PluginRef, RunBlock, parse_config
 from bsight.harness.jobs.accuracy import AccuracyRow, AccuracySpec
-from bsight.harness.jobs.base import Unit
+from bsight.harness.jobtypes import Unit
 from bsight.harness.plugins import Registry, load_registry
 from bsight.harness.runner import execute
 from bsight.harness.store import Manifest, RunFolder, RunStore, UnitRecord

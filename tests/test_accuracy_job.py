@@ -54,8 +54,12 @@ def test_numbers_from_stored_rows(tmp_path, headline):
         assert m["fast"]["delta"].delta == pytest.approx(0.25)
     assert m["fast"]["micro_accuracy"] == pytest.approx(4 / 6)
     assert m["dense"]["unparsed"] == 1 and m["fast"]["unparsed"] == 1
-    # agreement of extracted answers: s0 A=A, s1 None/A, s2 C/B, s3 A/C, s4 A=A, s5 A/None -> 2 of 6
-    assert m["fast"]["agreement"] == pytest.approx(2 / 6) and m["fast"]["paired_n"] == 6
+    # agreement over pairs where both parsed: s0 A=A, s2 C/B, s3 A/C, s4 A=A -> 2 of 4 (s1 None/A and s5 A/None are
+    # not agreements, nor disagreements: 2 of 6 pairs have an unparsed side); generations ("?" when unparsed) are
+    # identical in s0 and s4 only
+    assert m["fast"]["agreement"] == pytest.approx(2 / 4) and m["fast"]["paired_n"] == 6
+    assert m["fast"]["parsed_pairs"] == 4 and m["fast"]["either_unparsed"] == pytest.approx(2 / 6)
+    assert m["fast"]["exact_generation"] == pytest.approx(2 / 6)
     assert m["dense"]["delta"] is None and m["dense"]["is_baseline"]
     d = m["fast"]["delta"]
     assert d.lo <= d.delta <= d.hi and d.hi - d.lo > 0
@@ -68,7 +72,9 @@ def test_numbers_from_stored_rows(tmp_path, headline):
     stem = "accuracy/m/t/fast"
     assert metrics[f"{stem}/accuracy"] == pytest.approx(m["fast"]["accuracy"])
     assert metrics[f"{stem}/delta"] == pytest.approx(d.delta)
-    assert metrics[f"{stem}/agreement"] == pytest.approx(2 / 6)
+    assert metrics[f"{stem}/agreement"] == pytest.approx(2 / 4)
+    assert metrics[f"{stem}/either_unparsed"] == pytest.approx(2 / 6)
+    assert metrics[f"{stem}/exact_generation"] == pytest.approx(2 / 6)
     assert metrics[f"{stem}/unparsed_rate"] == pytest.approx(1 / 6)
 
 
@@ -152,9 +158,21 @@ def test_run_takes_headline_and_budget_from_the_task(ext_registry, tmp_path, sin
     folder = RunFolder.open(out.run_dir)
     (rec,) = folder.manifest().units
     rows = folder.rows(rec.unit, AccuracyRow)
-    assert {r.max_new_tokens for r in rows} == {3} and rec.info == {"headline": "macro", "max_new_tokens": 3}
+    assert {r.max_new_tokens for r in rows} == {3} and rec.info == {
+        "headline": "macro",
+        "max_new_tokens": 3,
+        "protocol": "bsight",
+        "decoding": "greedy",
+    }
+    # each row: the protocol, greedy, the prompt's text hash and its length. The example task's prompt text depends
+    # only on its number of images (the subtask; pixels are not text): equal text, equal hash
+    assert {r.protocol for r in rows} == {"bsight"} and {r.sampling_seed for r in rows} == {None}
+    assert all(len(r.prompt_sha256) == 64 for r in rows)
+    assert all((a.prompt_sha256 == b.prompt_sha256) == (a.subtask == b.subtask) for a in rows for b in rows)
+    assert len({r.subtask for r in rows}) > 1
+    assert all(r.prompt_tokens > 0 for r in rows)
     table = section(folder)
-    assert table["headline"] == "macro"
+    assert table["headline"] == "macro" and (table["protocol"], table["decoding"]) == ("bsight", "greedy")
     assert by_method(table)["dense"]["accuracy"] == pytest.approx(
         stats.macro_accuracy([r.subtask for r in rows], [r.correct for r in rows])
     )
@@ -171,3 +189,23 @@ def test_run_takes_headline_and_budget_from_the_task(ext_registry, tmp_path, sin
         "generated with max_new_tokens=[3] but this session uses 5"
         in RunFolder.open(out.run_dir).manifest().units[0].error
     )
+
+
+def test_two_unparsed_answers_are_not_an_agreement(tmp_path):
+    """A method whose every answer is unparsed, like its baseline's, shows no agreement (not 100%): the agreement
+    is over parsed pairs (none here) and every pair has an unparsed side."""
+    none = [None] * 6
+    run = synthetic_accuracy_run(
+        tmp_path, {"dense": [False] * 6, "fast": [False] * 6}, {"dense": none, "fast": none}, SUBTASKS
+    )
+    table = section(run)
+    fast = by_method(table)["fast"]
+    assert fast["parsed_pairs"] == 0 and fast["either_unparsed"] == 1.0
+    assert fast["agreement"] != fast["agreement"]  # nan: no parsed pair
+    metrics = {x.name for x in JOB.metrics(run, run.manifest().units)}
+    assert "accuracy/m/t/fast/agreement" not in metrics and "accuracy/m/t/fast/either_unparsed" in metrics
+    from bsight.harness.report import render_report
+
+    _, md = render_report(run.root, [JOB])
+    text = md.read_text()
+    assert "either unparsed" in text and "| – (n=0) | 100.0% |" in text  # blank agreement, all pairs unparsed

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +23,7 @@ if not torch.cuda.is_available():
         "TRITON_INTERPRET", "1"
     )  # as tests/test_vertical_slash.py, when this file imports triton first
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "checkpoints"))
-import prompts  # noqa: E402
-import reference_masks  # noqa: E402
-import tiny_vlms  # noqa: E402
-
+from bsight.harness.adapter_kit import prompts, reference_masks, tiny_vlms  # noqa: E402
 from bsight.harness.benchmarks import baselines_sweep  # noqa: E402
 from bsight.harness.interfaces import ModelAdapter, ModelInfo, Prepared, Sample, TextPart  # noqa: E402
 from bsight.harness.plugins import load_registry  # noqa: E402
@@ -591,3 +586,28 @@ def test_sweep_rejects_unknown_names(tmp_path):
         baselines_sweep.parse_args(["--out", str(tmp_path / "x.json"), "--methods", "dense,minference"])
     with pytest.raises(ValueError, match="unknown head category"):
         baselines_sweep.parse_args(["--out", str(tmp_path / "x.json"), "--categories", "doc"])
+
+
+def test_sweep_run_returns_the_document_the_cli_writes(tmp_path):
+    """``run(spec)`` (what the baselines job calls) returns the document the CLI writes, progress through ``log``."""
+    spec = baselines_sweep.SweepSpec(small=True, lengths=[300], reps=1, methods=["dense", "blindsight"])
+    lines: list[str] = []
+    updates: list[int] = []
+    doc = baselines_sweep.run(spec, log=lines.append, on_update=lambda d: updates.append(len(d["rows"])))
+    out = tmp_path / "sweep.json"
+    written = baselines_sweep.main(
+        ["--out", str(out), "--small", "--lengths", "300", "--reps", "1", "--methods", "dense,blindsight"]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(written))
+    assert doc.keys() == written.keys() == {"schema", "provenance", "setup", "rows"}
+    assert doc["provenance"].keys() == written["provenance"].keys() and doc["setup"] == written["setup"]
+    assert [set(r["methods"]) for r in doc["rows"]] == [set(r["methods"]) for r in written["rows"]]
+    assert doc["provenance"]["config"] == written["provenance"]["config"] == spec.model_dump(mode="json")
+    assert doc["provenance"]["command"] == ["bsight.harness.benchmarks.baselines_sweep.run"]
+    assert written["provenance"]["command"][:4] == [
+        "python",
+        "-m",
+        "bsight.harness.benchmarks.baselines_sweep",
+        "--out",
+    ]
+    assert lines == ["[baselines_sweep] 300 tokens ..."] and updates == [1]

@@ -7,24 +7,21 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from pydantic import ValidationError
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "checkpoints"))
-import reference_masks  # noqa: E402
-
 import bsight.kernels.blindsight_attention  # noqa: E402
+from bsight.harness.adapter_kit import reference_masks  # noqa: E402
 from bsight.harness.interfaces import ModelInfo  # noqa: E402
+from bsight.kernels import dispatch  # noqa: E402
 from bsight.kernels.dispatch import LayerCall
 from bsight.kernels.reference import reference_attention  # noqa: E402
 from bsight.kernels.sparsity.categories import Category  # noqa: E402
 from bsight.kernels.sparsity.headmap import HeadMap  # noqa: E402
 from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy  # noqa: E402
 from bsight.kernels.sparsity.metadata import LayoutMeta  # noqa: E402
-from bsight.plugins.methods import blindsight as bs  # noqa: E402
 from bsight.plugins.methods.blindsight import Blindsight  # noqa: E402
 
 HQ, HKV, D = 8, 2, 16
@@ -151,7 +148,7 @@ def test_windows_and_prompts_without_images():
 
 
 def test_the_kernel_gets_the_layer_and_missing_or_partial_kernels_fall_back(monkeypatch, caplog):
-    bs._warned.clear()
+    dispatch._warned.clear()
     row = ["dense", "sink", "intra_image", "intra_image_sink", "dense", "dense", "sink", "intra_image"]
     meta = _meta()
     q, k, v = _qkv(meta.length)
@@ -249,19 +246,23 @@ from bsight.kernels.sparsity.metadata import LayoutMeta
 from bsight.kernels.reference import reference_attention
 from bsight.plugins.methods.blindsight import Blindsight
 
-info = ModelInfo(model_id="m", num_layers=1, num_heads=8, num_kv_heads=2, head_dim=16, sliding_windows=[None], weights="random")
+info = ModelInfo(
+    model_id="m", num_layers=1, num_heads=8, num_kv_heads=2, head_dim=16, sliding_windows=[None], weights="random"
+)
 row = ["dense", "sink", "intra_image", "intra_image_sink", "sink", "dense", "intra_image", "dense"]
-method = Blindsight({"head_map": HeadMap.uniform("m", 1, 8, "dense", SinkPolicy()).model_copy(update={"categories": [row]}),
-                     "kernel": "triton", "fallback": False})
+head_map = HeadMap.uniform("m", 1, 8, "dense", SinkPolicy()).model_copy(update={"categories": [row]})
+method = Blindsight({"head_map": head_map, "kernel": "triton", "fallback": False})
 method.setup(info)
 worst = 0.0
 for bidirectional, window in ((False, None), (True, None), (False, 7)):
     segs = [("text", 5), ("image", 12), ("text", 3), ("image", 9), ("text", 4)]
-    meta = LayoutMeta.build(PromptLayout.from_segments(segs, sinks=SinkPolicy(fraction=0.25), bidirectional=bidirectional))
+    layout = PromptLayout.from_segments(segs, sinks=SinkPolicy(fraction=0.25), bidirectional=bidirectional)
+    meta = LayoutMeta.build(layout)
     q = torch.randn(8, meta.length, 16, dtype=torch.bfloat16)
     k, v = torch.randn(2, meta.length, 16, dtype=torch.bfloat16), torch.randn(2, meta.length, 16, dtype=torch.bfloat16)
     out = method.prefill(q, k, v, meta, LayerCall(layer_idx=0, scale=0.25, window=window))
-    ref = reference_attention(q.float(), k.float(), v.float(), meta, method.head_categories(0), scale=0.25, window=window)
+    cats = method.head_categories(0)
+    ref = reference_attention(q.float(), k.float(), v.float(), meta, cats, scale=0.25, window=window)
     worst = max(worst, (out.float() - ref).abs().max().item())
 print(worst)
 """

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,11 +9,8 @@ import torch.nn.functional as F
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "checkpoints"))
-import prompts  # noqa: E402
-import tiny_vlms  # noqa: E402
-
 from bsight.harness import attention_bridge  # noqa: E402
+from bsight.harness.adapter_kit import prompts, tiny_vlms  # noqa: E402
 from bsight.harness.attention_bridge import AttentionTimer, active_method, attention_forward, mask_function  # noqa: E402
 from bsight.harness.interfaces import AttentionMethod  # noqa: E402
 from bsight.kernels.dispatch import dense_prefill  # noqa: E402

@@ -305,7 +305,21 @@ def test_characterizing_8k_tokens_stays_far_below_sequence_squared_memory():
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
     growth = out["peak_rss_bytes"] - out["baseline_rss_bytes"]
     print(
-        f"8K-token characterization, 1 layer of 28x128 heads: peak RSS {out['peak_rss_bytes'] / 2**20:.0f} MiB, growth {growth / 2**20:.0f} MiB"
+        f"8K-token characterization, 1 layer of 28x128 heads: peak RSS {out['peak_rss_bytes'] / 2**20:.0f} "
+        f"MiB, growth {growth / 2**20:.0f} MiB"
     )
     assert out["tokens"] == 8192 and out["heads"] == 28
     assert growth < 2**30
+
+
+def test_characterization_memory_run_returns_the_document_the_cli_prints(capsys):
+    """``run(spec)`` of the memory benchmark returns what its CLI prints: the measurement and its provenance."""
+    from bsight.harness.benchmarks import characterization_memory as cm
+
+    argv = ["--tokens", "1200", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--head-dim", "16"]
+    doc = cm.run(cm.MemorySpec(tokens=1200, layers=1, heads=2, kv_heads=1, head_dim=16))
+    printed = cm.main(argv)
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(printed))
+    assert doc.keys() == printed.keys() and doc["provenance"].keys() == printed["provenance"].keys()
+    assert doc["tokens"] == printed["tokens"] == 1200 and doc["heads"] == 2 and doc["provenance"]["device"] == "cpu"
+    assert printed["provenance"]["command"] == ["python", "-m", cm.__name__, *argv]

@@ -31,6 +31,10 @@ def test_dry_run_lists_units_and_writes_nothing(ext_registry, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+# every job type the example plugin's environment registers: the built-ins and its own `prompt_stats`
+JOB_TYPES = "accuracy, baselines, characterize, flops, inmodel, planted, prompt_stats, tau_sweep, timing, ttft"
+
+
 def test_bad_config_exits_2_without_traceback(ext_paths, tmp_path):
     data = ext_config(tmp_path / "runs")
     data["methods"]["sw"]["options"]["windw"] = 3
@@ -39,7 +43,7 @@ def test_bad_config_exits_2_without_traceback(ext_paths, tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("bsight: error:")]
     assert errors == [
-        f"bsight: error: {tmp_path / 'bad.yaml'}: jobs[0].type: unknown job type 'acc'; allowed: accuracy, baselines, characterize, flops, planted, tau_sweep, timing, ttft",
+        f"bsight: error: {tmp_path / 'bad.yaml'}: jobs[0].type: unknown job type 'acc'; allowed: {JOB_TYPES}",
         f"bsight: error: {tmp_path / 'bad.yaml'}: methods.sw.options.windw: unknown key; allowed: sinks, window",
     ]
     assert not (tmp_path / "runs").exists()

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_yaml
+from conftest import write_yaml
 
+from bsight.harness.adapter_kit import tiny_vlms  # noqa: E402
 from bsight.harness.cli import main
 from bsight.harness.store import RunFolder
 from bsight.kernels.sparsity.headmap import HeadMap
 from bsight.kernels.sparsity.param_sweep import SweepRow
-
-sys.path.insert(0, str(REPO / "tests" / "fixtures" / "checkpoints"))
-import tiny_vlms  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

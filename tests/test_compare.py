@@ -10,7 +10,7 @@ from conftest import synthetic_accuracy_run
 
 from bsight.harness.cli import main
 from bsight.harness.compare import Comparison, collect_metrics, compare_runs, judge
-from bsight.harness.jobs.base import Metric
+from bsight.harness.jobtypes import Metric
 
 
 def outcomes(n: int, correct: int) -> list[bool]:

@@ -1,6 +1,7 @@
-"""The repository's benchmarks.yaml - the default run of README's first command - runs end to end, and validates and
-plans what the README promises: both real models characterized, a tau sweep on held-out prompts for each, FLOPs under head maps
-that an earlier characterize job writes at a tau its sweep covers, and the CPU jobs (planted, timing, ttft)."""
+"""The repository's benchmarks.yaml - the default run of README's first command - runs end to end, and validates
+and plans what the README promises: both real models characterized, a tau sweep on held-out prompts for each, FLOPs
+under head maps that an earlier characterize job writes at a tau its sweep covers, and the CPU jobs (planted,
+timing, ttft)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from conftest import REPO
 from bsight.harness import provenance as prov
 from bsight.harness.cli import main
 from bsight.harness.config import load_config
-from bsight.harness.jobs.characterize import head_map_writers
 from bsight.harness.plugins import load_registry
 from bsight.harness.runner import plan
 from bsight.harness.store import RunFolder
@@ -42,12 +42,13 @@ def test_later_jobs_use_a_swept_tau_written_by_an_earlier_characterize_job(confi
             assert j < i and char.type == "characterize" and char.tau in spec.taus
             assert spec.task != char.task and config.tasks[spec.task].options["split"] == "heldout"
             assert config.tasks[char.task].options["split"] == "characterization"
-        if spec.type == "flops":
-            writers = head_map_writers(config, before=i)
+        if spec.type == "flops":  # each head map a flops method reads is an earlier characterize job's artifact
+            produced = config.produced(i)
             for method in spec.methods:
                 path = config.methods[method].options.get("head_map")
                 if path is not None:
-                    assert os.path.normpath(path) in writers, path
+                    writer = produced[("head_map", os.path.normpath(path))]
+                    assert specs[writer.job][1].type == "characterize", path
 
 
 def test_dry_run_lists_the_units(config, capsys, monkeypatch):

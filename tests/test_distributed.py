@@ -16,7 +16,7 @@ from bsight.harness.cli import main
 from bsight.harness.config import BenchmarkConfig, PluginRef, parse_config
 from bsight.harness.distributed import Dist, LaunchError, session, shard_indices
 from bsight.harness.jobs.accuracy import AccuracyRow
-from bsight.harness.jobs.base import ResultRow, Unit
+from bsight.harness.jobtypes import ResultRow, Unit
 from bsight.harness.runner import PlanError, check_launch, execute, plan
 from bsight.harness.store import RunFolder, RunStore, Shard, ShardWriter, StoreError, UnitRows
 
@@ -51,7 +51,7 @@ def test_shards_partition_the_items():
     assert (d.is_main, d.broadcast("x"), d.gather("y")) == (True, "x", ["y"])
 
 
-def test_launch_environment_errors_name_the_variable(monkeypatch, tmp_path, capsys):
+def test_launch_environment_errors_name_the_variable(ext_registry, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(
@@ -61,7 +61,7 @@ def test_launch_environment_errors_name_the_variable(monkeypatch, tmp_path, caps
             pass
     monkeypatch.setenv("RANK", "one")
     monkeypatch.chdir(tmp_path)
-    assert main(["run", str(write_yaml(tmp_path / "c.yaml", {}))]) == 2
+    assert main(["run", str(write_yaml(tmp_path / "c.yaml", ext_config(tmp_path / "runs", n=2)))]) == 2
     assert "bsight: error: environment variable RANK='one' is not an integer" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "1")  # a launcher with one process: a plain single-process session
     with session() as d:

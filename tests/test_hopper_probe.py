@@ -22,7 +22,8 @@ def _cases() -> list:
     warp-specialize) with 3 stages is expected to fail: Triton 3.6 on an H100 returned non-finite outputs for it
     (the probe reports this). The masked shape asks for specialization too but does not get it: it passes."""
     miscompiled = pytest.mark.xfail(
-        reason="Triton 3.6, H100: warp-specialized loop with 3 stages returns non-finite outputs (kernels/NOTES.md, round 4)"
+        reason="Triton 3.6, H100: warp-specialized loop with 3 stages returns non-finite outputs "
+        "(kernels/NOTES.md, round 4)"
     )
 
     def expected_to_fail(v: Variant) -> bool:
@@ -100,3 +101,21 @@ def test_compile_only_report_without_gpu(tmp_path) -> None:
         "bsight.harness.benchmarks.hopper_probe",
     ]
     assert str(tmp_path) not in json.dumps(doc["provenance"]), "published provenance must not name this machine's paths"
+
+
+def test_run_returns_the_document_the_cli_writes(tmp_path, monkeypatch, capsys) -> None:
+    """``run(spec)`` returns the document the CLI writes (compilation faked: the command above compiles)."""
+    monkeypatch.setattr(
+        hopper_probe, "compile_report", lambda v, target=None: {"compiled": True, "warp_specialized": False}
+    )
+    lines: list[str] = []
+    doc = hopper_probe.run(hopper_probe.ProbeSpec(compile_only=True, target=90), log=lines.append)
+    out = tmp_path / "probe.json"
+    written = hopper_probe.main(["--compile-only", "--target", "90", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(written, default=str))
+    assert doc.keys() == written.keys() == {"provenance", "setup", "shapes", "rows"}
+    assert doc["setup"] == written["setup"] and doc["shapes"] == written["shapes"] and doc["rows"] == []
+    assert doc["provenance"].keys() == written["provenance"].keys()
+    assert doc["provenance"]["command"] == ["bsight.harness.benchmarks.hopper_probe.run"]
+    assert written["provenance"]["command"][-2:] == ["--out", "probe.json"]
+    assert len(lines) == len(SHAPES) and lines == capsys.readouterr().out.splitlines()

@@ -8,14 +8,14 @@ import json
 import os
 import random
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, kill_run_when, quiet, write_yaml
+from conftest import kill_run_when, quiet, write_yaml
 
+from bsight.harness.adapter_kit import tiny_vlms  # noqa: E402
 from bsight.harness.characterize import characterize_model
 from bsight.harness.config import ConfigError, parse_config
 from bsight.harness.jobs.characterize import SETUP_KEY, CharacterizeJob, CharacterizeRow
@@ -27,9 +27,6 @@ from bsight.kernels.sparsity.headmap import CharacterizationParams, DatasetInfo,
 from bsight.kernels.sparsity.param_sweep import SweepRow, sweep
 from bsight.plugins.models.qwen2_vl import Qwen2VL
 from bsight.plugins.tasks.offline_images import OfflineImages
-
-sys.path.insert(0, str(REPO / "tests" / "fixtures" / "checkpoints"))
-import tiny_vlms  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TASK = {"plugin": "offline_images", "options": {"image_size": 64, "per_subtask": 40}}
@@ -115,11 +112,12 @@ def test_head_map_is_the_library_head_map_of_the_same_prompts(registry, checkpoi
 
     html = (out.run_dir / "index.html").read_text()
     section = re.search(r'<section id="characterization">(.*?)</section>', html, re.S).group(1)
-    assert section.count("<svg") == 3 and "Random-weight model" in section and "maps/qwen.json" in section
+    assert section.count("<svg") == 4 and "Random-weight model" in section and "maps/qwen.json" in section
     assert all(
         (out.run_dir / "plots" / f"characterization-characterize-qwen-{k}.svg").is_file()
-        for k in ("heatmap", "shares", "pareto")
+        for k in ("heatmap", "shares", "choice", "pareto")
     )
+    assert "sink-votes" not in section  # the adapter's sinks: no votes to plot
     metrics = {m.name: m.value for m in CharacterizeJob().metrics(folder, [rec])}
     assert metrics["characterize/qwen/flops_reduction_mean"] == pytest.approx(
         sweep(result, [0.05])[0].flops_reduction_mean

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import random
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, quiet
+from conftest import quiet
 
+from bsight.harness.adapter_kit import tiny_vlms  # noqa: E402
 from bsight.harness.config import ConfigError, parse_config
 from bsight.harness.jobs.flops import FlopsJob, FlopsRow
 from bsight.harness.runner import execute, plan
@@ -29,9 +29,6 @@ from bsight.plugins.models.gemma3 import Gemma3
 from bsight.plugins.models.hf_vlm import HFVLMAdapter
 from bsight.plugins.models.qwen2_vl import Qwen2VL
 from bsight.plugins.tasks.offline_images import OfflineImages
-
-sys.path.insert(0, str(REPO / "tests" / "fixtures" / "checkpoints"))
-import tiny_vlms  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TASK = {"plugin": "offline_images", "options": {"image_size": 64, "per_subtask": 2}}

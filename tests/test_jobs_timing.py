@@ -12,11 +12,13 @@ import pytest
 from conftest import REPO, quiet
 
 from bsight.harness.config import ConfigError, parse_config
-from bsight.harness.jobs.timing import TimingJob, TimingRow, load_published, published_file, timing_context
+from bsight.harness.jobs.published import load_published
+from bsight.harness.jobs.timing import TimingJob, TimingRow, timing_context
 from bsight.harness.jobs.ttft import TTFTRow
 from bsight.harness.report import render_report
 from bsight.harness.runner import execute
 from bsight.harness.store import RunFolder
+from bsight.kernels.sparsity.artifacts import find_published
 
 PUBLISHED = "reports/published/kernel_sweep_h100.json"
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -96,16 +98,16 @@ def test_halves_of_mixed30_are_times_not_speedups():
 
 def test_published_files_resolve_outside_a_checkout(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no reports/ here: the installed package's data is used
-    found = published_file(PUBLISHED)
+    found = find_published(PUBLISHED)
     assert found is not None and json.loads(found.read_text())["rows"]
     assert load_published(PUBLISHED)[1] == load_published(str(REPO / PUBLISHED))[1]
     (tmp_path / "reports" / "published").mkdir(parents=True)
     own = tmp_path / PUBLISHED
     own.write_text(json.dumps({"provenance": {"gpu": "mine"}, "rows": []}))
     assert (
-        json.loads(published_file(PUBLISHED).read_text())["provenance"]["gpu"] == "mine"
+        json.loads(find_published(PUBLISHED).read_text())["provenance"]["gpu"] == "mine"
     )  # the working directory's wins
-    assert published_file("reports/published/none.json") is None and published_file("elsewhere/x.json") is None
+    assert find_published("reports/published/none.json") is None and find_published("elsewhere/x.json") is None
     own.write_text("[1, 2]")
     with pytest.raises(ValueError, match="expected a JSON object"):
         load_published(PUBLISHED)
@@ -210,6 +212,47 @@ def test_measured_sweep_is_durable_per_length_and_resumes(registry, tmp_path, mo
     assert f"{ms[(4096, 'cudnn', 'dense')] / ms[(4096, 'ours', 'intra_image')]:.2f}x" in t
 
 
+def test_kernel_sweep_run_returns_the_document_the_cli_writes(tmp_path, monkeypatch):
+    """``kernel_sweep.run(spec)`` (what the timing job calls) returns the document the CLI writes (run_sweep faked:
+    it needs a GPU), progress through ``log``, with the shared benchmark provenance."""
+    import torch
+
+    import bsight.harness.benchmarks.kernel_sweep as sweep
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Test GPU")
+    calls: list[int] = []
+    monkeypatch.setattr(sweep, "run_sweep", fake_sweep(calls, fail_at=None, ms={}))
+    spec = sweep.KernelSweepSpec(
+        lengths=[1024], layouts=["peers"], methods=["ours", "cudnn"], configs={"b": [64, 64, 4, 2]}
+    )
+    doc = sweep.run(spec, log=lambda line: None)
+    out = tmp_path / "sweep.json"
+    written = sweep.main(
+        [
+            "--out",
+            str(out),
+            "--lengths",
+            "1024",
+            "--layouts",
+            "peers",
+            "--methods",
+            "ours,cudnn",
+            "--configs",
+            "b=64/64/4/2",
+        ]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(written, default=str))
+    assert out.with_suffix(".md").read_text().startswith("# BlindSight kernel timing sweep, Test GPU")
+    assert doc.keys() == written.keys() == {"provenance", "setup", "rows", "targets"}
+    assert doc["setup"] == written["setup"] and set(doc["setup"]["configs"]) == {"default", "b"}
+    assert doc["rows"] == written["rows"] and doc["targets"] == written["targets"]
+    prov = written["provenance"]
+    assert doc["provenance"].keys() == prov.keys() >= {"gpu", "git_commit", "date", "torch", "triton", "command"}
+    assert prov["gpu"] == "Test GPU" and prov["command"][:5] == ["python", "-m", sweep.__name__, "--out", "sweep.json"]
+    assert doc["provenance"]["command"] == [f"{sweep.__name__}.run"] and calls == [1024, 1024]
+
+
 # -------------------------------------------------------------------------------------------- TTFT
 
 
@@ -239,11 +282,31 @@ def test_ttft_section_renders_from_the_script_output(registry, tmp_path, small_t
     assert "No data in this run" not in s
 
 
+def test_ttft_run_returns_the_document_the_cli_writes(small_ttft):
+    """``ttft.run(spec)`` (what the ttft job calls) returns the document the CLI writes, progress through ``log``."""
+    from bsight.harness.benchmarks import ttft
+
+    written = json.loads(small_ttft.read_text())
+    lines: list[str] = []
+    updates: list[int] = []
+    doc = ttft.run(
+        ttft.TTFTBenchSpec(small=True, lengths=[200]), log=lines.append, on_update=lambda d: updates.append(1)
+    )
+    doc = json.loads(json.dumps(doc))  # as written (tuples become lists)
+    assert doc.keys() == written.keys() and doc["setup"].keys() == written["setup"].keys()
+    assert doc["provenance"].keys() == written["provenance"].keys()
+    assert [e.keys() for e in doc["lengths"]] == [e.keys() for e in written["lengths"]]
+    assert doc["head_map"] == written["head_map"] and doc["model"] == written["model"]
+    assert written["provenance"]["command"].startswith("python -m bsight.harness.benchmarks.ttft --small --lengths 200")
+    assert doc["provenance"]["command"] == "bsight.harness.benchmarks.ttft.run"
+    assert any(line.startswith("200 tokens, dense: ") for line in lines) and len(updates) >= 3
+
+
 def test_ttft_without_a_file_says_so_and_small_runs_measure(registry, tmp_path, monkeypatch):
-    import bsight.harness.jobs.timing as timing
+    import bsight.kernels.sparsity.artifacts as artifacts
 
     monkeypatch.chdir(tmp_path)  # no reports/ here, and no packaged results either (until the GPU run lands):
-    monkeypatch.setattr(timing, "PUBLISHED_PACKAGE", "bsight.harness")
+    monkeypatch.setattr(artifacts, "PUBLISHED_PACKAGE", "bsight.harness")
     out = run(
         registry,
         tmp_path,
@@ -256,9 +319,7 @@ def test_ttft_without_a_file_says_so_and_small_runs_measure(registry, tmp_path, 
     (row,) = folder.rows(small.unit, TTFTRow)
     assert row.source == "measured" and row.tokens == 160 and row.dense["ttft_ms"] > 0 and row.blindsight["ttft_ms"] > 0
     assert "tiny config" in small.info["meta"]["model"]["weights"]
-    assert re.search(
-        r"--out ttft\.json --lengths 160 ", small.info["meta"]["provenance"]["command"]
-    )  # no temporary path kept
+    assert small.info["meta"]["provenance"]["command"] == "bsight.harness.benchmarks.ttft.run"  # no argv round trip
     render_report(folder)
     s = text(sections_of((out.run_dir / "index.html").read_text())["timing"])
     assert "No TTFT data: not measured in this run (source: published)" in s and "reports/published/ttft_h100.json" in s

@@ -42,7 +42,8 @@ MEDIUM = None if GPU else KernelConfig(block_m=32, block_n=32, num_warps=4, num_
 def _kernel_runs_here():
     if not GPU and not interpreting():
         pytest.fail(
-            "no GPU and the kernel is compiled: set TRITON_INTERPRET=1 before triton is first imported (e.g. in CI's env)"
+            "no GPU and the kernel is compiled: set TRITON_INTERPRET=1 before triton is first imported (e.g. "
+            "in CI's env)"
         )
 
 
@@ -112,7 +113,10 @@ def check(
     meta = LayoutMeta.build(layout, DEVICE)
     S, hq = layout.length, len(categories)
     cats = torch.tensor(categories, dtype=torch.int32)
-    ctx = f"{label} seed={seed} S={S} cats={categories} hkv={hkv} d={d} window={window} spans={[(s.start, s.end) for s in layout.spans]}"
+    ctx = (
+        f"{label} seed={seed} S={S} cats={categories} hkv={hkv} d={d} window={window} "
+        f"spans={[(s.start, s.end) for s in layout.spans]}"
+    )
 
     def run(q, k, v):
         out = torch.full_like(q, float("nan"))

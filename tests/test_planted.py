@@ -67,7 +67,8 @@ def test_characterization_recovers_planted_categories(recovered):
     planted, found, _ = recovered
     matrix = confusion_matrix(planted, found)
     print(
-        f"\nplanted vs recovered, {LAYERS} layers x {HEADS} heads, tau={DEFAULT_PARAMS.tau}:\n{format_confusion(matrix)}"
+        f"\nplanted vs recovered, {LAYERS} layers x {HEADS} heads, "
+        f"tau={DEFAULT_PARAMS.tau}:\n{format_confusion(matrix)}"
     )
     assert matrix.sum() == LAYERS * HEADS
     assert all(matrix[c].sum() > 0 for c in range(len(Category)))  # every category was planted

@@ -25,16 +25,18 @@ def test_real_run_report_is_self_contained(ext_run):
     assert not re.search(r'(href|url\()\s*=?\s*"?(https?:)?//', html)
     s = sections_of(html)
     assert list(s) == [
+        "results",  # the combined table, from results.json
         "accuracy",
         "flops",
         "characterization",
         "timing",
         "tau_sweep",
         "baselines",
+        "prompt_stats",  # the example plugin's own job type: a new section, after the built-ins'
         "units",
         "provenance",
     ]
-    for key in ("flops", "characterization", "timing", "tau_sweep", "baselines"):
+    for key in ("flops", "characterization", "timing", "tau_sweep", "baselines", "prompt_stats"):
         assert "No data in this run." in s[key]
     assert "tiny on bright" in s["accuracy"] and "Random-weight model" in s["accuracy"]
     assert s["accuracy"].count("<svg") == 1 and "sw" in s["accuracy"]
@@ -52,7 +54,7 @@ def test_real_run_report_is_self_contained(ext_run):
         "## Provenance",
     ):
         assert title in md
-    assert md.count("_No data in this run._") == 5
+    assert md.count("_No data in this run._") == 6
 
 
 def test_accuracy_numbers_match_the_rows(tmp_path):
@@ -71,13 +73,19 @@ def test_accuracy_numbers_match_the_rows(tmp_path):
     d = stats.paired_bootstrap(meth, base, resamples=2000, seed=5)
     row = re.search(r"<tr>\s*<td class=\"l\">fast</td>(.*?)</tr>", acc, re.S).group(1)
     cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td>(.*?)</td>", row, re.S)]
-    assert cells[:6] == [
+    # agreement over the pairs where both answers parsed, then the share of pairs with an unparsed side, then the
+    # share of identical generations (the synthetic generation is the answer, "?" when unparsed)
+    parsed = [(a, b) for a, b in zip(answers_m, answers_b) if a is not None and b is not None]
+    same = [(a or "?") == (b or "?") for a, b in zip(answers_m, answers_b)]
+    assert cells[:8] == [
         fmt_pct(stats.accuracy(meth)),
         fmt_pct(d.delta, signed=True),
         f"[{fmt_pct(d.lo, signed=True)}, {fmt_pct(d.hi, signed=True)}]",
         str(n),
         str(stats.unparsed(answers_m)),
-        fmt_pct(stats.agreement(answers_m, answers_b)),
+        f"{fmt_pct(np.mean([a == b for a, b in parsed]))} (n={len(parsed)})",
+        fmt_pct(1 - len(parsed) / n),
+        fmt_pct(np.mean(same)),
     ]
     by = stats.by_group(subtasks, meth)
     assert f'{fmt_pct(by["x"][0])} <span class="muted">(n={by["x"][1]})</span>' in acc

@@ -24,7 +24,8 @@ def browser(tmp_path_factory):
     if CHROMIUM is None or DRIVER is None:
         if os.environ.get("CI"):
             pytest.fail(
-                "chromium and chromedriver must be installed in CI (.ci/run installs Debian's chromium and chromium-driver)"
+                "chromium and chromedriver must be installed in CI (.ci/run installs Debian's chromium and "
+                "chromium-driver)"
             )
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     from selenium import webdriver

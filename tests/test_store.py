@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bsight.harness.jobs.base import ResultRow, Unit
+from bsight.harness.jobtypes import ResultRow, Unit
 from bsight.harness.store import RunFolder, RunStore, StoreError, UnitRows
 
 
@@ -75,12 +75,18 @@ def test_torn_last_line_is_cut_and_appending_continues(tmp_path):
     assert list(UnitRows(path, Row, writable=False)) == rows
 
 
-def test_corrupt_complete_line_names_file_and_line(tmp_path):
+def test_corrupt_complete_line_is_named_and_set_aside(tmp_path):
+    """A complete line that does not parse is left out and named (file line); a writer moves it to
+    ``.rejected`` so its sample is redone instead of the whole run stopping."""
     path = tmp_path / "u.jsonl"
-    good = random_rows(1)[0].model_dump_json()
-    path.write_text(f'{good}\n{{"key": 3}}\n')
-    with pytest.raises(StoreError, match=r"u\.jsonl:2: not a valid Row row"):
-        UnitRows(path, Row)
+    rows = random_rows(2)
+    path.write_text(f'{rows[0].model_dump_json()}\n{{"key": 3}}\n{rows[1].model_dump_json()}\n')
+    reader = UnitRows(path, Row, writable=False)
+    assert list(reader) == rows and reader.problems and reader.problems[0].startswith("line 2:")
+    UnitRows(path, Row).close()
+    assert list(UnitRows(path, Row, writable=False)) == rows
+    assert UnitRows(path, Row, writable=False).problems == []
+    assert (tmp_path / "u.jsonl.rejected").read_text() == '{"key": 3}\n'
 
 
 def test_wrong_row_type_is_refused(tmp_path):

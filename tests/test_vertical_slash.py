@@ -28,7 +28,8 @@ def vs():
     """The kernel module; without a GPU its Triton kernel must be interpreted."""
     if not torch.cuda.is_available() and not _vs._is_interpreted():
         pytest.fail(
-            "no GPU and the Triton kernel is compiled: set TRITON_INTERPRET=1 before triton is first imported (e.g. in CI's env)"
+            "no GPU and the Triton kernel is compiled: set TRITON_INTERPRET=1 before triton is first imported "
+            "(e.g. in CI's env)"
         )
     return _vs
 

@@ -16,6 +16,9 @@ diagonals and first keys, what an estimate on local attention selects, its best 
 fixed by ``top_k`` whatever the inputs. ``--small`` runs a reduced shape on the CPU in seconds (checks the
 script, not timings). The JSON is rewritten after every length, so a run cut short keeps what it finished;
 ``--append`` adds lengths measured by a later command to the same file.
+
+As a library: :func:`run` takes a :class:`SweepSpec` and returns the document the CLI writes (schema, provenance,
+setup, rows); importing this module loads no Triton and no plugin (they are imported where a sweep runs).
 """
 
 from __future__ import annotations
@@ -23,26 +26,30 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bsight.kernels.dispatch import LayerCall
+from bsight.harness.provenance import benchmark_provenance, cli_command
+from bsight.kernels.dispatch import LayerCall, sync
 from bsight.kernels.sparsity.categories import Category
 from bsight.kernels.sparsity.flops import pair_counts
 from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy
 from bsight.kernels.sparsity.metadata import LayoutMeta
-from bsight.plugins.methods.flex import FlexRunner, categories_mask
-from bsight.plugins.methods.mminference import HeadPattern, MMInference
-from bsight.plugins.methods.streaming import streaming_mask, streaming_pair_count
 
-METHODS = ("dense", "blindsight", "flex", "mminference", "streaming")
+logger = logging.getLogger(__name__)
+SCHEMA = "bsight.baselines_sweep/1"
+Method = Literal["dense", "blindsight", "flex", "mminference", "streaming"]
+METHODS: tuple[str, ...] = get_args(Method)
 PEER_LENGTHS = (36864, 73728, 147456, 301056)
 # vertical-slash estimated on random inputs scatters its diagonals (its worst case); a_shape with the same
 # budgets puts them on the nearest diagonals and first keys, what an estimate on local attention selects
@@ -71,6 +78,43 @@ GPU = Shape(28, 4, 128, 64, 16, 1024, 4, "bfloat16", PEER_LENGTHS, 1000, 6096, 1
 SMALL = Shape(4, 2, 64, 64, 16, 128, 4, "float32", (1024, 2048), 64, 256, 4, 16, 256)
 
 
+class SweepSpec(BaseModel):
+    """What one sweep measures (the CLI's flags, ``--out`` and ``--append`` aside)."""
+
+    model_config = ConfigDict(extra="forbid")
+    small: bool = Field(False, description="reduced shape on the CPU (checks the script, not timings)")
+    lengths: list[int] | None = Field(None, min_length=1, description="prompt lengths; default the shape's")
+    methods: list[Method] = Field(list(METHODS), min_length=1)
+    categories: list[str] = Field(["intra_image_sink"], min_length=1, description="head categories timed")
+    mm_patterns: list[str] = Field(list(MM_PATTERNS), min_length=1, description="MMInference pattern:boundary")
+    reps: int = Field(5, ge=1, description="timed runs per point (median)")
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, categories: list[str]) -> list[str]:
+        for c in categories:
+            Category.parse(c)
+        return categories
+
+    @field_validator("mm_patterns")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        from bsight.plugins.methods.mminference import HeadPattern
+
+        for spec in patterns:
+            pattern, _, boundary = spec.partition(":")
+            HeadPattern(pattern=pattern, boundary=boundary or "none")
+        return patterns
+
+    @property
+    def shape(self) -> Shape:
+        return SMALL if self.small else GPU
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu" if self.small else "cuda")
+
+
 def peers_layout(length: int, shape: Shape) -> PromptLayout:
     """``prefix`` text, then as many (label, image) pairs as fit before a question of at least ``prefix``."""
     n = (length - 2 * shape.prefix) // (shape.label + shape.image)
@@ -88,10 +132,10 @@ class Timer:
 
     def first(self, fn: Callable[[], object]) -> tuple[float, object]:
         """Seconds of one synchronized call (the first call: compilation included), and its result."""
-        self._sync()
+        sync(self.device)
         t0 = time.perf_counter()
         out = fn()
-        self._sync()
+        sync(self.device)
         return time.perf_counter() - t0, out
 
     def ms(self, fn: Callable[[], object]) -> float:
@@ -101,10 +145,6 @@ class Timer:
 
             return float(do_bench(fn, warmup=est, rep=(self.reps + 0.5) * est, return_mode="median"))
         return statistics.median(1e3 * self.first(fn)[0] for _ in range(self.reps))
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
 
 def _guard(record: dict, fn: Callable[[], None]) -> None:
@@ -122,7 +162,11 @@ def _reduction(kept_per_head: float, dense_per_head: int) -> float:
     return 1.0 - kept_per_head / dense_per_head
 
 
-def sweep_length(length: int, shape: Shape, args: argparse.Namespace, device: torch.device, timer: Timer) -> dict:
+def sweep_length(length: int, shape: Shape, args: SweepSpec, device: torch.device, timer: Timer) -> dict:
+    from bsight.plugins.methods.flex import FlexRunner, categories_mask
+    from bsight.plugins.methods.mminference import HeadPattern, MMInference
+    from bsight.plugins.methods.streaming import streaming_mask, streaming_pair_count
+
     layout = peers_layout(length, shape)
     dtype = getattr(torch, shape.dtype)
     meta = LayoutMeta.build(layout, device)
@@ -276,24 +320,51 @@ def _with(ctx, fn: Callable[[], object]) -> object:
         return fn()
 
 
-def _provenance(args: argparse.Namespace, device: torch.device) -> dict:
-    from bsight.harness.provenance import collect
+def run(
+    spec: SweepSpec,
+    *,
+    log: Callable[[str], None] | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Measure every length of ``spec``; returns the sweep document ``{schema, provenance, setup, rows}``.
 
-    config = {k: v for k, v in vars(args).items() if k != "out"}
+    ``log``: progress lines (default: this module's logger at INFO). ``on_update``: called with the document
+    after every length (the CLI rewrites its file, so that a run cut short keeps what it finished).
+    ``command``: the CLI's command line for the provenance (None: called as a library).
+    """
+    log = log or logger.info
+    shape, device = spec.shape, spec.device
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device: run on the GPU, or set small for the CPU check")
+    lengths = list(spec.lengths or shape.lengths)
+    config = spec.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    prov = collect("baselines_sweep", digest, "").model_dump(mode="json")
-    out_arg = str(args.out)
-    # no machine paths in results: the output file and the script by their names only
-    scrub = lambda cmd: [Path(c).name if c == out_arg or i == 0 else c for i, c in enumerate(cmd)]  # noqa: E731
-    prov["command"] = scrub(prov["command"])
-    for s in prov["sessions"]:
-        s["command"] = scrub(s["command"])
-    prov.pop("host", None)
-    for s in prov["sessions"]:
-        s.pop("host", None)
-    prov["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    prov["config"] = config
-    return prov
+    prov = benchmark_provenance("baselines_sweep", command, device, extra={"config_hash": digest, "config": config})
+    prov.update(started=prov["date"], ended=None)
+    timer = Timer(spec.reps, device)
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "provenance": prov,
+        "setup": {
+            "shape": asdict(shape),
+            "lengths": lengths,
+            "reps": spec.reps,
+            "timing": "median ms; triton.testing.do_bench on CUDA"
+            if device.type == "cuda"
+            else "median ms; wall clock",
+            "inputs": "random q/k/v; one layer's attention forward, batch 1",
+            "flops": "kept query-key pairs per head x 4 x head_dim; reduction against the model's own causal mask",
+        },
+        "rows": [],
+    }
+    for length in lengths:
+        log(f"[baselines_sweep] {length} tokens ...")
+        doc["rows"].append(sweep_length(length, shape, spec, device, timer))
+        prov["ended"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if on_update is not None:
+            on_update(doc)
+    return doc
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -316,50 +387,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = sorted(set(args.methods) - set(METHODS))
     if bad:
         p.error(f"unknown methods {bad}; allowed: {', '.join(METHODS)}")
-    for c in args.categories:
-        Category.parse(c)
-    for spec in args.mm_patterns:
-        pattern, _, boundary = spec.partition(":")
-        HeadPattern(pattern=pattern, boundary=boundary or "none")
+    args.spec = SweepSpec(
+        small=args.small,
+        lengths=args.lengths,
+        methods=args.methods,
+        categories=args.categories,
+        mm_patterns=args.mm_patterns,
+        reps=args.reps,
+    )  # a bad category or pattern is a ValueError naming it
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    shape = SMALL if args.small else GPU
-    device = torch.device("cpu" if args.small else "cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
+    """The CLI: parse ``argv`` into a :class:`SweepSpec`, :func:`run` it, write the JSON after every length
+    (with ``--append``, merged with the rows of the existing file) and print the table; returns the document."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(given)
+    if args.spec.device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on the GPU, or pass --small for the CPU check")
-    lengths = args.lengths or list(shape.lengths)
-    timer = Timer(args.reps, device)
-    result = {
-        "schema": "bsight.baselines_sweep/1",
-        "provenance": _provenance(args, device),
-        "setup": {
-            "shape": asdict(shape),
-            "lengths": lengths,
-            "reps": args.reps,
-            "timing": "median ms; triton.testing.do_bench on CUDA"
-            if device.type == "cuda"
-            else "median ms; wall clock",
-            "inputs": "random q/k/v; one layer's attention forward, batch 1",
-            "flops": "kept query-key pairs per head x 4 x head_dim; reduction against the model's own causal mask",
-        },
-        "rows": [],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    lengths = list(args.spec.lengths or args.spec.shape.lengths)
     earlier: list[dict] = []
+    earlier_prov: list[dict] | None = None
     if args.append and args.out.is_file():
         previous = json.loads(args.out.read_text())
         earlier = [r for r in previous.get("rows", []) if r["tokens"] not in lengths]
-        result["earlier_provenance"] = previous.get("earlier_provenance", []) + [previous["provenance"]]
-    for length in lengths:
-        print(f"[baselines_sweep] {length} tokens ...", file=sys.stderr, flush=True)
-        result["rows"].append(sweep_length(length, shape, args, device, timer))
-        result["provenance"]["ended"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        rows = sorted(earlier + result["rows"], key=lambda r: r["tokens"])
-        args.out.write_text(json.dumps({**result, "rows": rows}, indent=1) + "\n")
-    return {**result, "rows": sorted(earlier + result["rows"], key=lambda r: r["tokens"])}
+        earlier_prov = previous.get("earlier_provenance", []) + [previous["provenance"]]
+
+    def merged(doc: dict[str, Any]) -> dict[str, Any]:
+        out = {**doc, "rows": sorted(earlier + doc["rows"], key=lambda r: r["tokens"])}
+        if earlier_prov is not None:
+            out["earlier_provenance"] = earlier_prov
+        return out
+
+    def save(doc: dict[str, Any]) -> None:
+        args.out.write_text(json.dumps(merged(doc), indent=1) + "\n")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    doc = merged(
+        run(
+            args.spec,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+            on_update=save,
+            command=cli_command("baselines_sweep", given, args.out),
+        )
+    )
+    print(table(doc))
+    return doc
+
+
+def table(doc: dict[str, Any]) -> str:
+    """Markdown: attention ms and FLOPs reduction per length and method."""
+    lines = ["| tokens | method | attention ms | FLOPs reduction | note |", "|---|---|---|---|---|"]
+    for row in doc["rows"]:
+        for name, rec in row["methods"].items():
+            ms = f"{rec['attention_ms']:.3f}" if "attention_ms" in rec else "-"
+            red = f"{rec['flops_reduction']:.1%}" if "flops_reduction" in rec else "-"
+            lines.append(f"| {row['tokens']:,} | {name} | {ms} | {red} | {rec.get('error', '')} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ are made one layer at a time and characterized with :func:`characterize_layers`,
 them over. The process's peak resident set size is read from the kernel, so run this in a fresh process::
 
     python -m bsight.harness.benchmarks.characterization_memory --tokens 36864 --layers 28
+
+As a library: :func:`run` takes a :class:`MemorySpec` and returns the document the CLI prints (one JSON object:
+the measurement and its provenance).
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from bsight.harness.characterize import characterize_layers
+from bsight.harness.provenance import benchmark_provenance, cli_command
 from bsight.kernels.dispatch import LayerCall
 from bsight.kernels.sparsity.layout import PromptLayout
 from bsight.kernels.sparsity.planted import realistic_layout
@@ -95,8 +102,42 @@ def measure_characterization_memory(
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+class MemorySpec(BaseModel):
+    """The model shape and prompt length characterized (the CLI's flags)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tokens: int = Field(ge=1, description="prompt length")
+    layers: int = Field(28, ge=1)
+    heads: int = Field(28, ge=1)
+    kv_heads: int = Field(4, ge=1)
+    head_dim: int = Field(128, ge=1)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    chunk_size: int = Field(256, ge=1)
+    seed: int = 0
+
+
+def run(spec: MemorySpec, *, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """:func:`measure_characterization_memory` of ``spec``, with the provenance (taken after the measurement, so
+    that it does not touch the baseline); ``command``: the CLI's command line (None: called as a library)."""
+    out: dict[str, Any] = measure_characterization_memory(
+        spec.tokens,
+        spec.layers,
+        spec.heads,
+        spec.kv_heads,
+        spec.head_dim,
+        dtype=getattr(torch, spec.dtype),
+        chunk_size=spec.chunk_size,
+        seed=spec.seed,
+    )
+    out["provenance"] = benchmark_provenance("characterization_memory", command, "cpu")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """The CLI: parse ``argv`` into a :class:`MemorySpec`, :func:`run` it and print the document as one JSON line."""
+    ap = argparse.ArgumentParser(
+        prog="python -m bsight.harness.benchmarks.characterization_memory", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--tokens", type=int, required=True)
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--heads", type=int, default=28)
@@ -104,11 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--chunk-size", type=int, default=256)
-    a = ap.parse_args(argv)
-    out = measure_characterization_memory(
-        a.tokens, a.layers, a.heads, a.kv_heads, a.head_dim, dtype=getattr(torch, a.dtype), chunk_size=a.chunk_size
-    )
-    print(json.dumps(out))
+    given = list(sys.argv[1:] if argv is None else argv)
+    spec = MemorySpec(**vars(ap.parse_args(given)))
+    doc = run(spec, command=cli_command("characterization_memory", given))
+    print(json.dumps(doc))
+    return doc
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ it. Results and the analysis of the first run are in kernels/NOTES.md (round 4).
 
     python -m bsight.harness.benchmarks.hopper_probe --out hopper_probe_h100.json [--lengths 36864,73728]
     python -m bsight.harness.benchmarks.hopper_probe --compile-only --target 90   # no GPU needed: shapes only
+
+As a library: :func:`run` takes a :class:`ProbeSpec` and returns the document the CLI writes.
 """
 
 from __future__ import annotations
@@ -27,14 +29,17 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import triton
 import triton.language as tl
+from pydantic import BaseModel, ConfigDict, Field
 
+from bsight.harness.provenance import benchmark_provenance, cli_command
 from bsight.kernels.triton_fwd import _scores, _softmax_step
 
 HEADS, KV_HEADS, HEAD_DIM = 28, 4, 128  # peers.md's shape (Qwen2-VL 7B)
@@ -338,12 +343,60 @@ def run_probe(lengths: Sequence[int], log=print) -> list[dict]:
                 )
             )
             log(
-                f"{S:>8,} {variant.name:40s} {ms:9.3f} ms {rows[-1]['tflops']:5.0f} TFLOP/s  err {err:.1e}  not finite {nonfinite:.1%}"
+                f"{S:>8,} {variant.name:40s} {ms:9.3f} ms {rows[-1]['tflops']:5.0f} TFLOP/s  "
+                f"err {err:.1e}  not finite {nonfinite:.1%}"
             )
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+class ProbeSpec(BaseModel):
+    """What one probe run measures (the CLI's flags, ``--out`` aside)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lengths: list[int] = Field([36864, 73728], description="prompt lengths timed (multiples of BLOCK_M)")
+    compile_only: bool = Field(False, description="only compile the shapes (no GPU needed with a target)")
+    target: int | None = Field(None, description="CUDA compute capability to compile for, e.g. 90 (default: the GPU's)")
+
+
+def run(
+    spec: ProbeSpec, *, log: Callable[[str], None] | None = None, command: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Compile :data:`SHAPES` and (unless ``compile_only``) time :data:`TIMED`; returns the document
+    ``{provenance, setup, shapes, rows}``. ``log``: one line per shape and timed variant (default: none).
+    ``command``: the CLI's command line for the provenance (None: called as a library)."""
+    from triton.backends.compiler import GPUTarget
+
+    log = log or (lambda line: None)
+    target = GPUTarget("cuda", spec.target, 32) if spec.target else None
+    if target is None and not torch.cuda.is_available():
+        raise RuntimeError("no CUDA GPU here: set compile_only and a target (90) to compile the shapes for an H100")
+    prov = benchmark_provenance("hopper_probe", command)
+    shapes = []
+    for variant in SHAPES:
+        shapes.append(dict(**asdict(variant), **compile_report(variant, target)))
+        log(
+            f"{variant.name:55s} {'compiled' if shapes[-1]['compiled'] else 'FAILED':9s} "
+            f"warp-specialized: {shapes[-1]['warp_specialized']}"
+            + (f"  ({shapes[-1]['error']})" if not shapes[-1]["compiled"] else "")
+        )
+    rows = [] if spec.compile_only else run_probe(spec.lengths, log=log)
+    return {
+        "provenance": prov,
+        "setup": {
+            "heads": [HEADS, KV_HEADS],
+            "head_dim": HEAD_DIM,
+            "dtype": "bfloat16",
+            "block": [BLOCK_M, BLOCK_N],
+            "target": spec.target,
+        },
+        "shapes": shapes,
+        "rows": rows,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The CLI: parse ``argv`` into a :class:`ProbeSpec`, :func:`run` it (a line per shape and timed variant on
+    stdout) and write the JSON when ``--out`` is given; returns the document."""
     ap = argparse.ArgumentParser(
         prog="python -m bsight.harness.benchmarks.hopper_probe", description=__doc__.split("\n")[0]
     )
@@ -353,49 +406,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument(
         "--target", type=int, default=None, help="CUDA compute capability to compile for, e.g. 90 (default: the GPU's)"
     )
-    args = ap.parse_args(argv)
-    from triton.backends.compiler import GPUTarget
-
-    from bsight.harness.benchmarks.kernel_sweep import _provenance
-
-    target = GPUTarget("cuda", args.target, 32) if args.target else None
-    if target is None and not torch.cuda.is_available():
-        raise SystemExit("no CUDA GPU here: pass --compile-only --target 90 to compile the shapes for an H100")
-    shapes = []
-    for variant in SHAPES:
-        shapes.append(dict(**asdict(variant), **compile_report(variant, target)))
-        print(
-            f"{variant.name:55s} {'compiled' if shapes[-1]['compiled'] else 'FAILED':9s} warp-specialized: {shapes[-1]['warp_specialized']}"
-            + (f"  ({shapes[-1]['error']})" if not shapes[-1]["compiled"] else ""),
-            flush=True,
-        )
-    rows = (
-        []
-        if args.compile_only
-        else run_probe([int(x) for x in args.lengths.split(",")], log=lambda s: print(s, flush=True))
+    given = list(argv if argv is not None else sys.argv[1:])
+    args = ap.parse_args(given)
+    spec = ProbeSpec(
+        lengths=[int(x) for x in args.lengths.split(",")], compile_only=args.compile_only, target=args.target
     )
+    if spec.target is None and not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU here: pass --compile-only --target 90 to compile the shapes for an H100")
+    doc = run(spec, log=lambda line: print(line, flush=True), command=cli_command("hopper_probe", given, args.out))
     if args.out:
-        given = list(argv if argv is not None else sys.argv[1:])
-        command = [
-            "python",
-            "-m",
-            "bsight.harness.benchmarks.hopper_probe",
-            *(Path(a).name if a == args.out else a for a in given),
-        ]
-        doc = {
-            "provenance": _provenance(command),
-            "setup": {
-                "heads": [HEADS, KV_HEADS],
-                "head_dim": HEAD_DIM,
-                "dtype": "bfloat16",
-                "block": [BLOCK_M, BLOCK_N],
-                "target": args.target,
-            },
-            "shapes": shapes,
-            "rows": rows,
-        }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(doc, indent=1, default=str))
+    return doc
 
 
 if __name__ == "__main__":

@@ -23,32 +23,36 @@ head map (routed to cuDNN) are timed interleaved, call by call (:func:`_bench_in
 the metadata build (``LayoutMeta.build`` and the kernel's tile plan), and whether a new prompt length
 compiled anything; recorded: each compiled kernel's registers, spills and shared memory.
 
-``run_sweep(...)`` returns the rows (``tokens, layout, method, category, ms`` plus context);
-``python -m bsight.harness.benchmarks.kernel_sweep --out FILE`` writes them with provenance and the targets of the kernel issue.
+``run_sweep(...)`` returns the rows (``tokens, layout, method, category, ms`` plus context); ``run(spec)`` (a
+:class:`KernelSweepSpec`) returns the whole document (provenance, setup, rows, targets of the kernel issue) that
+``python -m bsight.harness.benchmarks.kernel_sweep --out FILE`` writes. Importing this module loads no Triton.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
-import os
 import random
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
-from bsight.kernels.blindsight_attention import KernelConfig, blindsight_attention, cudnn_takes_gqa, default_config
-from bsight.kernels.plan import build_plan
+from bsight.harness.provenance import benchmark_provenance, cli_command
 from bsight.kernels.sparsity.categories import SPARSE_CATEGORIES, Category
 from bsight.kernels.sparsity.layout import PromptLayout, SinkPolicy
 from bsight.kernels.sparsity.metadata import LayoutMeta
 
+if TYPE_CHECKING:  # the kernel modules load Triton: imported where a sweep runs
+    from bsight.kernels.blindsight_attention import KernelConfig
+
+logger = logging.getLogger(__name__)
 LENGTHS = (36_864, 73_728, 147_456, 301_056)
 LAYOUTS = ("peers", "mixed")
 METHODS = ("ours", "cudnn", "fa2", "flex")
@@ -104,37 +108,6 @@ def kept_pairs(meta: LayoutMeta, category: Category) -> int:
         else:
             total += n * glob_before[i] + n * (n + 1) // 2
     return total
-
-
-def _provenance(command: Sequence[str]) -> dict:
-    def git(*args: str) -> str | None:
-        try:
-            return (
-                subprocess.run(
-                    ["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent
-                ).stdout.strip()
-                or None
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    import triton
-
-    dirty = git("status", "--porcelain")
-    return {
-        "git_commit": os.environ.get("BSIGHT_GIT_COMMIT") or git("rev-parse", "HEAD"),
-        "git_dirty": (os.environ.get("BSIGHT_GIT_DIRTY") == "1")
-        if "BSIGHT_GIT_DIRTY" in os.environ
-        else (None if dirty is None else bool(dirty)),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "python": sys.version.split()[0],
-        "command": list(command),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def _bench(calls: Sequence[Callable[[], object]], runs: int = 3, slow_ms: float = 200.0) -> float:
@@ -353,6 +326,7 @@ def _check_full_size(
 ) -> float:
     """Max relative error over sampled rows (every head) against an explicit float32 softmax on the exact
     mask (``masks.head_mask``): catches indexing errors at large offsets without an S x S reference."""
+    from bsight.kernels.blindsight_attention import blindsight_attention
     from bsight.kernels.sparsity.masks import head_mask
 
     S, dev = meta.length, q.device
@@ -411,6 +385,9 @@ def run_sweep(
     """
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from bsight.kernels.blindsight_attention import blindsight_attention, cudnn_takes_gqa, default_config
+    from bsight.kernels.plan import build_plan
 
     t_start = time.perf_counter()
     elapsed = lambda: time.perf_counter() - t_start  # noqa: E731
@@ -492,7 +469,8 @@ def run_sweep(
                     ms=_timed_ms(lambda c=c, m=meta: build_plan(m, c.block_m, None)),
                 )
             log(
-                f"S={S} {lay_name}: {layout.num_images} images; LayoutMeta.build {meta_ms:.2f} ms, plan {rows[-1]['ms']:.2f} ms"
+                f"S={S} {lay_name}: {layout.num_images} images; "
+                f"LayoutMeta.build {meta_ms:.2f} ms, plan {rows[-1]['ms']:.2f} ms"
             )
             pairs = {c.label: kept_pairs(meta, c) for c in Category}
             if "ours" in methods and li == 0:
@@ -543,7 +521,8 @@ def run_sweep(
                             passed=ok,
                         )
                         log(
-                            f"S={S} {lay_name} [{cname}] sampled-row check: max rel err {err:.2e} {'ok' if ok else 'FAILED'}"
+                            f"S={S} {lay_name} [{cname}] sampled-row check: "
+                            f"max rel err {err:.2e} {'ok' if ok else 'FAILED'}"
                         )
                     maps = {k: v for k, v in head_maps.items() if k != "dense"}
                     maps["mixed30_serial"] = mixed  # dense heads' SDPA, then the kernel
@@ -576,7 +555,8 @@ def run_sweep(
                         )
                         ms_of[hm] = ms
                         log(
-                            f"S={S} {lay_name} ours[{cname}] {hm}: {ms:.3f} ms ({r['tflops_kept']:.0f} TFLOP/s on kept pairs)"
+                            f"S={S} {lay_name} ours[{cname}] {hm}: {ms:.3f} ms "
+                            f"({r['tflops_kept']:.0f} TFLOP/s on kept pairs)"
                         )
                         if hm == "dense_in_kernel":
                             once[("ours:" + cname, hm)] = ms
@@ -641,7 +621,8 @@ def run_sweep(
                         query_chunks=masks.chunks,
                     )
                     log(
-                        f"S={S} {lay_name} flex create_block_mask (H=4, compiled, static shapes, {masks.chunks} query chunks) {masks.build_s:.1f} s"
+                        f"S={S} {lay_name} flex create_block_mask (H=4, compiled, static shapes, "
+                        f"{masks.chunks} query chunks) {masks.build_s:.1f} s"
                     )
                     for hm in ("sink", "intra_image", "intra_image_sink", "mixed30"):
                         bm = masks.for_heads(head_maps[hm])
@@ -809,9 +790,10 @@ def markdown(doc: dict) -> str:
     out = [
         f"# BlindSight kernel timing sweep, {prov.get('gpu')}",
         "",
-        f"Written by `{' '.join(prov.get('command', []))}` on {prov.get('date')} at commit {commit}: torch {prov.get('torch')}, "
-        f"Triton {prov.get('triton')}, CUDA {prov.get('cuda')}, cuDNN {prov.get('cudnn')}. Rows, targets and provenance: the JSON "
-        "beside this page. Setup and methods: the docstring of `bsight.harness.benchmarks.kernel_sweep`; analysis: kernels/NOTES.md."
+        f"Written by `{' '.join(prov.get('command', []))}` on {prov.get('date')} at commit {commit}: "
+        f"torch {prov.get('torch')}, Triton {prov.get('triton')}, CUDA {prov.get('cuda')}, cuDNN {prov.get('cudnn')}. "
+        "Rows, targets and provenance: the JSON beside this page. Setup and methods: the docstring of "
+        "`bsight.harness.benchmarks.kernel_sweep`; analysis: kernels/NOTES.md."
         + (f" Note: {prov['provenance_note']}." if prov.get("provenance_note") else ""),
         "",
         "## Times, ms",
@@ -844,7 +826,77 @@ def markdown(doc: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+class KernelSweepSpec(BaseModel):
+    """What one sweep measures (the CLI's flags, ``--out`` aside); see :func:`run_sweep` for each field."""
+
+    model_config = ConfigDict(extra="forbid")
+    lengths: list[int] = Field(list(LENGTHS), min_length=1, description="prompt lengths (tokens)")
+    layouts: list[Literal["peers", "mixed"]] = Field(list(LAYOUTS), min_length=1)
+    methods: list[Literal["ours", "cudnn", "fa2", "flex"]] = Field(list(METHODS), min_length=1)
+    configs: dict[str, list[int]] = Field(
+        {}, description="extra kernel configs to time: name -> [BM, BN, warps, stages(, maxnreg)]"
+    )
+    check: bool = Field(True, description="check the kernel against an explicit-mask reference on sampled rows")
+    kernel_dense_upto: int = Field(0, ge=0, description="also time dense heads inside our kernel up to this length")
+    flex_until_s: float | None = Field(None, description="skip FlexAttention points after this many seconds")
+    stop_after_s: float | None = Field(None, description="skip all points after this many seconds")
+
+    def kernel_configs(self) -> dict[str, KernelConfig]:
+        """The kernel's default config, then the extra ones."""
+        from bsight.kernels.blindsight_attention import KernelConfig, default_config
+
+        return {"default": default_config(128), **{n: KernelConfig(*c) for n, c in self.configs.items()}}
+
+
+def run(
+    spec: KernelSweepSpec,
+    *,
+    log: Callable[[str], None] | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Run the sweep of ``spec`` (:func:`run_sweep`); returns the document ``{provenance, setup, rows, targets}``.
+
+    ``log``: progress lines (default: this module's logger at INFO). ``on_update``: called with the document
+    after every point. ``command``: the CLI's command line for the provenance (None: called as a library).
+    """
+    configs = spec.kernel_configs()
+    prov = benchmark_provenance("kernel_sweep", command)
+
+    def document(rows: list[dict]) -> dict[str, Any]:
+        return {
+            "provenance": prov,
+            "setup": {
+                "heads": [28, 4],
+                "head_dim": 128,
+                "dtype": "bfloat16",
+                "sinks_per_image": SINKS,
+                "label_tokens": LABEL,
+                "configs": {n: vars(c) for n, c in configs.items()},
+                "mixed30_head_map": mixed_head_map(28),
+            },
+            "rows": rows,
+            "targets": targets(rows),
+        }
+
+    rows = run_sweep(
+        lengths=spec.lengths,
+        layouts=spec.layouts,
+        methods=spec.methods,
+        configs=configs,
+        check=spec.check,
+        kernel_dense_upto=spec.kernel_dense_upto,
+        flex_until_s=spec.flex_until_s,
+        stop_after_s=spec.stop_after_s,
+        log=log or logger.info,
+        on_rows=None if on_update is None else lambda rows: on_update(document(rows)),
+    )
+    return document(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The CLI: parse ``argv`` into a :class:`KernelSweepSpec`, :func:`run` it, write the JSON and its Markdown
+    page (after every point) and print the table and the targets; returns the document."""
     ap = argparse.ArgumentParser(
         prog="python -m bsight.harness.benchmarks.kernel_sweep", description=__doc__.split("\n")[0]
     )
@@ -863,64 +915,46 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--flex-until", type=float, default=None, help="skip FlexAttention points after this many seconds")
     ap.add_argument("--stop-after", type=float, default=None, help="skip all points after this many seconds")
-    args = ap.parse_args(argv)
+    given = list(argv if argv is not None else sys.argv[1:])
+    args = ap.parse_args(given)
+    spec = KernelSweepSpec(
+        lengths=[int(x) for x in args.lengths.split(",")],
+        layouts=args.layouts.split(","),
+        methods=args.methods.split(","),
+        configs={
+            name: [int(x) for x in cfg.split("/")]
+            for name, cfg in (item.split("=") for item in filter(None, args.configs.split(",")))
+        },
+        check=not args.no_check,
+        kernel_dense_upto=args.kernel_dense_upto,
+        flex_until_s=args.flex_until,
+        stop_after_s=args.stop_after,
+    )
     if not torch.cuda.is_available():
         raise SystemExit("the timing sweep needs a CUDA GPU")
-    configs = {"default": default_config(128)}
-    for item in filter(None, args.configs.split(",")):
-        name, spec = item.split("=")
-        configs[name] = KernelConfig(*(int(x) for x in spec.split("/")))
-    given = list(argv if argv is not None else sys.argv[1:])
-    # the output file by name only: a machine's absolute paths do not belong in published results
-    command = [
-        "python",
-        "-m",
-        "bsight.harness.benchmarks.kernel_sweep",
-        *(Path(a).name if a == args.out else a for a in given),
-    ]
-    prov = _provenance(command)
     out = Path(args.out)
 
-    def save(rows: list[dict]) -> None:
-        doc = {
-            "provenance": prov,
-            "setup": {
-                "heads": [28, 4],
-                "head_dim": 128,
-                "dtype": "bfloat16",
-                "sinks_per_image": SINKS,
-                "label_tokens": LABEL,
-                "configs": {n: vars(c) for n, c in configs.items()},
-                "mixed30_head_map": mixed_head_map(28),
-            },
-            "rows": rows,
-            "targets": targets(rows),
-        }
+    def save(doc: dict[str, Any]) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(doc, indent=1, default=str)
         out.write_text(text)
         out.with_suffix(".md").write_text(markdown(json.loads(text)))  # the page from the JSON as written
 
-    rows = run_sweep(
-        lengths=[int(x) for x in args.lengths.split(",")],
-        layouts=args.layouts.split(","),
-        methods=args.methods.split(","),
-        configs=configs,
-        check=not args.no_check,
-        kernel_dense_upto=args.kernel_dense_upto,
-        flex_until_s=args.flex_until,
-        stop_after_s=args.stop_after,
+    doc = run(
+        spec,
         log=lambda s: print(s, flush=True),
-        on_rows=save,
+        on_update=save,
+        command=cli_command("kernel_sweep", given, args.out),
     )
-    save(rows)
-    print(table(rows))
-    for t in targets(rows):
+    save(doc)
+    print(table(doc["rows"]))
+    for t in doc["targets"]:
         verdict = {True: "MET ", False: "MISS", None: "?   "}[t["met"]]
         ratio = "-" if t["ratio"] is None else f"{t['ratio']:.2f}"
         print(
             f"{verdict} {t['target']} @ {t['tokens']} {t['layout']} {t.get('category', '')}: {ratio} (need {t['need']})"
         )
+    return doc
 
 
 if __name__ == "__main__":

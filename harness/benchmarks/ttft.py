@@ -21,6 +21,8 @@ What is real and what is not (also written into the JSON):
   measured with CUDA events around every prefill attention call of the bridge; peak memory is
   ``torch.cuda.max_memory_allocated`` of the run. MLPs run in chunks of ``--mlp-chunk`` tokens (row-wise, same
   result) so that 300K-token prefill fits in 80 GB; both methods run identically apart from attention.
+
+As a library: :func:`run` takes a :class:`TTFTBenchSpec` and returns the document the CLI writes.
 """
 
 from __future__ import annotations
@@ -29,23 +31,25 @@ import argparse
 import hashlib
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
+from bsight.harness.provenance import benchmark_provenance, cli_command
+from bsight.kernels.dispatch import sync
 from bsight.kernels.sparsity.artifacts import tool_version
 
-log = logging.getLogger("bsight.ttft")
+logger = logging.getLogger("bsight.ttft")
 
 MODEL_ID = "Qwen/Qwen2-VL-7B-Instruct"
 # config.json of Qwen/Qwen2-VL-7B-Instruct on the hub (architecture only; weights here are random)
@@ -286,11 +290,6 @@ def build_prompt(
 # ---------------------------------------------------------------------------------------------- timing
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def pick_sdpa_backend(info, length: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """Time each SDPA backend (GQA via enable_gqa or expanded K/V) on one causal attention call of the
     model's shape and return the fastest that works, with every candidate's time."""
@@ -309,10 +308,10 @@ def pick_sdpa_backend(info, length: int, device: torch.device, dtype: torch.dtyp
         key = f"{backend}{'+expand_kv' if expand else '+enable_gqa'}"
         try:
             causal_sdpa(q, k, v, info.head_dim**-0.5, backend, expand)  # warm-up (cuDNN builds its graph)
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             causal_sdpa(q, k, v, info.head_dim**-0.5, backend, expand)
-            _sync(device)
+            sync(device)
             times[key] = 1e3 * (time.perf_counter() - t0)
         except RuntimeError as e:
             times[key] = f"unavailable: {str(e).splitlines()[0][:120]}"
@@ -336,11 +335,11 @@ def timed_prefill(adapter, prepared, method, device: torch.device) -> dict[str, 
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     out = adapter.forward(prepared, method, logits_to_keep=1, use_cache=True, timer=timer)
     token = int(out.logits[0, -1].argmax())
-    _sync(device)
+    sync(device)
     ttft = 1e3 * (time.perf_counter() - t0)
     attention = timer.total_ms()
     del out
@@ -370,7 +369,7 @@ def warm_attention(method, info, prepared, device: torch.device, dtype: torch.dt
     k = torch.randn(info.num_kv_heads, S, info.head_dim, device=device, dtype=dtype)
     for layer in range(min(info.num_layers, 2)):
         method.prefill(q, k, k, meta, LayerCall(layer_idx=layer, scale=info.head_dim**-0.5))
-    _sync(device)
+    sync(device)
     del q, k
 
 
@@ -384,30 +383,21 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- provenance
 
 
-def provenance(argv: list[str], device: torch.device, git_commit: str | None = None) -> dict[str, Any]:
-    """Code, environment and command of this measurement (``git_commit`` for copies without ``.git``)."""
-    from bsight.harness.provenance import git_state, package_versions
-
-    commit, dirty = git_state()
-    prov: dict[str, Any] = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m bsight.harness.benchmarks.ttft " + " ".join(argv),
-        "git_commit": commit or git_commit or "unknown",
-        "git_dirty": dirty,
-        "python": platform.python_version(),
-        "packages": package_versions(),
-        "device": str(device),
-    }
+def provenance(command: Sequence[str] | None, device: torch.device, git_commit: str | None = None) -> dict[str, Any]:
+    """Code, environment and command of this measurement (:func:`~bsight.harness.provenance.benchmark_provenance`;
+    the command as one string, ``created``, the GPU's memory and compute capability); ``git_commit`` for copies
+    without ``.git``."""
+    prov = benchmark_provenance("ttft", command, device)
+    prov["command"] = " ".join(prov["command"])
+    prov["created"] = prov["date"]
+    commit = prov["git_commit"]
+    prov["git_commit"] = commit or git_commit or "unknown"
     if git_commit and commit and git_commit != commit:
         prov["git_commit_given"] = git_commit
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         prov.update(
-            gpu=props.name,
-            gpu_memory_gib=round(props.total_memory / 2**30, 1),
-            cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-            compute_capability=f"{props.major}.{props.minor}",
+            gpu_memory_gib=round(props.total_memory / 2**30, 1), compute_capability=f"{props.major}.{props.minor}"
         )
     return prov
 
@@ -424,21 +414,54 @@ def kernel_status(device: torch.device) -> str:
         return "reference"
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+class TTFTBenchSpec(BaseModel):
+    """What one TTFT measurement runs (the CLI's flags, ``--out`` aside)."""
+
+    model_config = ConfigDict(extra="forbid")
+    small: bool = Field(False, description="tiny Qwen2-VL config on the CPU: checks the whole path in seconds")
+    lengths: list[int] | None = Field(None, min_length=1, description="prompt lengths in tokens; default the script's")
+    dense_share: float = Field(0.3, ge=0, le=1, description="share of dense heads in the random head map")
+    seed: int = 0
+    repeats: int = Field(1, ge=1, description="timed prefills per length and method (median reported)")
+    mlp_chunk: int = Field(32_768, ge=1, description="tokens per MLP chunk")
+    budget_s: float = Field(420.0, description="skip runs that would start after this many seconds")
+    warmup_tokens: int = Field(4096, ge=1, description="length of the untimed warm-up prefill")
+    device: str | None = Field(None, description="default: cuda if available (cpu when small)")
+    git_commit: str | None = Field(None, description="commit to record when the checkout has no .git")
+    allow_reference: bool = Field(
+        False, description="time blindsight on the float32 reference if the kernel is missing"
+    )
+
+
+def run(
+    spec: TTFTBenchSpec,
+    *,
+    log: Callable[[str], None] | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Measure TTFT per length of ``spec``; returns the document ``{benchmark, model, provenance, setup, head_map,
+    images, kernel, sdpa_backend, lengths, fallback_warnings}``.
+
+    ``log``: progress lines (default: the ``bsight.ttft`` logger at INFO). ``on_update``: called with the document
+    after every step (the CLI rewrites its file, so partial results survive). ``command``: the CLI's command line
+    for the provenance (None: called as a library).
+    """
+    from bsight.kernels import dispatch
     from bsight.kernels.sparsity.layout import SinkPolicy
-    from bsight.plugins.methods import blindsight as bs
     from bsight.plugins.methods.blindsight import Blindsight
     from bsight.plugins.methods.dense import Dense
     from bsight.plugins.models.qwen2_vl import Qwen2VL
 
+    log = log or logger.info
     started = time.perf_counter()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.small else "cpu"))
-    dtype = torch.float32 if args.small else torch.bfloat16
-    config = SMALL_CONFIG if args.small else QWEN2_VL_7B_CONFIG
-    lengths = args.lengths or (SMALL_LENGTHS if args.small else LENGTHS)
+    device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() and not spec.small else "cpu"))
+    dtype = torch.float32 if spec.small else torch.bfloat16
+    config = SMALL_CONFIG if spec.small else QWEN2_VL_7B_CONFIG
+    lengths = spec.lengths or (SMALL_LENGTHS if spec.small else LENGTHS)
     weights = (
         "random (tiny config for --small)"
-        if args.small
+        if spec.small
         else "random bf16 (Qwen2-VL-7B-Instruct architecture from its config.json; NOT trained)"
     )
     result: dict[str, Any] = {
@@ -449,42 +472,42 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "weights": weights,
             "config": config,
         },
-        "provenance": provenance(argv, device, args.git_commit),
+        "provenance": provenance(command, device, spec.git_commit),
         "setup": {
             "dtype": str(dtype).replace("torch.", ""),
-            "mlp_chunk_tokens": args.mlp_chunk,
+            "mlp_chunk_tokens": spec.mlp_chunk,
             "kv_cache": True,
-            "repeats": args.repeats,
+            "repeats": spec.repeats,
             "text_tokens": "random ids in the chat-template structure (no tokenizer files available)",
-            "ttft": "inputs on the device -> first token id: vision tower, M-RoPE indices, layout metadata, prefill, last-position logits",
+            "ttft": "inputs on the device -> first token id: vision tower, M-RoPE indices, layout metadata, prefill, "
+            "last-position logits",
         },
         "lengths": [],
     }
-    out_path = Path(args.out)
 
     def save() -> None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=1) + "\n")
+        if on_update is not None:
+            on_update(result)
 
     t0 = time.perf_counter()
-    model = build_model(config, device, dtype, args.seed)
+    model = build_model(config, device, dtype, spec.seed)
     result["setup"]["model_build_s"] = time.perf_counter() - t0
-    result["setup"]["mlps_chunked"] = chunk_mlps(model, args.mlp_chunk)
+    result["setup"]["mlps_chunked"] = chunk_mlps(model, spec.mlp_chunk)
     adapter = Qwen2VL({"checkpoint": MODEL_ID, "device": str(device)})
     adapter.attach(model, None, model_id=MODEL_ID, weights="random")
     info = adapter.info
     sinks: SinkPolicy = adapter.layout_spec().sinks
-    head_map = random_head_map(info, args.dense_share, args.seed, sinks)
+    head_map = random_head_map(info, spec.dense_share, spec.seed, sinks)
     digest = hashlib.sha256(json.dumps(head_map.categories).encode()).hexdigest()
     result["head_map"] = {
         "kind": "random, for timing only",
-        "seed": args.seed,
-        "dense_share": args.dense_share,
+        "seed": spec.seed,
+        "dense_share": spec.dense_share,
         "shares": head_map.shares(),
         "categories_sha256": digest,
         "sink_policy": sinks.model_dump(),
     }
-    images = process_images(SMALL_IMAGE_SIZES if args.small else IMAGE_SIZES, dtype, args.seed)
+    images = process_images(SMALL_IMAGE_SIZES if spec.small else IMAGE_SIZES, dtype, spec.seed)
     result["images"] = [
         {"size": list(i.size), "grid_thw": i.grid, "tokens": i.tokens, "process_ms": i.process_ms} for i in images
     ]
@@ -494,7 +517,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
     backend = pick_sdpa_backend(info, lengths[0], device, dtype)
     result["sdpa_backend"] = backend
-    strict = device.type == "cuda" and not args.allow_reference  # never time the float32 reference by accident
+    strict = device.type == "cuda" and not spec.allow_reference  # never time the float32 reference by accident
     methods = {
         "dense": Dense({"backend": backend["backend"], "expand_kv": backend["expand_kv"]}),
         "blindsight": Blindsight({"head_map": head_map, "fallback": not strict}),
@@ -507,7 +530,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         methods.pop("blindsight")
     # one untimed prefill per method on a short prompt: every layer's kernels compiled, libraries initialized
     t0 = time.perf_counter()
-    inputs, _ = build_prompt(min(lengths[0], args.warmup_tokens), images, config, args.seed)
+    inputs, _ = build_prompt(min(lengths[0], spec.warmup_tokens), images, config, spec.seed)
     warm = adapter.prepared(inputs)
     for method in methods.values():
         adapter.forward(warm, method, logits_to_keep=1, use_cache=True)
@@ -517,7 +540,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     for length in lengths:
         entry: dict[str, Any] = {"target_tokens": length}
         result["lengths"].append(entry)
-        inputs, stats = build_prompt(length, images, config, args.seed + length)
+        inputs, stats = build_prompt(length, images, config, spec.seed + length)
         entry.update(stats)
         t0 = time.perf_counter()
         prepared = adapter.prepared(inputs)
@@ -527,28 +550,28 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             if name not in methods:
                 entry[name] = {"skipped": skipped[name]}
                 continue
-            if time.perf_counter() - started > args.budget_s:
-                entry[name] = {"skipped": f"time budget of {args.budget_s:.0f} s spent"}
+            if time.perf_counter() - started > spec.budget_s:
+                entry[name] = {"skipped": f"time budget of {spec.budget_s:.0f} s spent"}
                 continue
             method = methods[name]
             try:
                 warm_attention(method, info, prepared, device, dtype)
-                entry[name] = summarize([timed_prefill(adapter, prepared, method, device) for _ in range(args.repeats)])
+                entry[name] = summarize([timed_prefill(adapter, prepared, method, device) for _ in range(spec.repeats)])
             except torch.cuda.OutOfMemoryError as e:
                 entry[name] = {"error": f"out of memory: {str(e).splitlines()[0]}"}
             except (RuntimeError, NotImplementedError, ValueError) as e:  # record and go on with the other runs
                 entry[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-                log.exception("%d tokens, %s failed", length, name)
+                log(f"{length} tokens, {name} failed:\n{traceback.format_exc()}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            log.info("%d tokens, %s: %s", length, name, {k: v for k, v in entry[name].items() if k != "runs"})
+            log(f"{length} tokens, {name}: { ({k: v for k, v in entry[name].items() if k != 'runs'}) }")
             save()
         d, b = entry["dense"], entry["blindsight"]
         if "ttft_ms" in d and "ttft_ms" in b:
             entry["speedup"] = {"ttft": d["ttft_ms"] / b["ttft_ms"], "attention": d["attention_ms"] / b["attention_ms"]}
         del prepared
         save()
-    result["fallback_warnings"] = sorted(bs._warned)
+    result["fallback_warnings"] = dispatch.fallback_warnings()
     result["setup"]["total_s"] = time.perf_counter() - started
     save()
     return result
@@ -556,7 +579,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     rows = [
-        "| tokens | images | method | TTFT ms | attention ms | attention share | peak GiB | TTFT speedup | attention speedup |",
+        "| tokens | images | method | TTFT ms | attention ms | attention share | peak GiB | TTFT speedup "
+        "| attention speedup |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in result["lengths"]:
@@ -564,20 +588,24 @@ def table(result: dict[str, Any]) -> str:
             r = e.get(name, {})
             if "ttft_ms" not in r:
                 rows.append(
-                    f"| {e['tokens']:,} | {e['images']} | {name} | {r.get('skipped') or r.get('error') or '-'} | | | | | |"
+                    f"| {e['tokens']:,} | {e['images']} | {name} "
+                    f"| {r.get('skipped') or r.get('error') or '-'} | | | | | |"
                 )
                 continue
             sp = e.get("speedup", {}) if name == "blindsight" else {}
             peak = f"{r['peak_allocated_gib']:.1f}" if "peak_allocated_gib" in r else "-"
             speed = [f"{sp[k]:.2f}x" if k in sp else "" for k in ("ttft", "attention")]
             rows.append(
-                f"| {e['tokens']:,} | {e['images']} | {name} | {r['ttft_ms']:.0f} | {r['attention_ms']:.0f} | {r['attention_share']:.0%} | "
+                f"| {e['tokens']:,} | {e['images']} | {name} | {r['ttft_ms']:.0f} | {r['attention_ms']:.0f} "
+                f"| {r['attention_share']:.0%} | "
                 f"{peak} | {speed[0]} | {speed[1]} |"
             )
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI: parse ``argv`` into a :class:`TTFTBenchSpec`, :func:`run` it (the JSON rewritten after every
+    step) and print the table."""
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m bsight.harness.benchmarks.ttft", description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -605,12 +633,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0 <= args.dense_share <= 1:
         p.error("--dense-share must be in [0, 1]")
+    spec = TTFTBenchSpec(**{k: v for k, v in vars(args).items() if k != "out"})
+    out = Path(args.out)
+
+    def save(result: dict[str, Any]) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    result = run(args, argv)
+    result = run(spec, log=logger.info, on_update=save, command=cli_command("ttft", argv, args.out))
     print(table(result))
     print(
         f"\nweights: {result['model']['weights']}; head map: {result['head_map']['kind']}; kernel: {result['kernel']}; "
-        f"SDPA backend: {result['sdpa_backend']['backend']} (expand_kv={result['sdpa_backend']['expand_kv']}); written to {args.out}"
+        f"SDPA backend: {result['sdpa_backend']['backend']} (expand_kv={result['sdpa_backend']['expand_kv']}); "
+        f"written to {args.out}"
     )
     return 0
 

@@ -7,28 +7,49 @@ data-parallel session splits each unit's samples over its ranks.
 The report pairs each method with the baseline (``dense``) on the samples both answered: the task's headline
 score as upstream reports it (``Task.headline``: ``micro`` over samples, ``macro`` = mean of per-subtask
 accuracies), its change vs the baseline with a paired bootstrap CI (stratified by subtask for ``macro``), the
-share of samples whose extracted answer agrees with the baseline's, unparsed generations, and a per-subtask
-breakdown.
+agreement of the extracted answers with the baseline's over the pairs where both parsed (two unparsed answers
+are not an agreement), the share of pairs where either side is unparsed, the share of identical generations,
+unparsed generations, and a per-subtask breakdown. This job computes no teacher-forced KL (the tau sweep does).
+
+Every table names the task's scoring protocol (``protocol`` task option: prompt, decoding and extraction; see
+``plugins/tasks/protocols.py``). A protocol that samples (``Task.decoding().temperature > 0``) is run seeded: each
+sample's seed derives from the run seed and the sample id, so every method samples with the same seed and a
+resumed or sharded run reproduces it. Each row stores the prompt's text hash (the decoded model input of
+:func:`bsight.harness.prompts_cmd.prompt_record`), its length in tokens and the raw generation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from bsight.harness import stats
-from bsight.harness.jobs.base import (
+from bsight.harness.hookspecs import hookimpl
+from bsight.harness.interfaces import Sampling
+from bsight.harness.jobs.answering import (
+    DEFAULT_MAX_NEW_TOKENS,
+    AccuracyRow,
+    Headline,
+    check_budget,
+    greedy_answer,
+    run_seed,
+    sample_seed,
+)
+from bsight.harness.jobtypes import (
+    ACCURACY_TABLE,
+    Artifact,
     ConfigIssue,
     JobSpec,
     JobType,
     Metric,
-    ResultRow,
     SectionData,
     Unit,
     fingerprint,
+    inputs_identity,
+    job_index,
+    methods_consume,
     name_issues,
     selected,
 )
@@ -36,13 +57,8 @@ from bsight.harness.plots import Plot, interval_plot, make_plot
 
 if TYPE_CHECKING:
     from bsight.harness.config import BenchmarkConfig
-    from bsight.harness.interfaces import AttentionMethod, ModelAdapter, Prepared, Sample, Task
     from bsight.harness.runner import RunContext
     from bsight.harness.store import RunFolder, UnitRecord, UnitRowSet
-
-
-DEFAULT_MAX_NEW_TOKENS = 16  # for tasks that declare no default_max_new_tokens
-Headline = Literal["micro", "macro"]
 
 
 class AccuracySpec(JobSpec):
@@ -57,38 +73,13 @@ class AccuracySpec(JobSpec):
         ge=1,
         description=f"tokens to generate; default: the task's default_max_new_tokens, else {DEFAULT_MAX_NEW_TOKENS}",
     )
-    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for the paired CI")
+    bootstrap: int = Field(2000, ge=100, le=1_000_000, description="bootstrap resamples for the paired CI")
     confidence: float = Field(0.95, gt=0, lt=1)
-
-
-class AccuracyRow(ResultRow):
-    """One generated answer. ``key`` is the sample id."""
-
-    sample_id: str
-    task: str
-    subtask: str
-    model: str
-    method: str
-    weights: Literal["trained", "random"]
-    prompt_tokens: int
-    generation: str
-    extracted: str | None
-    rule: str
-    gold: str
-    correct: bool
-    prefill_s: float
-    total_s: float
-    overhead_ms: dict[str, float]
-    max_new_tokens: int | None = None  # the generation budget used (None in rows of older runs)
-
-
-def run_seed(run: RunFolder) -> int:
-    """The run's seed, which also seeds the bootstrap so a re-rendered report shows the same CIs."""
-    return int(run.config_data().get("run", {}).get("seed", 0))
 
 
 class AccuracyJob(JobType):
     type = "accuracy"
+    report_order = 10
     Spec = AccuracySpec
     Row = AccuracyRow
     section = "accuracy"
@@ -102,17 +93,18 @@ class AccuracyJob(JobType):
             issues.append(
                 ConfigIssue(
                     ("baseline",),
-                    f"{spec.baseline!r} is not among this job's methods ({', '.join(methods) or 'none'}); add it or set baseline: null",
+                    f"{spec.baseline!r} is not among this job's methods ({', '.join(methods) or 'none'}); add "
+                    "it or set baseline: null",
                 )
             )
         return issues
 
-    def expand(self, spec: AccuracySpec, config: BenchmarkConfig) -> list[Unit]:
-        from bsight.harness.jobs.baselines import method_pattern_identity
-        from bsight.harness.jobs.flops import method_head_map_identity
+    def consumes(self, spec: AccuracySpec, config: BenchmarkConfig) -> list[tuple[tuple[str | int, ...], Artifact]]:
+        return methods_consume(config, selected(spec, config, "methods"))
 
+    def expand(self, spec: AccuracySpec, config: BenchmarkConfig) -> list[Unit]:
         units = []
-        index = next((i for i, s in enumerate(config.jobs) if s is spec), len(config.jobs))
+        index = job_index(spec, config)
         methods = selected(spec, config, "methods")
         if spec.baseline is not None:  # the baseline first, so partial runs have something to compare with
             methods = [spec.baseline] + [m for m in methods if m != spec.baseline]
@@ -121,14 +113,7 @@ class AccuracyJob(JobType):
                 for method in methods:
                     # a head map re-characterized (or patterns re-searched) by an earlier job of this run makes the
                     # method's answers stale
-                    inputs = [
-                        i
-                        for i in (
-                            method_head_map_identity(config, method, index),
-                            method_pattern_identity(config, method, index),
-                        )
-                        if i is not None
-                    ]
+                    inputs = inputs_identity(config, method, index)
                     fp = fingerprint(
                         self.type,
                         config.models[model].model_dump(),
@@ -154,10 +139,16 @@ class AccuracyJob(JobType):
         adapter, method, task = ctx.model(unit.model), ctx.method(unit.method), ctx.task(unit.task)
         method.setup(adapter.info)
         samples = ctx.samples(unit.task, spec.limit)
-        max_new_tokens = spec.max_new_tokens or task.default_max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        decoding = task.decoding()
+        max_new_tokens = spec.max_new_tokens or decoding.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         check_budget(rows, max_new_tokens, unit)
         ctx.expect(len(samples))
-        ctx.note(headline=task.headline, max_new_tokens=max_new_tokens)
+        ctx.note(
+            headline=task.headline,
+            max_new_tokens=max_new_tokens,
+            protocol=task.protocol,
+            decoding="greedy" if decoding.greedy else f"sampling, temperature {decoding.temperature:g}, seeded",
+        )
         mine = ctx.shard(samples, key=lambda s: s.id)
         todo = [s for s in mine if s.id not in rows.done]
         with ctx.progress(unit.id, total=len(mine), completed=len(mine) - len(todo)) as bar:
@@ -174,6 +165,9 @@ class AccuracyJob(JobType):
                         model=unit.model,
                         method_name=unit.method,
                         task_name=unit.task,
+                        sampling=None
+                        if decoding.greedy
+                        else Sampling(decoding.temperature, sample_seed(ctx.seed, sample.id), decoding.top_p),
                     )
                 )
                 bar.advance()
@@ -188,11 +182,23 @@ class AccuracyJob(JobType):
             spec: AccuracySpec = self.spec_of(rec)
             g = groups.setdefault(
                 (u.job, u.model, u.task),
-                {"job": u.job, "model": u.model, "task": u.task, "spec": spec, "methods": {}, "headline": "micro"},
+                {
+                    "job": u.job,
+                    "model": u.model,
+                    "task": u.task,
+                    "spec": spec,
+                    "methods": {},
+                    "headline": "micro",
+                    "protocol": None,
+                    "decoding": None,
+                },
             )
             g["methods"][u.method] = {"record": rec, "rows": {r.key: r for r in run.rows(u, AccuracyRow)}}
             if "headline" in rec.info:  # what the task declared when it ran (one task per group)
                 g["headline"] = rec.info["headline"]
+            for key in ("protocol", "decoding"):  # runs before protocols were named record none
+                if key in rec.info:
+                    g[key] = rec.info[key]
         return list(groups.values())
 
     def _method_stats(self, group: dict, seed: int) -> list[dict]:
@@ -217,6 +223,9 @@ class AccuracyJob(JobType):
                 "is_baseline": name == spec.baseline,
                 "delta": None,
                 "agreement": None,
+                "either_unparsed": None,
+                "exact_generation": None,
+                "parsed_pairs": 0,
                 "paired_n": 0,
                 "prefill_ms": float(np.median([r.prefill_s for r in rows.values()]) * 1e3) if rows else float("nan"),
                 "overhead_ms": float(np.mean([sum(r.overhead_ms.values()) for r in rows.values()]))
@@ -233,14 +242,19 @@ class AccuracyJob(JobType):
                     seed=seed,
                     groups=[rows[k].subtask for k in keys] if headline == "macro" else None,
                 )
+                agree = stats.answer_agreement(
+                    [rows[k].extracted for k in keys],
+                    [base["rows"][k].extracted for k in keys],
+                    [rows[k].generation for k in keys],
+                    [base["rows"][k].generation for k in keys],
+                )
                 item.update(
                     delta=d,
                     paired_n=d.n,
-                    agreement=stats.agreement(
-                        [rows[k].extracted for k in keys], [base["rows"][k].extracted for k in keys]
-                    )
-                    if keys
-                    else float("nan"),
+                    agreement=agree.rate,  # over pairs where both answers parsed
+                    either_unparsed=agree.either_unparsed,
+                    exact_generation=agree.exact_generation,
+                    parsed_pairs=agree.parsed_pairs,
                 )
             out.append(item)
         return out
@@ -276,7 +290,8 @@ class AccuracyJob(JobType):
                     [100 * m["delta"].delta for m in compared],
                     [100 * m["delta"].lo for m in compared],
                     [100 * m["delta"].hi for m in compared],
-                    f"accuracy change vs {spec.baseline}, percentage points ({spec.confidence:.0%} paired bootstrap CI)",
+                    f"accuracy change vs {spec.baseline}, percentage points ({spec.confidence:.0%} paired "
+                    "bootstrap CI)",
                 )
                 plot = make_plot(
                     f"accuracy-{gi}-{g['model']}-{g['task']}",
@@ -292,6 +307,8 @@ class AccuracyJob(JobType):
                     "baseline": g["spec"].baseline,
                     "confidence": g["spec"].confidence,
                     "headline": g["headline"],
+                    "protocol": g["protocol"],
+                    "decoding": g["decoding"],
                     "random_weights": "random" in weights,
                     "methods": methods,
                     "method_names": list(g["methods"]),
@@ -300,6 +317,63 @@ class AccuracyJob(JobType):
                 }
             )
         return SectionData(context={"tables": tables}, plots=plots)
+
+    tables = (ACCURACY_TABLE,)
+
+    def table(self, run: RunFolder, records: list[UnitRecord], name: str) -> list[dict[str, Any]]:
+        """``accuracy``: per (model, method, task) the stored answers' accuracy and agreement with the job's
+        baseline, as the section computes them (other reports show them, never recomputed)."""
+        if name != ACCURACY_TABLE:
+            return []
+        seed = run_seed(run)
+        plugins = {m: ref.get("plugin") for m, ref in run.config_data().get("methods", {}).items()}
+        out = []
+        for g in self._groups(run, records):
+            for m in self._method_stats(g, seed):
+                if m["n"]:
+                    out.append(
+                        {
+                            "model": g["model"],
+                            "task": g["task"],
+                            "method": m["method"],
+                            "plugin": plugins.get(m["method"]),
+                            "tau": None,
+                            "reference": False,
+                            "job": g["job"],
+                            "accuracy": m["accuracy"],
+                            "n": m["n"],
+                            "baseline": g["spec"].baseline,
+                            "is_baseline": m["is_baseline"],
+                            # None when no pair of answers parsed (there is no agreement to show)
+                            "agreement": m["agreement"] if m["paired_n"] and m["parsed_pairs"] else None,
+                            # for results.json: what the score means, its CI and the change vs the baseline
+                            "label": m["method"],
+                            "headline": g["headline"],
+                            "protocol": g["protocol"],
+                            "decoding": g["decoding"],
+                            "ci": self._score_ci(g, m["method"], seed),
+                            "delta": m["delta"] if m["paired_n"] else None,
+                            "expected": m["expected"],
+                            "status": m["status"],
+                            "unparsed": m["unparsed"],
+                            "prefill_ms": m["prefill_ms"],
+                            "overhead_ms": m["overhead_ms"],
+                        }
+                    )
+        return out
+
+    @staticmethod
+    def _score_ci(group: dict, method: str, seed: int) -> stats.PairedDelta:
+        """Bootstrap CI of a method's headline score (macro: resampled within subtasks)."""
+        spec: AccuracySpec = group["spec"]
+        rows = list(group["methods"][method]["rows"].values())
+        return stats.score_interval(
+            [r.correct for r in rows],
+            [r.subtask for r in rows] if group["headline"] == "macro" else None,
+            resamples=spec.bootstrap,
+            confidence=spec.confidence,
+            seed=seed,
+        )
 
     def metrics(self, run: RunFolder, records: list[UnitRecord]) -> list[Metric]:
         out = []
@@ -312,58 +386,18 @@ class AccuracyJob(JobType):
                 out.append(Metric(name=f"{stem}/accuracy", value=m["accuracy"], higher_is_better=True))
                 out.append(Metric(name=f"{stem}/unparsed_rate", value=m["unparsed"] / m["n"], higher_is_better=False))
                 if m["agreement"] is not None and m["paired_n"]:
-                    out.append(Metric(name=f"{stem}/agreement", value=m["agreement"], higher_is_better=True))
+                    if m["parsed_pairs"]:
+                        out.append(Metric(name=f"{stem}/agreement", value=m["agreement"], higher_is_better=True))
+                    out.append(
+                        Metric(name=f"{stem}/either_unparsed", value=m["either_unparsed"], higher_is_better=False)
+                    )
+                    out.append(
+                        Metric(name=f"{stem}/exact_generation", value=m["exact_generation"], higher_is_better=True)
+                    )
                     out.append(Metric(name=f"{stem}/delta", value=m["delta"].delta, higher_is_better=True))
         return out
 
 
-def greedy_answer(
-    adapter: ModelAdapter,
-    method: AttentionMethod,
-    task: Task,
-    sample: Sample,
-    prepared: Prepared,
-    max_new_tokens: int,
-    *,
-    key: str,
-    model: str,
-    method_name: str,
-    task_name: str,
-) -> AccuracyRow:
-    """Greedy generation under ``method``, extracted and scored by the task: one accuracy row (also the tau
-    sweep's answers)."""
-    method.overhead.take()  # count only this sample's overhead
-    gen = adapter.generate(prepared, method, max_new_tokens)
-    extraction = task.extract(gen.text, sample)
-    return AccuracyRow(
-        key=key,
-        sample_id=sample.id,
-        task=task_name,
-        subtask=sample.subtask,
-        model=model,
-        method=method_name,
-        weights=adapter.info.weights,
-        prompt_tokens=gen.prompt_tokens,
-        generation=gen.text,
-        extracted=extraction.answer,
-        rule=extraction.rule,
-        gold=sample.answer,
-        correct=bool(task.score(extraction, sample)),
-        prefill_s=gen.prefill_s,
-        total_s=gen.total_s,
-        overhead_ms=method.overhead.take(),
-        max_new_tokens=max_new_tokens,
-    )
-
-
-def check_budget(rows: Iterable[AccuracyRow], max_new_tokens: int, unit: Unit) -> None:
-    """Refuse to extend rows generated with another budget (the task's default changed since): a unit's rows
-    must all answer under the same conditions."""
-    used = sorted(
-        {r.max_new_tokens for r in rows if r.max_new_tokens is not None and r.max_new_tokens != max_new_tokens}
-    )
-    if used:
-        raise ValueError(
-            f"unit {unit.id}: stored rows were generated with max_new_tokens={used} but this session uses {max_new_tokens}; "
-            "set max_new_tokens in the job to the stored value, or rerun with --fresh"
-        )
+@hookimpl
+def bsight_job_types():
+    return [AccuracyJob]

@@ -2,13 +2,13 @@
 
 A job expands into three kinds of resumable units:
 
-``<job>/<model>/patterns`` (with ``search_patterns``)
-    MMInference's offline per-head pattern choice
-    (:func:`~bsight.plugins.methods.mminference.search_pattern_config`) from one sample of a task - use a
-    characterization split, not the prompts being compared. One row holds the :class:`PatternConfig`; the unit
-    writes it to ``<run>/patterns/<job>/<model>.json`` and to ``publish`` (``{model}`` = config model name).
-    An ``mminference`` method whose ``pattern_config`` names either file runs with it (the config check accepts
-    such a path before it exists; the method units' fingerprints follow the search's parameters).
+``<job>/<model>/search`` (with ``search``)
+    The offline search of a method that needs one (:attr:`~bsight.harness.interfaces.AttentionMethod.search_artifact`,
+    e.g. MMInference's per-head pattern choice) from one sample of a task - use a characterization split, not
+    the prompts being compared. One row holds the artifact; the unit writes it to
+    ``<run>/searched/<job>/<model>.json`` and to ``publish`` (``{model}`` = config model name), and declares it
+    (:meth:`produces`): a method that reads either file runs with it (the config check accepts such a path
+    before it exists; the method units' fingerprints follow the search's parameters).
 ``<job>/<model>/<method>/<task>``
     One row per prompt. :class:`FidelityProbe` wraps the method: at every layer it computes the dense output
     (the model's own mask) and the method's output on the same q, k, v, records per query head the NMSE of the
@@ -31,10 +31,6 @@ task (never recomputed), a per-layer NMSE plot, and the GPU timing table and plo
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,8 +40,14 @@ import torch
 from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel, ConfigDict, Field
 
+from bsight.harness.benchmarks import baselines_sweep
+from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import AttentionMethod
-from bsight.harness.jobs.base import (
+from bsight.harness.jobs.counting import prompt_flops
+from bsight.harness.jobs.published import PROVENANCE_KEYS, PublishedSource, append_published, jsonable
+from bsight.harness.jobtypes import (
+    ACCURACY_TABLE,
+    Artifact,
     ConfigIssue,
     JobSpec,
     JobType,
@@ -54,16 +56,17 @@ from bsight.harness.jobs.base import (
     SectionData,
     Unit,
     fingerprint,
+    inputs_identity,
+    job_index,
+    methods_consume,
     name_issues,
     selected,
 )
-from bsight.harness.jobs.flops import method_head_map_identity, option_file_identity, prompt_flops, static_categories
-from bsight.harness.jobs.timing import PROVENANCE_KEYS, PublishedSource, append_published, jsonable, published_file
 from bsight.harness.plots import line_plot, make_plot, new_figure
-from bsight.kernels.dispatch import LayerCall, dense_prefill
-from bsight.kernels.sparsity.headmap import HeadMap
+from bsight.harness.plugins import default_registry
+from bsight.harness.report import shared_table
+from bsight.kernels.dispatch import LayerCall, dense_prefill, sync
 from bsight.kernels.sparsity.metadata import LayoutMeta
-from bsight.plugins.methods.mminference import HeadPattern
 
 if TYPE_CHECKING:
     from bsight.harness.config import BenchmarkConfig
@@ -71,35 +74,30 @@ if TYPE_CHECKING:
     from bsight.harness.runner import RunContext
     from bsight.harness.store import RunFolder, UnitRecord, UnitRowSet
 
-PATTERNS_DIR = "patterns"
-MMINFERENCE = "mminference"
-SWEEP_SCHEMA = "bsight.baselines_sweep/1"
+SEARCH_DIR = "searched"
+SWEEP_SCHEMA = baselines_sweep.SCHEMA
 PUBLISHED_SWEEP = "reports/published/baselines_h100.json"
 _TINY = 1e-30
-# = bsight.harness.benchmarks.baselines_sweep.METHODS (not imported here: it loads Triton)
-SweepMethod = Literal["dense", "blindsight", "flex", "mminference", "streaming"]
+SweepMethod = baselines_sweep.Method  # the script's methods (importing it loads no Triton)
 
 
 # ------------------------------------------------------------------------------------------------ spec
 
 
-class PatternSearchStep(BaseModel):
-    """MMInference's offline pattern choice, run per model before the comparison."""
+class SearchStep(BaseModel):
+    """The offline search of a method that needs one (e.g. MMInference's per-head pattern choice), run per
+    model before the comparison."""
 
     model_config = ConfigDict(extra="forbid")
+    method: str = Field(description="name from `methods:` whose plugin needs an offline search")
     task: str = Field(
         description="name from `tasks:` whose sample is searched (a characterization split, not the compared prompts)"
     )
     sample: int = Field(0, ge=0, description="index of the one sample searched")
-    max_density: float = Field(
-        0.25, gt=0, le=1, description="per head: kept pairs / the model's own mask pairs allowed"
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the search's options, validated by the method's plugin (`SearchOptions`)"
     )
-    candidates: list[HeadPattern] | None = Field(
-        None,
-        min_length=1,
-        description="patterns tried per head; default MInference's, sized for 100K-token prompts (on short prompts they keep everything)",
-    )
-    publish: str | None = Field(None, description="also write the pattern config here ('{model}' = config model name)")
+    publish: str | None = Field(None, description="also write the artifact here ('{model}' = config model name)")
 
 
 class GpuTiming(PublishedSource):
@@ -128,8 +126,8 @@ class BaselinesSpec(JobSpec):
         None, description="names from `tasks:` whose prompts are compared; default all but the search task"
     )
     limit: int | None = Field(None, ge=1, description="first N prompts of each task")
-    search_patterns: PatternSearchStep | None = Field(
-        None, description="MMInference's offline pattern search, per model, first"
+    search: SearchStep | None = Field(
+        None, description="a method's offline search (e.g. MMInference's), per model, first"
     )
     gpu: GpuTiming | None = Field(
         default_factory=GpuTiming, description="GPU attention time and overhead at 36K-300K; null: leave out"
@@ -168,17 +166,17 @@ class SweepLength(BaseModel):
 
 
 class BaselinesRow(ResultRow):
-    """A prompt (``key``: sample id), the pattern search (``key``: ``#patterns``) or a GPU sweep length
-    (``key``: its token count)."""
+    """A prompt (``key``: sample id), the search (``key``: ``#search``) or a GPU sweep length (``key``: its
+    token count)."""
 
-    kind: Literal["prompt", "patterns", "timing"]
+    kind: Literal["prompt", "search", "timing"]
     prompt: PromptFidelity | None = None
-    patterns: dict[str, Any] | None = None  # the PatternConfig as JSON data
+    artifact: dict[str, Any] | None = None  # the searched artifact as JSON data
     timing: SweepLength | None = None
     source: Literal["measured", "published"] | None = None
 
 
-PATTERNS_KEY = "#patterns"
+SEARCH_KEY = "#search"
 
 
 # ----------------------------------------------------------------------------------------------- probe
@@ -216,18 +214,20 @@ class FidelityProbe(AttentionMethod):
     ) -> torch.Tensor:
         if call.layer_idx < 0 or call.layer_idx in self.layers:
             raise ValueError(
-                f"layer index {call.layer_idx}: the probe takes one unpadded prompt, each layer once, with its layer_idx"
+                f"layer index {call.layer_idx}: the probe takes one unpadded prompt, each layer once, with its "
+                "layer_idx"
             )
         dense = dense_prefill(q, k, v, meta, call)
         before = sum(self.overhead.ms.values())
-        _sync(q.device)
+        sync(q.device)
         t0 = time.perf_counter()
         out = self.method.prefill(q, k, v, meta, call)
-        _sync(q.device)
+        sync(q.device)
         self.attention_ms += 1e3 * (time.perf_counter() - t0) - (sum(self.overhead.ms.values()) - before)
         if out.shape != dense.shape:
             raise ValueError(
-                f"method {self.method.name!r} returned {tuple(out.shape)} at layer {call.layer_idx}, expected {tuple(dense.shape)}"
+                f"method {self.method.name!r} returned {tuple(out.shape)} at layer {call.layer_idx}, expected "
+                f"{tuple(dense.shape)}"
             )
         err = (out - dense).double().pow_(2).sum(-1)  # [Hq, S]
         norm = dense.double().pow_(2).sum(-1)
@@ -244,11 +244,6 @@ class FidelityProbe(AttentionMethod):
         return out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _nmse(err: torch.Tensor, ref: torch.Tensor) -> list[float]:
     return (err / ref.clamp_min(_TINY)).tolist()
 
@@ -261,7 +256,8 @@ def measure_prompt(
     prepared = adapter.prepare(sample)
     if len(prepared.layouts) != 1:
         raise ValueError(
-            f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; the comparison takes one prompt at a time"
+            f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; the comparison takes "
+            "one prompt at a time"
         )
     probe = FidelityProbe(method)
     method.overhead.take()  # this prompt's overhead only
@@ -273,7 +269,8 @@ def measure_prompt(
     overhead = method.overhead.take()
     if sorted(layers) != list(range(info.num_layers)) or meta is None:
         raise RuntimeError(
-            f"sample {sample.id!r}: the probe saw layers {sorted(layers)}, expected all {info.num_layers} (attn_implementation not 'bsight'?)"
+            f"sample {sample.id!r}: the probe saw layers {sorted(layers)}, expected all {info.num_layers} "
+            "(attn_implementation not 'bsight'?)"
         )
     dense, sparse, source = prompt_flops(
         meta,
@@ -305,58 +302,26 @@ def measure_prompt(
 # ------------------------------------------------------------------------------------ pattern files
 
 
-def pattern_file(job: str, model: str) -> Path:
-    """Where a search unit writes its pattern config, relative to the run folder."""
-    return Path(PATTERNS_DIR) / job / f"{model}.json"
+def search_file(job: str, model: str) -> Path:
+    """Where a search unit writes its artifact, relative to the run folder."""
+    return Path(SEARCH_DIR) / job / f"{model}.json"
 
 
-def _search_publish(step: PatternSearchStep, model: str) -> Path | None:
+def _search_publish(step: SearchStep, model: str) -> Path | None:
     return None if step.publish is None else Path(step.publish.replace("{model}", model))
 
 
-def pattern_writers(config: BenchmarkConfig, before: int) -> dict[str, tuple[BaselinesSpec, str]]:
-    """Pattern config files the search steps of the config's first ``before`` jobs write, by normalized path
-    (run-folder files under the config's default run folder, and ``publish`` paths)."""
-    out = {}
-    root = Path(config.run.output_dir) / config.run.name
-    for spec in config.jobs[:before]:
-        if spec.type != BaselinesJob.type or spec.search_patterns is None:
-            continue
-        for model in selected(spec, config, "models"):
-            paths = [root / pattern_file(spec.name, model), _search_publish(spec.search_patterns, model)]
-            for p in paths:
-                if p is not None:
-                    out[os.path.normpath(p)] = (spec, model)
-    return out
-
-
-def _pattern_option(config: BenchmarkConfig, method: str) -> str | None:
-    ref = config.methods[method]
-    value = ref.options.get("pattern_config") if ref.plugin == MMINFERENCE else None
-    return value if isinstance(value, str) else None
-
-
 def _search_fingerprint(spec: BaselinesSpec, config: BenchmarkConfig, model: str) -> str:
-    step = spec.search_patterns
+    step = spec.search
     assert step is not None
     return fingerprint(
         BaselinesJob.type,
-        "patterns",
+        "search",
         config.models[model].model_dump(),
+        config.methods[step.method].model_dump(),
         config.tasks[step.task].model_dump(),
         step.sample,
-        step.max_density,
-        [c.model_dump() for c in step.candidates or []],
-    )
-
-
-def method_pattern_identity(config: BenchmarkConfig, method: str, before: int) -> Any:
-    """:func:`~.flops.option_file_identity` of an ``mminference`` method's ``pattern_config`` file: written by
-    the search step of one of the config's first ``before`` jobs (its parameters), else its content."""
-    return option_file_identity(
-        _pattern_option(config, method),
-        pattern_writers(config, before),
-        lambda spec, model: _search_fingerprint(spec, config, model),
+        step.options,
     )
 
 
@@ -367,7 +332,8 @@ def published_sweep_rows(doc: dict[str, Any], path: str) -> list[SweepLength]:
     """The per-length rows of a baselines sweep document; another schema is a ValueError naming the file."""
     if doc.get("schema") != SWEEP_SCHEMA:
         raise ValueError(
-            f"published sweep {path}: schema {doc.get('schema')!r}, expected {SWEEP_SCHEMA!r} (python -m bsight.harness.benchmarks.baselines_sweep)"
+            f"published sweep {path}: schema {doc.get('schema')!r}, expected {SWEEP_SCHEMA!r} (python -m "
+            "bsight.harness.benchmarks.baselines_sweep)"
         )
     rows = doc.get("rows")
     if not isinstance(rows, list):
@@ -409,6 +375,7 @@ def _origin(record: UnitRecord) -> dict[str, Any]:
 
 class BaselinesJob(JobType):
     type = "baselines"
+    report_order = 80
     Spec = BaselinesSpec
     Row = BaselinesRow
     section = "baselines"
@@ -419,19 +386,17 @@ class BaselinesJob(JobType):
     def tasks_of(spec: BaselinesSpec, config: BenchmarkConfig) -> list[str]:
         if spec.tasks is not None:
             return list(spec.tasks)
-        search = spec.search_patterns.task if spec.search_patterns else None
+        search = spec.search.task if spec.search else None
         return [t for t in config.tasks if t != search]
 
     @staticmethod
     def methods_of(spec: BaselinesSpec, config: BenchmarkConfig) -> list[str]:
-        """The job's methods, those of plugin ``dense`` first (the reference every row is read against)."""
+        """The job's methods, the reference ones (the model's own attention) first: every row is read against them."""
         chosen = selected(spec, config, "methods")
-        dense = [m for m in chosen if m in config.methods and config.methods[m].plugin == "dense"]
+        dense = [m for m in chosen if m in config.methods and config.method_class(m).is_reference]
         return dense + [m for m in chosen if m not in dense]
 
     def check(self, spec: BaselinesSpec, config: BenchmarkConfig) -> list[ConfigIssue]:
-        from bsight.harness.jobs.characterize import head_map_writers
-
         issues = name_issues(spec, config, ("models", "methods"))
         tasks = self.tasks_of(spec, config)
         defined = ", ".join(config.tasks) or "none"
@@ -443,65 +408,85 @@ class BaselinesJob(JobType):
             for i, t in enumerate(tasks)
             if t not in config.tasks
         ]
-        index = next((i for i, s in enumerate(config.jobs) if s is spec), len(config.jobs))
-        maps, patterns = head_map_writers(config, before=index), pattern_writers(config, before=index + 1)
-        for i, method in enumerate(selected(spec, config, "methods")):
-            if method not in config.methods:
-                continue
-            head_map = config.methods[method].options.get("head_map")
-            if isinstance(head_map, str) and not Path(head_map).is_file() and os.path.normpath(head_map) not in maps:
-                issues.append(
-                    ConfigIssue(
-                        ("methods", i),
-                        f"method {method!r} reads head_map {head_map!r}, which does not exist and which no earlier characterize job writes",
-                    )
-                )
-            pattern = _pattern_option(config, method)
-            if pattern is not None and published_file(pattern) is None and os.path.normpath(pattern) not in patterns:
-                issues.append(
-                    ConfigIssue(
-                        ("methods", i),
-                        f"method {method!r} reads pattern_config {pattern!r}, which does not exist and which no search_patterns step of this or an "
-                        f"earlier baselines job writes (a search writes <run folder>/{PATTERNS_DIR}/<job>/<model>.json and its `publish` path)",
-                    )
-                )
-        step = spec.search_patterns
+        step = spec.search
         if step is not None:
+            issues += self._search_issues(step, config)
             if step.task not in config.tasks:
                 issues.append(
-                    ConfigIssue(
-                        ("search_patterns", "task"), f"{step.task!r} is not defined under `tasks:`; defined: {defined}"
-                    )
+                    ConfigIssue(("search", "task"), f"{step.task!r} is not defined under `tasks:`; defined: {defined}")
                 )
             if step.publish is not None:
                 if len(selected(spec, config, "models")) > 1 and "{model}" not in step.publish:
                     issues.append(
                         ConfigIssue(
-                            ("search_patterns", "publish"),
+                            ("search", "publish"),
                             "this job searches several models: put '{model}' in the path so each gets its own file",
                         )
                     )
                 rest = step.publish.replace("{model}", "")
                 if "{" in rest or "}" in rest:
-                    issues.append(
-                        ConfigIssue(("search_patterns", "publish"), "the only placeholder allowed is '{model}'")
-                    )
+                    issues.append(ConfigIssue(("search", "publish"), "the only placeholder allowed is '{model}'"))
         if spec.gpu is not None:
             issues += spec.gpu.file_issues(spec.gpu.mode(), ("gpu",))
         return issues
 
+    @staticmethod
+    def _search_issues(step: SearchStep, config: BenchmarkConfig) -> list[ConfigIssue]:
+        """The search method exists, its plugin has a search, and the options are that search's."""
+        if step.method not in config.methods:
+            return [
+                ConfigIssue(
+                    ("search", "method"),
+                    f"{step.method!r} is not defined under `methods:`; defined: {', '.join(config.methods) or 'none'}",
+                )
+            ]
+        cls = config.method_class(step.method)
+        if cls.SearchOptions is None or cls.search_artifact is None:
+            searching = [m for m in config.methods if config.method_class(m).search_artifact is not None]
+            return [
+                ConfigIssue(
+                    ("search", "method"),
+                    f"{step.method!r} (plugin {cls.name!r}) needs no offline search; "
+                    f"methods that do: {', '.join(searching) or 'none'}",
+                )
+            ]
+        try:
+            cls.SearchOptions.model_validate(step.options)
+        except ValueError as e:
+            return [ConfigIssue(("search", "options"), f"invalid for {cls.name!r}'s search: {e}")]
+        return []
+
+    def produces(self, spec: BaselinesSpec, config: BenchmarkConfig) -> list[Artifact]:
+        step = spec.search
+        kind = config.method_class(step.method).search_artifact if step and step.method in config.methods else None
+        if step is None or kind is None or step.task not in config.tasks:
+            return []  # nothing to search (or a config error check() reports)
+        root = Path(config.run.output_dir) / config.run.name
+        out = []
+        for model in [m for m in selected(spec, config, "models") if m in config.models]:
+            common = {"identity": _search_fingerprint(spec, config, model), "job": spec.name, "model": model}
+            rel = search_file(spec.name, model)
+            out.append(Artifact(kind=kind, path=str(root / rel), run_path=str(rel), **common))
+            published = _search_publish(step, model)
+            if published is not None:
+                out.append(Artifact(kind=kind, path=str(published), **common))
+        return out
+
+    def consumes(self, spec: BaselinesSpec, config: BenchmarkConfig) -> list[tuple[tuple[str | int, ...], Artifact]]:
+        return methods_consume(config, selected(spec, config, "methods"))
+
     def expand(self, spec: BaselinesSpec, config: BenchmarkConfig) -> list[Unit]:
-        index = next((i for i, s in enumerate(config.jobs) if s is spec), len(config.jobs))
+        index = job_index(spec, config)
         units = []
         for model in selected(spec, config, "models"):
-            if spec.search_patterns is not None:
+            if spec.search is not None:
                 units.append(
                     Unit(
                         job=spec.name,
                         type=self.type,
-                        id=f"{spec.name}/{model}/patterns",
+                        id=f"{spec.name}/{model}/search",
                         model=model,
-                        task=spec.search_patterns.task,
+                        task=spec.search.task,
                         fingerprint=_search_fingerprint(spec, config, model),
                     )
                 )
@@ -512,8 +497,7 @@ class BaselinesJob(JobType):
                         config.models[model].model_dump(),
                         config.methods[method].model_dump(),
                         config.tasks[task].model_dump(),
-                        method_head_map_identity(config, method, index),
-                        method_pattern_identity(config, method, index + 1),
+                        *inputs_identity(config, method, index + 1),  # this job's own search comes first
                     )
                     units.append(
                         Unit(
@@ -553,14 +537,15 @@ class BaselinesJob(JobType):
         adapter, method = ctx.model(unit.model), ctx.method(unit.method)
         info = adapter.info
         method.setup(info)
-        cats = static_categories(method, info)
+        cats = method.static_categories(info)
         if cats is None and not callable(getattr(method, "take_kept", None)):
             raise ValueError(
-                f"method {unit.method!r} has neither static head categories nor a take_kept() log of the pairs it computed"
+                f"method {unit.method!r} has neither static head categories nor a take_kept() log of the pairs "
+                "it computed"
             )
         samples = ctx.samples(unit.task, spec.limit)
         ctx.expect(len(samples))
-        ctx.note(weights=info.weights, model_id=info.model_id, **describe_method(method))
+        ctx.note(weights=info.weights, model_id=info.model_id, **method.describe())
         mine = ctx.shard(samples, key=lambda s: s.id)
         todo = [s for s in mine if s.id not in rows.done]
         with ctx.progress(unit.id, total=len(mine), completed=len(mine) - len(todo)) as bar:
@@ -571,42 +556,35 @@ class BaselinesJob(JobType):
                 bar.advance()
 
     def _search(self, spec: BaselinesSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet[BaselinesRow]) -> None:
-        from bsight.plugins.methods.mminference import PatternConfig, SearchOptions, search_pattern_config
-
-        step = spec.search_patterns
+        step = spec.search
         assert step is not None
+        cls = ctx.config.method_class(step.method)
+        assert cls.SearchOptions is not None  # check() ran
         ctx.expect(1)
-        if not ctx.shard([PATTERNS_KEY], key=str):
+        if not ctx.shard([SEARCH_KEY], key=str):
             return  # another rank's share
-        stored = rows.rows.get(PATTERNS_KEY)
+        stored = rows.rows.get(SEARCH_KEY)
         if stored is None:
             adapter = ctx.model(unit.model)
             samples = ctx.samples(step.task, step.sample + 1)
             if len(samples) <= step.sample:
-                raise ValueError(
-                    f"search_patterns.sample is {step.sample} but task {step.task!r} has {len(samples)} samples"
-                )
+                raise ValueError(f"search.sample is {step.sample} but task {step.task!r} has {len(samples)} samples")
             with ctx.progress(f"{unit.id} (sample {samples[step.sample].id})", total=1) as bar:
-                found = search_pattern_config(
-                    adapter,
-                    samples[step.sample],
-                    SearchOptions(
-                        max_density=step.max_density, **({"candidates": step.candidates} if step.candidates else {})
-                    ),
-                )
+                found = cls.search(adapter, samples[step.sample], cls.SearchOptions.model_validate(step.options))
                 bar.advance()
-            stored = BaselinesRow(key=PATTERNS_KEY, kind="patterns", patterns=found.model_dump(mode="json"))
+            stored = BaselinesRow(key=SEARCH_KEY, kind="search", artifact=found.model_dump(mode="json"))
             rows.append(stored)
         if ctx.run_dir is None:
-            raise RuntimeError(f"unit {unit.id}: no run folder to write the pattern config into")
-        cfg = PatternConfig.model_validate(stored.patterns)
-        files = {"patterns": str(pattern_file(unit.job, unit.model))}
-        cfg.save(ctx.run_dir / files["patterns"])
+            raise RuntimeError(f"unit {unit.id}: no run folder to write the search's artifact into")
+        files = {"artifact": str(search_file(unit.job, unit.model))}
+        paths = [ctx.run_dir / files["artifact"]]
         published = _search_publish(step, unit.model)
         if published is not None:
-            cfg.save(published)
             files["published"] = str(published)
-        ctx.note(files=files)
+            paths.append(published)
+        for path in paths:
+            cls.save_artifact(stored.artifact, path)
+        ctx.note(files=files, search_method=step.method, plugin=cls.name, kind=cls.search_artifact)
 
     def _gpu(self, spec: BaselinesSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet[BaselinesRow]) -> None:
         gpu = spec.gpu
@@ -624,10 +602,9 @@ class BaselinesJob(JobType):
             return
         if not (gpu.small or torch.cuda.is_available()):
             raise RuntimeError(
-                f"job {spec.name!r}: gpu.source is 'measure' but this machine has no CUDA device (gpu.small measures the CPU shape)"
+                f"job {spec.name!r}: gpu.source is 'measure' but this machine has no CUDA device (gpu.small "
+                "measures the CPU shape)"
             )
-        from bsight.harness.benchmarks import baselines_sweep
-
         lengths = list(
             dict.fromkeys(gpu.lengths or (baselines_sweep.SMALL if gpu.small else baselines_sweep.GPU).lengths)
         )
@@ -637,18 +614,13 @@ class BaselinesJob(JobType):
         todo = [n for n in mine if n not in rows.done]
         with ctx.progress(unit.id, total=len(mine), completed=len(mine) - len(todo)) as bar:
             for n in todo:
-                with tempfile.TemporaryDirectory() as tmp:
-                    argv = [
-                        "--out",
-                        str(Path(tmp) / "baselines_sweep.json"),
-                        "--lengths",
-                        n,
-                        "--reps",
-                        str(gpu.reps),
-                    ] + (["--small"] if gpu.small else [])
-                    argv += ["--methods", ",".join(gpu.methods)] if gpu.methods else []
-                    with contextlib.redirect_stderr(io.StringIO()):  # its progress lines would break the run's display
-                        doc = baselines_sweep.main(argv)
+                sweep = baselines_sweep.SweepSpec(
+                    small=gpu.small,
+                    lengths=[int(n)],
+                    reps=gpu.reps,
+                    **({"methods": gpu.methods} if gpu.methods else {}),
+                )
+                doc = baselines_sweep.run(sweep, log=lambda line: None)  # its progress lines would break the display
                 ctx.note(meta=jsonable(_sweep_meta(doc)))
                 (row,) = doc["rows"]
                 rows.append(
@@ -662,6 +634,12 @@ class BaselinesJob(JobType):
         """Per (job, model, task): each method's summary over its stored prompts, dense first."""
         accuracy = accuracy_cells(run)
         plugins = {name: ref.get("plugin") for name, ref in run.config_data().get("methods", {}).items()}
+        registry = default_registry()
+
+        def reference(method: str) -> bool:
+            plugin = plugins.get(method)
+            return plugin in registry.entries["method"] and registry.get("method", plugin).is_reference
+
         groups: dict[tuple[str, str, str], dict[str, Any]] = {}
         for rec in records:
             u = rec.unit
@@ -683,7 +661,7 @@ class BaselinesJob(JobType):
                     "expected": rec.expected,
                     "n": len(prompts),
                     "notes": method_notes(rec.info),
-                    "accuracy": accuracy_of(accuracy, u, plugins.get(u.method), rec.info),
+                    "accuracy": accuracy_of(accuracy, u, plugins.get(u.method), reference(u.method), rec.info),
                     **summarize_prompts(prompts),
                 }
             )
@@ -727,38 +705,20 @@ class BaselinesJob(JobType):
 
     @staticmethod
     def _search_part(run: RunFolder, rec: UnitRecord) -> dict[str, Any] | None:
-        stored = next((r.patterns for r in run.rows(rec.unit, BaselinesRow) if r.kind == "patterns"), None)
-        if stored is None:
-            return {
-                "job": rec.unit.job,
-                "model": rec.unit.model,
-                "task": rec.unit.task,
-                "status": rec.status,
-                "error": rec.error,
-                "empty": True,
-            }
-        heads = [h for layer in stored["patterns"] for h in layer]
-        counts: dict[str, int] = {}
-        for h in heads:
-            label = f"{h['pattern']} / {h['boundary']}" if h["pattern"] != "dense" else "dense"
-            counts[label] = counts.get(label, 0) + 1
-        search = stored.get("search") or {}
-        return {
+        stored = next((r.artifact for r in run.rows(rec.unit, BaselinesRow) if r.kind == "search"), None)
+        part = {
             "job": rec.unit.job,
             "model": rec.unit.model,
             "task": rec.unit.task,
             "status": rec.status,
             "error": rec.error,
-            "empty": False,
-            "sample": search.get("sample"),
-            "tokens": search.get("num_tokens"),
-            "max_density": search.get("max_density"),
-            "heads": len(heads),
-            "shares": sorted(((k, v / len(heads)) for k, v in counts.items()), key=lambda kv: -kv[1]),
-            "density": float(np.mean([h["density"] for h in heads if h.get("density") is not None] or [np.nan])),
-            "nmse": float(np.mean([h["nmse"] for h in heads if h.get("nmse") is not None] or [np.nan])),
-            "files": rec.info.get("files", {}),
+            "empty": stored is None,
         }
+        if stored is None:
+            return part
+        cls = default_registry().get("method", rec.info.get("plugin", ""))  # the searching method's plugin
+        summary = cls.summarize_artifact(rec.info.get("kind", ""), stored)  # type: ignore[attr-defined]
+        return {**part, **summary, "files": rec.info.get("files", {})}
 
     @staticmethod
     def _gpu_part(run: RunFolder, rec: UnitRecord) -> dict[str, Any]:
@@ -879,51 +839,15 @@ class BaselinesJob(JobType):
 # ------------------------------------------------------------------------------------ section numbers
 
 
-def describe_method(method: AttentionMethod) -> dict[str, Any]:
-    """What a unit records about its method's static inputs: its head map or its MMInference pattern config."""
-    out: dict[str, Any] = {}
-    head_map = getattr(method, "head_map", None)
-    uniform = getattr(method.options, "uniform", None)
-    if uniform is not None:
-        out["uniform"] = str(uniform)
-    elif isinstance(head_map, HeadMap):
-        out["head_map"] = {
-            "model_id": head_map.model_id,
-            "weights": head_map.weights,
-            "dataset": head_map.dataset.name,
-            "size": head_map.dataset.size,
-            "tau": head_map.params.tau,
-            "shares": head_map.shares(),
-        }
-    if method.name == MMINFERENCE:
-        cfg = getattr(method, "config", None)
-        search = getattr(cfg, "search", None)
-        out["patterns"] = (
-            {"source": "default pattern for every head"}
-            if cfg is None
-            else {
-                "source": "searched",
-                "sample": search.sample if search else None,
-                "max_density": search.max_density if search else None,
-            }
-        )
-    return out
-
-
 def method_notes(info: dict[str, Any]) -> list[str]:
     """What a unit recorded about its method, as short phrases for the table."""
-    notes = []
-    if info.get("uniform"):
-        notes.append(f"every head {info['uniform']}")
+    notes = list(info.get("notes") or [])
     hm = info.get("head_map")
     if hm:
         notes.append(
-            f"head map of {hm['model_id']} ({hm['weights']} weights, {hm['dataset']}, {hm['size']} prompts, tau {hm['tau']:g})"
+            f"head map of {hm['model_id']} ({hm['weights']} weights, {hm['dataset']}, {hm['size']} prompts, "
+            f"tau {hm['tau']:g})"
         )
-    pat = info.get("patterns")
-    if pat:
-        where = f" (sample {pat['sample']}, max density {pat['max_density']:g})" if pat.get("sample") else ""
-        notes.append(f"patterns: {pat['source']}{where}")
     return notes
 
 
@@ -968,90 +892,35 @@ def summarize_prompts(prompts: list[PromptFidelity]) -> dict[str, Any]:
     }
 
 
-def accuracy_cells(run: RunFolder) -> dict[tuple, dict[str, Any]]:
-    """Accuracy and agreement with the baseline from the run's stored answers, never generated again.
-
-    Keys: ``("method", model, method, task)`` from accuracy jobs (any job type built on
-    :class:`~bsight.harness.jobs.accuracy.AccuracyJob`; numbers as the accuracy section computes them);
-    ``("tau", model, task, tau)`` and ``("dense", model, task)`` from ``tau_sweep`` jobs (blindsight with each
-    tau's head map, and their dense baseline). The first job that covers a key wins."""
-    from bsight.harness.jobs import JOB_TYPES
-    from bsight.harness.jobs.accuracy import AccuracyJob, run_seed
-
-    seed = run_seed(run)
-    by_type: dict[str, list[UnitRecord]] = {}
-    for rec in run.manifest().units:
-        by_type.setdefault(rec.unit.type, []).append(rec)
-    out: dict[tuple, dict[str, Any]] = {}
-    for kind, recs in by_type.items():
-        job = JOB_TYPES.get(kind)
-        if isinstance(job, AccuracyJob):
-            for g in job._groups(run, recs):
-                for m in job._method_stats(g, seed):
-                    if m["n"]:
-                        out.setdefault(
-                            ("method", g["model"], m["method"], g["task"]),
-                            {
-                                "job": g["job"],
-                                "accuracy": m["accuracy"],
-                                "n": m["n"],
-                                "baseline": g["spec"].baseline,
-                                "is_baseline": m["is_baseline"],
-                                "agreement": m["agreement"] if m["paired_n"] else None,
-                            },
-                        )
-        elif kind == "tau_sweep" and job is not None:
-            for rec in recs:
-                rows = run.rows(rec.unit, job.Row)
-                dense = [
-                    r.answer.correct for r in rows if r.kind == "sample" and r.tau is None and r.answer is not None
-                ]
-                if dense:
-                    out.setdefault(
-                        ("dense", rec.unit.model, rec.unit.task),
-                        {
-                            "job": rec.unit.job,
-                            "accuracy": float(np.mean(dense)),
-                            "n": len(dense),
-                            "baseline": "dense",
-                            "is_baseline": True,
-                            "agreement": None,
-                        },
-                    )
-                for p in job._points(rows, job.spec_of(rec), seed):
-                    if p["n"]:
-                        out.setdefault(
-                            ("tau", rec.unit.model, rec.unit.task, f"{p['tau']:g}"),
-                            {
-                                "job": f"{rec.unit.job} (tau {p['tau']:g})",
-                                "accuracy": p["accuracy"],
-                                "n": p["n"],
-                                "baseline": "dense",
-                                "is_baseline": False,
-                                "agreement": p["agreement"],
-                                "shares": p["shares"],
-                            },
-                        )
-    return out
+def accuracy_cells(run: RunFolder) -> list[dict[str, Any]]:
+    """Accuracy and agreement with the baseline from the run's stored answers, never generated again: the
+    ``accuracy`` table the run's job types offer (:attr:`~bsight.harness.jobtypes.JobType.tables`: accuracy
+    jobs per method, tau sweeps per tau and for their baseline), in report order."""
+    return shared_table(run, ACCURACY_TABLE)
 
 
 def accuracy_of(
-    cells: dict[tuple, dict[str, Any]], unit: Unit, plugin: str | None, info: dict[str, Any]
+    cells: list[dict[str, Any]], unit: Unit, plugin: str | None, reference: bool, info: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """The accuracy cell of a comparison unit: an accuracy job over the same model, method and task; else, for
-    ``dense`` and for ``blindsight`` with a characterized head map, the tau sweep over the same model and task
-    (at the head map's tau, when the sweep's map there has the same category shares)."""
-    found = cells.get(("method", unit.model, unit.method, unit.task))
-    if found is None and plugin == "dense":
-        found = cells.get(("dense", unit.model, unit.task))
+    """The accuracy cell of a comparison unit (the first that matches): the same model, method and task; else,
+    for a reference method, a tau sweep's baseline answers on the same model and task; else, for a method running
+    a characterized head map, the tau sweep's answers at the head map's tau under the same plugin, when the sweep's
+    map there has the same category shares."""
+    here = [c for c in cells if c["model"] == unit.model and c["task"] == unit.task]
+    found = next((c for c in here if c["method"] == unit.method and c["tau"] is None and not c["reference"]), None)
+    if found is None and reference:
+        found = next((c for c in here if c["reference"]), None)
     head_map = info.get("head_map")
-    if found is None and plugin == "blindsight" and head_map:
-        swept = cells.get(("tau", unit.model, unit.task, f"{head_map['tau']:g}"))
-        shares = swept["shares"] if swept else {}
-        if swept and all(
-            abs(shares.get(k, 0.0) - v) < 1e-9 for k, v in head_map["shares"].items()
-        ):  # the same head map
-            found = swept
+    if found is None and head_map:
+        for c in here:
+            shares = c.get("shares") or {}
+            if (
+                c["tau"] == f"{head_map['tau']:g}"
+                and c["plugin"] == plugin
+                and all(abs(shares.get(k, 0.0) - v) < 1e-9 for k, v in head_map["shares"].items())
+            ):  # the same head map, run by the same plugin
+                found = c
+                break
     return found
 
 
@@ -1088,3 +957,8 @@ def layer_nmse_figure(methods: list[dict[str, Any]], model: str):
     axes[0].set_ylabel(f"NMSE vs dense (floor {FLOOR:g})")
     axes[1].legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
+
+
+@hookimpl
+def bsight_job_types():
+    return [BaselinesJob]

@@ -21,7 +21,6 @@ policy, and the sweep table with its Pareto plot.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -32,8 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from bsight.harness.characterize import characterize_model
 from bsight.harness.figures import category_heatmap, layer_shares, pareto_figure
+from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import ModelInfo
-from bsight.harness.jobs.base import (
+from bsight.harness.jobtypes import (
+    HEADMAP_DIR,
+    Artifact,
     ConfigIssue,
     JobSpec,
     JobType,
@@ -45,6 +47,7 @@ from bsight.harness.jobs.base import (
     name_issues,
     selected,
 )
+from bsight.harness.paper_figures import category_choice, sink_votes
 from bsight.harness.plots import make_plot
 from bsight.kernels.sparsity.aggregate import DEFAULT_PARAMS, build_head_map
 from bsight.kernels.sparsity.categories import Category
@@ -60,7 +63,7 @@ if TYPE_CHECKING:
     from bsight.harness.store import RunFolder, UnitRecord, UnitRowSet
 
 SETUP_KEY = "#setup"
-HEADMAP_DIR = "headmaps"
+HEAD_MAP, CHARACTERIZATION = "head_map", "characterization"  # the artifact kinds this job produces
 
 
 class DiscoverSinks(BaseModel):
@@ -176,6 +179,7 @@ def summarize(spec: CharacterizeSpec, setup: CharacterizeSetup, prompts: list[Ch
         num_kv_heads=m.num_kv_heads,
         head_dim=m.head_dim,
         sliding_windows=list(m.sliding_windows),
+        layer_kinds=list(m.layer_kinds),  # hybrid models: linear layers are skipped, not characterized
         dataset=setup.dataset,
         sink_policy=setup.sink_policy,
         tool_version=tool_version(),
@@ -189,36 +193,32 @@ def summarize(spec: CharacterizeSpec, setup: CharacterizeSetup, prompts: list[Ch
     return Characterization(setup=setup, result=result, head_map=head_map, chosen=chosen, sweep=grid)
 
 
+def _kinds_text(hm: HeadMap) -> str:
+    """How many layers of which kind, saying that the non-softmax ones were skipped."""
+    from bsight.kernels.sparsity.layerkinds import describe
+
+    text = describe(hm.layer_kinds, hm.num_layers)
+    return text + (" (linear layers are not softmax attention: not characterized)" if "linear" in hm.kinds() else "")
+
+
 def head_map_file(job: str, model: str) -> Path:
     """Where a characterize unit writes its head map, relative to the run folder."""
     return Path(HEADMAP_DIR) / job / f"{model}.json"
+
+
+def tables_file(job: str, model: str) -> Path:
+    """Where a characterize unit writes its per-prompt NMSE tables (the ``characterization`` artifact)."""
+    return head_map_file(job, model).with_name(f"{model}.characterization.json")
 
 
 def publish_path(spec: CharacterizeSpec, model: str) -> Path | None:
     return None if spec.publish is None else Path(spec.publish.replace("{model}", model))
 
 
-def head_map_writers(config: BenchmarkConfig, before: int | None = None) -> dict[str, tuple[CharacterizeSpec, str]]:
-    """Head map files the characterize jobs of a config write (its first ``before`` jobs), by normalized path:
-    published paths and run-folder paths under the config's default run folder."""
-    out = {}
-    root = Path(config.run.output_dir) / config.run.name
-    for spec in config.jobs[:before]:
-        if spec.type != "characterize":
-            continue
-        for model in selected(spec, config, "models"):
-            paths = [root / head_map_file(spec.name, model)]
-            if spec.publish is not None:
-                paths.append(publish_path(spec, model))
-            for p in paths:
-                out[os.path.normpath(p)] = (spec, model)
-    return out
-
-
 def head_map_identity(spec: CharacterizeSpec, config: BenchmarkConfig, model: str) -> str:
     """Everything that decides the head map a characterize job writes for a model, hashed: other jobs that
     read it put this in their fingerprint, so a re-characterization with other parameters redoes them."""
-    unit = next(u for u in CharacterizeJob().expand(spec, config) if u.model == model)
+    unit = CharacterizeJob._unit(spec, config, model)
     return fingerprint(unit.fingerprint, spec.limit, spec.tau, spec.delta, spec.gamma)
 
 
@@ -238,6 +238,7 @@ def _sink_text(policy: SinkPolicy) -> str:
 
 class CharacterizeJob(JobType):
     type = "characterize"
+    report_order = 30
     Spec = CharacterizeSpec
     Row = CharacterizeRow
     section = "characterization"
@@ -265,13 +266,48 @@ class CharacterizeJob(JobType):
                 issues.append(
                     ConfigIssue(
                         ("publish",),
-                        f"this job characterizes {len(models)} models: put '{{model}}' in the path so each gets its own file",
+                        f"this job characterizes {len(models)} models: put '{{model}}' in the path so each "
+                        "gets its own file",
                     )
                 )
             rest = spec.publish.replace("{model}", "")
             if "{" in rest or "}" in rest:
                 issues.append(ConfigIssue(("publish",), "the only placeholder allowed is '{model}'"))
         return issues
+
+    def produces(self, spec: CharacterizeSpec, config: BenchmarkConfig) -> list[Artifact]:
+        """Per model: the head map (in the run folder and at ``publish``) and the NMSE tables, with the task and
+        parameters readers check (a tau sweep needs another task; it re-aggregates with delta and gamma)."""
+        root = Path(config.run.output_dir) / config.run.name
+        task = self.task_of(spec, config)
+        out = []
+        for model in selected(spec, config, "models"):
+            common = {
+                "job": spec.name,
+                "model": model,
+                "info": {"task": task, "tau": spec.tau, "delta": spec.delta, "gamma": spec.gamma},
+            }
+            maps = {"identity": head_map_identity(spec, config, model), **common}
+            tables = tables_file(spec.name, model)  # the tables do not depend on tau, delta, gamma
+            out.append(
+                Artifact(
+                    kind=CHARACTERIZATION,
+                    path=str(root / tables),
+                    run_path=str(tables),
+                    identity=fingerprint(self._unit(spec, config, model).fingerprint, spec.limit),
+                    **common,
+                )
+            )
+            rel = head_map_file(spec.name, model)
+            out.append(Artifact(kind=HEAD_MAP, path=str(root / rel), run_path=str(rel), **maps))
+            published = publish_path(spec, model)
+            if published is not None:
+                out.append(Artifact(kind=HEAD_MAP, path=str(published), **maps))
+        return out
+
+    @classmethod
+    def _unit(cls, spec: CharacterizeSpec, config: BenchmarkConfig, model: str) -> Unit:
+        return next(u for u in cls().expand(spec, config) if u.model == model)
 
     def expand(self, spec: CharacterizeSpec, config: BenchmarkConfig) -> list[Unit]:
         task = self.task_of(spec, config)
@@ -298,6 +334,9 @@ class CharacterizeJob(JobType):
         if any(s.id == SETUP_KEY for s in samples):
             raise ValueError(f"task {unit.task!r} has a sample with id {SETUP_KEY!r}, which this job reserves")
         ctx.expect(1 + len(samples))
+        if ctx.run_dir is not None:  # readers must never find files of an earlier, different characterization
+            for rel in (head_map_file(unit.job, unit.model), tables_file(unit.job, unit.model)):
+                (ctx.run_dir / rel).unlink(missing_ok=True)
         stored = rows.rows.get(SETUP_KEY)
         if stored is None:
             setup = self._setup(spec, unit, adapter, task, samples)
@@ -306,8 +345,10 @@ class CharacterizeJob(JobType):
             setup = stored.setup
             if setup.model != adapter.info:
                 raise ValueError(
-                    f"unit {unit.id}: stored prompts were characterized on {setup.model.model_id} ({setup.model.weights} weights, "
-                    f"revision {setup.model.revision or '-'}), the loaded model is {adapter.info.model_id} (revision {adapter.info.revision or '-'}); "
+                    f"unit {unit.id}: stored prompts were characterized on {setup.model.model_id} "
+                    f"({setup.model.weights} weights, "
+                    f"revision {setup.model.revision or '-'}), the loaded model is {adapter.info.model_id} "
+                    f"(revision {adapter.info.revision or '-'}); "
                     "rerun with --fresh"
                 )
         todo = [s for s in samples if s.id not in rows.done]
@@ -319,7 +360,7 @@ class CharacterizeJob(JobType):
         if ctx.run_dir is None:
             raise RuntimeError(f"unit {unit.id}: no run folder to write the head map into")
         files = self._write(spec, unit, done, ctx.run_dir)
-        ctx.note(files=files, dataset=done.head_map.dataset.model_dump())
+        ctx.note(files=files, dataset=done.head_map.dataset.model_dump(), layer_kinds=_kinds_text(done.head_map))
 
     def _setup(
         self, spec: CharacterizeSpec, unit: Unit, adapter: ModelAdapter, task: Task, samples: list[Sample]
@@ -355,7 +396,8 @@ class CharacterizeJob(JobType):
         prepared = adapter.prepare(sample)
         if len(prepared.layouts) != 1:
             raise ValueError(
-                f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; characterization takes one prompt at a time"
+                f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; characterization "
+                "takes one prompt at a time"
             )
         res = characterize_model(
             adapter,
@@ -375,7 +417,7 @@ class CharacterizeJob(JobType):
         path = head_map_file(unit.job, unit.model)
         done.head_map.save(root / path)
         files = {"head_map": str(path)}
-        tables = path.with_name(f"{unit.model}.characterization.json")
+        tables = tables_file(unit.job, unit.model)
         done.result.save(root / tables)
         files["characterization"] = str(tables)
         if done.sweep:
@@ -423,6 +465,23 @@ class CharacterizeJob(JobType):
                 f"{stem}-shares", f"{rec.unit.model}: share of each layer's heads per category", shares_fig
             )
             unit_plots = [heat, shares]
+            choice = votes = None
+            if hm.histograms:  # paper Fig. 3: per layer, the per-prompt choices behind the categories
+                choice = make_plot(
+                    f"{stem}-choice",
+                    f"{rec.unit.model}: per layer, the category each prompt chose (all heads, "
+                    f"{len(done.result.prompts)} prompts, tau = {hm.params.tau:g})",
+                    _integer_ticks(category_choice(hm, title=f"{label}: per-prompt category choice"), "x"),
+                )
+                unit_plots.append(choice)
+            if any(setup.votes):  # discovered fixed-offset sinks: where the votes fell
+                chosen = setup.sink_policy.offsets if setup.sink_policy.kind == "offsets" else ()
+                votes = make_plot(
+                    f"{stem}-sink-votes",
+                    f"{rec.unit.model}: votes per in-image offset, chosen sinks marked",
+                    sink_votes(setup.votes, chosen, title=f"{label}: sink-offset votes"),
+                )
+                unit_plots.append(votes)
             pareto = None
             if done.sweep:
                 pareto = make_plot(
@@ -454,6 +513,7 @@ class CharacterizeJob(JobType):
                     "chosen": done.chosen,
                     "files": rec.info.get("files", {}),
                     "layers": hm.num_layers,
+                    "layer_kinds": _kinds_text(hm),  # e.g. "8 layers: 2 attention, 6 linear (not characterized)"
                     "heads": hm.num_heads,
                     "sweep": [
                         {
@@ -465,6 +525,8 @@ class CharacterizeJob(JobType):
                     ],
                     "heatmap": heat,
                     "layer_shares": shares,
+                    "choice": choice,
+                    "sink_votes": votes,
                     "pareto": pareto,
                 }
             )
@@ -488,3 +550,8 @@ class CharacterizeJob(JobType):
                 Metric(name=f"{stem}/nmse_mean", value=done.chosen.nmse_mean, higher_is_better=False, relative=True)
             )
         return out
+
+
+@hookimpl
+def bsight_job_types():
+    return [CharacterizeJob]

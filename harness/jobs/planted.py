@@ -12,7 +12,7 @@ and no GPU: the default CPU run includes it.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bsight.harness.characterize import characterize_layers
 from bsight.harness.figures import confusion_figure
-from bsight.harness.jobs.base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
+from bsight.harness.hookspecs import hookimpl
+from bsight.harness.jobtypes import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
 from bsight.harness.plots import make_plot
 from bsight.kernels.dispatch import LayerCall
 from bsight.kernels.sparsity.aggregate import DEFAULT_PARAMS, build_head_map
@@ -53,7 +54,9 @@ def _default_prompts() -> list[PlantedPrompt]:
 
 class PlantedSpec(JobSpec):
     type: Literal["planted"]
-    seeds: list[int] = Field([0], min_length=1, description="one trial per seed (labels, q, k, v all drawn from it)")
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(
+        [0], min_length=1, description="one trial per seed (labels, q, k, v all drawn from it)"
+    )
     layers: int = Field(4, ge=1)
     heads: int = Field(16, ge=1, description="query heads per layer")
     kv_heads: int = Field(4, ge=1)
@@ -137,6 +140,7 @@ def run_trial(spec: PlantedSpec, seed: int) -> PlantedRow:
 
 class PlantedJob(JobType):
     type = "planted"
+    report_order = 40
     Spec = PlantedSpec
     Row = PlantedRow
     section = "characterization"  # with the characterize job's part
@@ -188,7 +192,8 @@ class PlantedJob(JobType):
             rate = float(np.trace(total) / total.sum())
             plot = make_plot(
                 f"planted-{rec.unit.job}-confusion",
-                f"Planted vs recovered head categories: {spec.layers} layers x {spec.heads} heads x {len(trials)} trial(s)",
+                f"Planted vs recovered head categories: {spec.layers} layers x {spec.heads} heads x "
+                f"{len(trials)} trial(s)",
                 confusion_figure(total),
             )
             plots.append(plot)
@@ -227,3 +232,8 @@ class PlantedJob(JobType):
                     )
                 )
         return out
+
+
+@hookimpl
+def bsight_job_types():
+    return [PlantedJob]

@@ -1,10 +1,12 @@
 """Job ``tau_sweep``: choose tau from data - FLOPs reduction vs fidelity of each tau's head map on held-out prompts.
 
-One unit per model. It takes the stored per-prompt NMSE tables of a ``characterize`` job of the same run (no
-model run: each tau re-aggregates them, :func:`~bsight.kernels.sparsity.aggregate.build_head_map`, with the
-characterize job's delta and gamma) and runs the held-out task under the ``dense`` baseline and under method
-``blindsight`` with each tau's head map. Per sample and head map: the greedy answer (generation, extracted
-answer, correct: the accuracy job's rows, :func:`greedy_answer`), agreement of the extracted answer with the
+One unit per model. It reads the per-prompt NMSE tables an earlier job of the run declares as its
+``characterization`` artifact (a ``characterize`` job; no model run: each tau re-aggregates them,
+:func:`~bsight.kernels.sparsity.aggregate.build_head_map`, with that job's delta and gamma) and runs the
+held-out task under the baseline method and under ``method`` (one whose plugin takes a head map, asked through
+:meth:`~bsight.harness.interfaces.AttentionMethod.with_artifact`) with each tau's head map. Per sample and
+head map: the greedy answer (generation, extracted answer, correct: the accuracy job's rows,
+:func:`greedy_answer`), agreement of the extracted answer with the
 baseline's, the mean KL divergence ``KL(dense || blindsight)`` of the next-token distribution over the answer
 positions (teacher forcing: the gold continuation ``meta["gold_continuation"]``, else ``answer``, appended to
 the prompt, :meth:`~bsight.harness.interfaces.ModelAdapter.prepare`), and the prompt's exact attention FLOPs
@@ -34,8 +36,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bsight.harness import stats
+from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import ModelInfo
-from bsight.harness.jobs.accuracy import (
+from bsight.harness.jobs.answering import (
     DEFAULT_MAX_NEW_TOKENS,
     AccuracyRow,
     Headline,
@@ -43,7 +46,10 @@ from bsight.harness.jobs.accuracy import (
     greedy_answer,
     run_seed,
 )
-from bsight.harness.jobs.base import (
+from bsight.harness.jobtypes import (
+    ACCURACY_TABLE,
+    HEADMAP_DIR,
+    Artifact,
     ConfigIssue,
     JobSpec,
     JobType,
@@ -52,9 +58,8 @@ from bsight.harness.jobs.base import (
     SectionData,
     Unit,
     fingerprint,
-    selected,
+    job_index,
 )
-from bsight.harness.jobs.characterize import HEADMAP_DIR, CharacterizeJob, CharacterizeRow, CharacterizeSpec, summarize
 from bsight.harness.plots import make_plot, new_figure
 from bsight.kernels.sparsity.aggregate import build_head_map
 from bsight.kernels.sparsity.categories import SPARSE_CATEGORIES, Category
@@ -62,7 +67,6 @@ from bsight.kernels.sparsity.characterization import CharacterizationResult
 from bsight.kernels.sparsity.flops import layer_pair_table, reduction_from_pairs
 from bsight.kernels.sparsity.headmap import CharacterizationParams, DatasetInfo, HeadMap
 from bsight.kernels.sparsity.layout import SinkPolicy
-from bsight.kernels.sparsity.metadata import LayoutMeta
 from bsight.kernels.sparsity.param_sweep import SweepRow, sweep
 
 if TYPE_CHECKING:
@@ -72,7 +76,7 @@ if TYPE_CHECKING:
     from bsight.harness.store import RunFolder, UnitRecord, UnitRowSet
 
 SETUP_KEY = "#setup"
-BLINDSIGHT = "blindsight"  # the plugin every tau's head map runs under
+HEAD_MAP, CHARACTERIZATION = "head_map", "characterization"  # artifact kinds: what the sweep runs, what it reads
 SINK_GAIN = 2.0  # a head "uses segment-start sinks" when adding them divides its median NMSE by more than this
 
 
@@ -86,8 +90,10 @@ class DefaultRule(BaseModel):
 
     def text(self) -> str:
         return (
-            f"the largest mean FLOPs reduction on the held-out prompts among the taus whose answers agree with dense on at least "
-            f"{self.min_agreement:.0%} of the samples and whose mean KL(dense || blindsight) over the answer positions is at most "
+            "the largest mean FLOPs reduction on the held-out prompts among the taus whose answers agree with "
+            "dense on at least "
+            f"{self.min_agreement:.0%} of the samples and whose mean KL(dense || blindsight) over the answer "
+            "positions is at most "
             f"{self.max_kl:g} nats (ties: the smaller tau)"
         )
 
@@ -96,12 +102,14 @@ class TauSweepSpec(JobSpec):
     type: Literal["tau_sweep"]
     characterize: str | None = Field(
         None,
-        description="name of the earlier characterize job whose prompts give each tau's head map; default: the only one",
+        description="name of the earlier characterize job whose prompts give each tau's head map; default: the "
+        "only one",
     )
     models: list[str] | None = Field(None, description="names from `models:`; default: the characterize job's")
     task: str | None = Field(
         None,
-        description="held-out task from `tasks:` (not the characterization prompts); default: the only task the characterize job does not use",
+        description="held-out task from `tasks:` (not the characterization prompts); default: the only task "
+        "the characterize job does not use",
     )
     taus: list[float] = Field(min_length=1, description="the tau values to sweep")
     limit: int | None = Field(None, ge=1, description="first N held-out samples")
@@ -111,11 +119,12 @@ class TauSweepSpec(JobSpec):
     baseline: str = Field("dense", description="method name from `methods:` the head maps are compared with")
     method: str | None = Field(
         None,
-        description="a `blindsight` method from `methods:` whose options (kernel, ...) every tau's head map runs with; default: blindsight's defaults",
+        description="the method from `methods:` that runs each tau's head map (its plugin must take one; its other "
+        "options, e.g. kernel, apply)",
     )
     rule: DefaultRule = Field(default_factory=DefaultRule, description="how the default tau is chosen")
     publish: str | None = Field(None, description="also write the chosen head map here ('{model}' = config model name)")
-    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for the paired accuracy CI")
+    bootstrap: int = Field(2000, ge=100, le=1_000_000, description="bootstrap resamples for the paired accuracy CI")
     confidence: float = Field(0.95, gt=0, lt=1)
 
     @field_validator("taus")
@@ -158,7 +167,7 @@ class Fidelity(BaseModel):
     """A head map's output next to the baseline's on one sample."""
 
     model_config = ConfigDict(extra="forbid")
-    agrees: bool  # extracted answer equals the baseline's
+    agrees: bool  # both answers parsed and equal (the report recomputes agreement from the stored answers)
     kl_mean: float  # mean over answer positions of KL(baseline || method), nats
     kl_max: float
     top1_match: float  # share of answer positions whose most likely token equals the baseline's
@@ -232,12 +241,13 @@ def choose_tau(points: list[dict[str, Any]], rule: DefaultRule) -> float | None:
     return min(ok, key=lambda p: (-p["flops_heldout"], p["tau"]))["tau"]
 
 
-def _selected_models(spec: TauSweepSpec, config: BenchmarkConfig, char: CharacterizeSpec) -> list[str]:
-    return selected(char, config, "models") if spec.models is None else list(spec.models)
+def _selected_models(spec: TauSweepSpec, tables: dict[str, Artifact]) -> list[str]:
+    return list(tables) if spec.models is None else list(spec.models)
 
 
 class TauSweepJob(JobType):
     type = "tau_sweep"
+    report_order = 50
     Spec = TauSweepSpec
     Row = TauSweepRow
     section = "tau_sweep"
@@ -246,46 +256,47 @@ class TauSweepJob(JobType):
     # ---------------------------------------------------------------------------------------- planning
 
     @staticmethod
-    def characterize_spec(spec: TauSweepSpec, config: BenchmarkConfig) -> CharacterizeSpec | None:
-        """The characterize job this sweep reads: the named one, else the only one listed before it."""
-        index = next((i for i, s in enumerate(config.jobs) if s is spec), len(config.jobs))
-        earlier = [s for s in config.jobs[:index] if s.type == "characterize"]
-        if spec.characterize is not None:
-            return next((s for s in earlier if s.name == spec.characterize), None)
-        return earlier[0] if len(earlier) == 1 else None
+    def characterization(spec: TauSweepSpec, config: BenchmarkConfig) -> tuple[str | None, dict[str, Artifact]]:
+        """The earlier job whose ``characterization`` artifacts (per-prompt NMSE tables) this sweep reads, and
+        those artifacts by model: the named job, else the only earlier job that produces them."""
+        tables = [a for a in config.produced(job_index(spec, config)).values() if a.kind == CHARACTERIZATION]
+        jobs = list(dict.fromkeys(a.job for a in tables))
+        job = spec.characterize if spec.characterize is not None else (jobs[0] if len(jobs) == 1 else None)
+        return job, {a.model: a for a in tables if a.job == job and a.model is not None}
 
     def task_of(self, spec: TauSweepSpec, config: BenchmarkConfig) -> str | None:
         if spec.task is not None:
             return spec.task
-        char = self.characterize_spec(spec, config)
-        used = CharacterizeJob.task_of(char, config) if char is not None else None
-        rest = [t for t in config.tasks if t != used]
+        _, tables = self.characterization(spec, config)
+        used = {a.info.get("task") for a in tables.values()}
+        rest = [t for t in config.tasks if t not in used]
         return rest[0] if len(rest) == 1 else None
 
     def check(self, spec: TauSweepSpec, config: BenchmarkConfig) -> list[ConfigIssue]:
         issues: list[ConfigIssue] = []
-        char = self.characterize_spec(spec, config)
-        if char is None:
-            index = next((i for i, s in enumerate(config.jobs) if s is spec), len(config.jobs))
-            earlier = [s.name for s in config.jobs[:index] if s.type == "characterize"]
+        job, tables = self.characterization(spec, config)
+        if not tables:
+            earlier = sorted(
+                {a.job for a in config.produced(job_index(spec, config)).values() if a.kind == CHARACTERIZATION}
+            )
             if spec.characterize is not None:
-                which = f"no characterize job named {spec.characterize!r} before this one"
+                which = f"no job named {spec.characterize!r} before this one writes characterization tables"
             else:
                 which = (
-                    "no characterize job before this one"
+                    "no job before this one writes characterization tables"
                     if not earlier
-                    else "several characterize jobs before this one; name one in `characterize`"
+                    else "several jobs before this one write characterization tables; name one in `characterize`"
                 )
-            listed = ", ".join(s.name for s in config.jobs if s.type == "characterize") or "none"
             issues.append(
                 ConfigIssue(
                     ("characterize",),
-                    f"{which} (characterize jobs in the config: {listed}); a sweep reads one listed before it",
+                    f"{which} (jobs writing them: {', '.join(earlier) or 'none'}; a characterize job does); "
+                    "a sweep reads one listed before it",
                 )
             )
             return issues
-        char_models = selected(char, config, "models")
-        for i, name in enumerate(_selected_models(spec, config, char)):
+        char_models = list(tables)
+        for i, name in enumerate(_selected_models(spec, tables)):
             if name not in config.models:
                 issues.append(
                     ConfigIssue(
@@ -297,11 +308,11 @@ class TauSweepJob(JobType):
                 issues.append(
                     ConfigIssue(
                         ("models", i),
-                        f"{name!r} is not characterized by job {char.name!r} (it characterizes {', '.join(char_models)})",
+                        f"{name!r} is not characterized by job {job!r} (it characterizes {', '.join(char_models)})",
                     )
                 )
         task = self.task_of(spec, config)
-        used = CharacterizeJob.task_of(char, config)
+        used = ", ".join(sorted({str(a.info.get("task")) for a in tables.values()}))
         if task is None:
             issues.append(
                 ConfigIssue(
@@ -316,11 +327,12 @@ class TauSweepJob(JobType):
                     ("task",), f"{task!r} is not defined under `tasks:`; defined: {', '.join(config.tasks) or 'none'}"
                 )
             )
-        elif task == used:
+        elif any(a.info.get("task") == task for a in tables.values()):
             issues.append(
                 ConfigIssue(
                     ("task",),
-                    f"{task!r} is the task job {char.name!r} characterizes on; held-out samples must come from another task (e.g. its held-out split)",
+                    f"{task!r} is the task job {job!r} characterizes on; held-out samples must come from another task "
+                    "(e.g. its held-out split)",
                 )
             )
         for field, name in (("baseline", spec.baseline), ("method", spec.method)):
@@ -331,22 +343,28 @@ class TauSweepJob(JobType):
                         f"{name!r} is not defined under `methods:`; defined: {', '.join(config.methods) or 'none'}",
                     )
                 )
-        if (
-            spec.method is not None
-            and spec.method in config.methods
-            and config.methods[spec.method].plugin != BLINDSIGHT
-        ):
+        takers = [m for m in config.methods if HEAD_MAP in config.method_class(m).accepts]
+        if spec.method is None:
             issues.append(
                 ConfigIssue(
                     ("method",),
-                    f"{spec.method!r} uses plugin {config.methods[spec.method].plugin!r}; the sweep runs head maps under {BLINDSIGHT!r}",
+                    "name the method from `methods:` that runs each tau's head map (its other options apply); "
+                    f"methods whose plugin takes a head map: {', '.join(takers) or 'none'}",
+                )
+            )
+        elif spec.method in config.methods and spec.method not in takers:
+            issues.append(
+                ConfigIssue(
+                    ("method",),
+                    f"{spec.method!r} (plugin {config.methods[spec.method].plugin!r}) takes no head map; "
+                    f"methods that do: {', '.join(takers) or 'none'}",
                 )
             )
         if spec.publish is not None:
             rest = spec.publish.replace("{model}", "")
             if "{" in rest or "}" in rest:
                 issues.append(ConfigIssue(("publish",), "the only placeholder allowed is '{model}'"))
-            elif len(_selected_models(spec, config, char)) > 1 and "{model}" not in spec.publish:
+            elif len(_selected_models(spec, tables)) > 1 and "{model}" not in spec.publish:
                 issues.append(
                     ConfigIssue(
                         ("publish",),
@@ -356,13 +374,12 @@ class TauSweepJob(JobType):
         return issues
 
     def expand(self, spec: TauSweepSpec, config: BenchmarkConfig) -> list[Unit]:
-        char = self.characterize_spec(spec, config)
-        assert char is not None  # check() ran
+        _, tables = self.characterization(spec, config)
         task = self.task_of(spec, config)
         template = config.methods[spec.method].model_dump() if spec.method else None
         units = []
-        for model in _selected_models(spec, config, char):
-            char_unit = self._char_unit(char, config, model)
+        for model in _selected_models(spec, tables):
+            char = tables[model]
             fp = fingerprint(
                 self.type,
                 config.models[model].model_dump(),
@@ -370,69 +387,72 @@ class TauSweepJob(JobType):
                 config.methods[spec.baseline].model_dump(),
                 template,
                 spec.max_new_tokens,
-                char_unit.fingerprint,
-                char.limit,
-                char.delta,
-                char.gamma,
+                char.identity,
+                char.info["delta"],
+                char.info["gamma"],
             )
             units.append(
                 Unit(job=spec.name, type=self.type, id=f"{spec.name}/{model}", model=model, task=task, fingerprint=fp)
             )
         return units
 
-    @staticmethod
-    def _char_unit(char: CharacterizeSpec, config: BenchmarkConfig, model: str) -> Unit:
-        return next(u for u in CharacterizeJob().expand(char, config) if u.model == model)
+    def consumes(self, spec: TauSweepSpec, config: BenchmarkConfig) -> list[tuple[tuple[str | int, ...], Artifact]]:
+        _, tables = self.characterization(spec, config)
+        return [(("characterize",), tables[m]) for m in _selected_models(spec, tables) if m in tables]
 
     # ------------------------------------------------------------------------------------------ running
 
     def _characterization(
         self, spec: TauSweepSpec, unit: Unit, ctx: RunContext
-    ) -> tuple[CharacterizeSpec, Unit, CharacterizationResult]:
-        """The characterize unit's stored prompts for this model; it must have finished."""
-        from bsight.harness.store import RunFolder
-
-        char = self.characterize_spec(spec, ctx.config)
-        assert char is not None and ctx.run_dir is not None
-        char_unit = self._char_unit(char, ctx.config, unit.model)
-        rows = RunFolder(ctx.run_dir).rows(char_unit, CharacterizeRow)
-        setup = next((r.setup for r in rows if r.kind == "setup"), None)
-        prompts = [r for r in rows if r.kind != "setup"][: char.limit]
-        wanted = len(ctx.samples(char_unit.task, char.limit))
-        if setup is None or len(prompts) < wanted:
+    ) -> tuple[Artifact, CharacterizationResult]:
+        """The characterization artifact of this model and its tables; its producer must have finished."""
+        _, tables = self.characterization(spec, ctx.config)
+        char = tables[unit.model]
+        assert ctx.run_dir is not None and char.run_path is not None
+        file = ctx.run_dir / char.run_path
+        if not file.is_file():
             raise ValueError(
-                f"unit {char_unit.id} holds {len(prompts)} of {wanted} characterized prompts: it must finish before {unit.id} (see its error above)"
+                f"{file} does not exist: job {char.job!r} must characterize {unit.model!r} before {unit.id} "
+                "(see its error above)"
             )
-        return char, char_unit, summarize(char, setup, prompts).result
+        return char, CharacterizationResult.load(file)
 
-    def _blindsight(self, spec: TauSweepSpec, ctx: RunContext, head_map: HeadMap, info: ModelInfo) -> AttentionMethod:
-        options = dict(ctx.config.methods[spec.method].options) if spec.method else {}
-        options.pop("uniform", None)
-        method = ctx.registry.get("method", BLINDSIGHT)({**options, "head_map": head_map})
+    def _method(self, spec: TauSweepSpec, ctx: RunContext, head_map: HeadMap, info: ModelInfo) -> AttentionMethod:
+        """The configured method with its other options, running ``head_map``."""
+        assert spec.method is not None  # check() ran
+        cls = ctx.config.method_class(spec.method)
+        method = cls(cls.with_artifact(dict(ctx.config.methods[spec.method].options), HEAD_MAP, head_map))
         method.setup(info)
         return method
 
     def run_unit(self, spec: TauSweepSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet[TauSweepRow]) -> None:
         adapter, task = ctx.model(unit.model), ctx.task(unit.task)
         info = adapter.info
-        char, char_unit, result = self._characterization(spec, unit, ctx)
+        char, result = self._characterization(spec, unit, ctx)
+        delta, gamma = char.info["delta"], char.info["gamma"]
+        ctx.note(characterize_tau=char.info.get("tau"))
         samples = ctx.samples(unit.task, spec.limit)
         if any(s.id.startswith("#") for s in samples):
             raise ValueError(f"task {unit.task!r} has sample ids starting with '#', which this job reserves")
         taus = spec.taus
         ctx.expect(1 + len(taus) + len(samples) * (1 + len(taus)))
         max_new_tokens = spec.max_new_tokens or task.default_max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        if not task.decoding().greedy:  # its agreement and KL compare greedy answers: never silently greedy
+            raise ValueError(
+                f"unit {unit.id}: task {unit.task!r} uses scoring protocol {task.protocol!r}, which samples; the tau "
+                "sweep compares greedy answers: give the task a greedy protocol (e.g. protocol: bsight)"
+            )
         check_budget([r.answer for r in rows if r.answer is not None], max_new_tokens, unit)
         stored = rows.rows.get(SETUP_KEY)
         if stored is None:
             medians, gain = nmse_structure(result)
             setup = SweepSetup(
                 model=info,
-                characterize_unit=char_unit.id,
+                characterize_unit=f"{char.job}/{char.model}",
                 dataset=result.dataset,
                 sink_policy=result.sink_policy,
-                delta=char.delta,
-                gamma=char.gamma,
+                delta=delta,
+                gamma=gamma,
                 nmse_median=medians,
                 sink_gain_heads=gain,
                 heads=info.num_layers * info.num_heads,
@@ -440,19 +460,20 @@ class TauSweepJob(JobType):
             rows.append(TauSweepRow(key=SETUP_KEY, kind="setup", setup=setup))
         elif stored.setup.model != info:
             raise ValueError(
-                f"unit {unit.id}: stored rows come from {stored.setup.model.model_id} (revision {stored.setup.model.revision or '-'}), "
+                f"unit {unit.id}: stored rows come from {stored.setup.model.model_id} (revision "
+                f"{stored.setup.model.revision or '-'}), "
                 f"the loaded model is {info.model_id} (revision {info.revision or '-'}); rerun with --fresh"
             )
         assert ctx.run_dir is not None
         folder = Path(HEADMAP_DIR) / unit.job
         head_maps: dict[float, HeadMap] = {}
         for tau in taus:
-            hm = build_head_map(result, CharacterizationParams(tau=tau, delta=char.delta, gamma=char.gamma))
+            hm = build_head_map(result, CharacterizationParams(tau=tau, delta=delta, gamma=gamma))
             file = folder / f"{unit.model}.tau{tau:g}.json"
             hm.save(ctx.run_dir / file)
             head_maps[tau] = hm
             if f"#{tau_key(tau)}" not in rows.done:
-                (point,) = sweep(result, [tau], [char.delta], [char.gamma])
+                (point,) = sweep(result, [tau], [delta], [gamma])
                 rows.append(
                     TauSweepRow(
                         key=f"#{tau_key(tau)}", kind="tau", tau=tau, head_map=TauHeadMap(sweep=point, file=str(file))
@@ -460,7 +481,7 @@ class TauSweepJob(JobType):
                 )
         baseline = ctx.method(spec.baseline)
         baseline.setup(info)
-        methods = {tau: self._blindsight(spec, ctx, hm, info) for tau, hm in head_maps.items()}
+        methods = {tau: self._method(spec, ctx, hm, info) for tau, hm in head_maps.items()}
         variants: list[float | None] = [None, *taus]
         todo = [s for s in samples if any(sample_key(s.id, t) not in rows.done for t in variants)]
         with ctx.progress(unit.id, total=len(samples), completed=len(samples) - len(todo)) as bar:
@@ -475,7 +496,7 @@ class TauSweepJob(JobType):
             )
             if spec.publish is not None:
                 files["published"] = str(head_maps[chosen].save(Path(spec.publish.replace("{model}", unit.model))))
-        ctx.note(chosen_tau=chosen, files=files, headline=task.headline)
+        ctx.note(chosen_tau=chosen, files=files, headline=task.headline, protocol=task.protocol)
 
     def _sample(
         self,
@@ -494,7 +515,8 @@ class TauSweepJob(JobType):
         prepared = adapter.prepare(sample)
         if len(prepared.layouts) != 1:
             raise ValueError(
-                f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; the sweep takes one prompt at a time"
+                f"sample {sample.id!r}: prepare() gave a batch of {len(prepared.layouts)}; the sweep takes one "
+                "prompt at a time"
             )
         common = {"model": unit.model, "task_name": unit.task}
         dense_key = sample_key(sample.id, None)
@@ -508,7 +530,8 @@ class TauSweepJob(JobType):
             forced.inputs["input_ids"][0, : prepared.num_tokens], prepared.inputs["input_ids"][0]
         ):
             raise ValueError(
-                f"sample {sample.id!r}: adapter {adapter.name!r} did not append the gold continuation after the prompt's tokens "
+                f"sample {sample.id!r}: adapter {adapter.name!r} did not append the gold continuation after "
+                "the prompt's tokens "
                 f"({prepared.num_tokens} prompt tokens, {forced.num_tokens} with the continuation)"
             )
         if dense_key not in rows.done:
@@ -537,7 +560,9 @@ class TauSweepJob(JobType):
             policy = method.sink_policy
             if policy not in pair_tables:  # sinks as the attention bridge applies them for this method
                 lay = layout.with_sinks(policy) if policy is not None else layout
-                pair_tables[policy] = layer_pair_table(LayoutMeta.build(lay.unpadded()), info.sliding_windows)
+                pair_tables[policy] = layer_pair_table(
+                    lay.unpadded(), info.sliding_windows, info.kinds(), info.bidirectional_layers
+                )
             answer = greedy_answer(
                 adapter,
                 method,
@@ -546,13 +571,15 @@ class TauSweepJob(JobType):
                 prepared,
                 max_new_tokens,
                 key=key,
-                method_name=f"{BLINDSIGHT}@{tau_key(tau)}",
+                method_name=f"{method.name}@{tau_key(tau)}",
                 **common,
             )
             lp = answer_log_probs(adapter, method, forced, n)
             kl = kl_per_position(base_lp, lp)
             fidelity = Fidelity(
-                agrees=stats.agreement([answer.extracted], [dense.extracted]) == 1.0,
+                # two unparsed answers are not an agreement (DESIGN.md section 5)
+                agrees=None not in (answer.extracted, dense.extracted)
+                and stats.agreement([answer.extracted], [dense.extracted]) == 1.0,
                 kl_mean=float(kl.mean()),
                 kl_max=float(kl.max()),
                 top1_match=float((lp.argmax(-1) == base_lp.argmax(-1)).double().mean()),
@@ -561,6 +588,15 @@ class TauSweepJob(JobType):
             rows.append(TauSweepRow(key=key, kind="sample", tau=tau, answer=answer, answer_tokens=n, fidelity=fidelity))
 
     # ---------------------------------------------------------------------------------------- reporting
+
+    @staticmethod
+    def _score_ci(rows: list[TauSweepRow], tau: float, macro: bool, spec: TauSweepSpec, seed: int) -> stats.PairedDelta:
+        """Bootstrap CI of the headline score under one tau, on the samples ``_points`` scores (those the
+        baseline answered too)."""
+        dense = {r.answer.sample_id for r in rows if r.kind == "sample" and r.tau is None}
+        mine = [r.answer for r in rows if r.kind == "sample" and r.tau == tau and r.answer.sample_id in dense]
+        groups = [a.subtask for a in mine] if macro else None
+        return stats.score_interval([a.correct for a in mine], groups, spec.bootstrap, spec.confidence, seed)
 
     @staticmethod
     def _points(
@@ -587,6 +623,12 @@ class TauSweepJob(JobType):
                 groups=subtasks if headline == "macro" else None,
             )
             shares = head.head_map.sweep.shares
+            agree = stats.answer_agreement(
+                [mine[k].answer.extracted for k in keys],
+                [dense[k].extracted for k in keys],
+                [mine[k].answer.generation for k in keys],
+                [dense[k].generation for k in keys],
+            )
             out.append(
                 {
                     "tau": head.tau,
@@ -597,7 +639,10 @@ class TauSweepJob(JobType):
                     "sparse_share": 1.0 - shares[Category.DENSE.label],
                     "flops_heldout": float(np.mean([f.flops_reduction for f in fid])) if fid else nan,
                     "flops_heldout_min": float(np.min([f.flops_reduction for f in fid])) if fid else nan,
-                    "agreement": float(np.mean([f.agrees for f in fid])) if fid else nan,
+                    # over the pairs where both answers parsed; the rest are counted apart
+                    "agreement": agree.rate,
+                    "either_unparsed": agree.either_unparsed,
+                    "exact_generation": agree.exact_generation,
                     "kl_mean": float(np.mean([f.kl_mean for f in fid])) if fid else nan,
                     "kl_max": float(np.max([f.kl_max for f in fid])) if fid else nan,
                     "top1_match": float(np.mean([f.top1_match for f in fid])) if fid else nan,
@@ -624,7 +669,7 @@ class TauSweepJob(JobType):
             )
             p["chosen"] = p["tau"] == chosen
         dense = [r.answer for r in rows if r.kind == "sample" and r.tau is None]
-        used = _characterize_tau(run, setup.characterize_unit)
+        used = rec.info.get("characterize_tau")
         model = setup.model
         return {
             "job": rec.unit.job,
@@ -673,6 +718,77 @@ class TauSweepJob(JobType):
             return None
         return SectionData(context={"units": units, "categories": [c.label for c in Category]}, plots=plots)
 
+    tables = (ACCURACY_TABLE,)
+
+    def table(self, run: RunFolder, records: list[UnitRecord], name: str) -> list[dict[str, Any]]:
+        """``accuracy``: the baseline's answers (``reference``) and, per tau, the answers under that tau's head
+        map (``tau``, its category ``shares`` and the ``plugin`` that ran it), for other reports."""
+        if name != ACCURACY_TABLE:
+            return []
+        seed = run_seed(run)
+        config = run.config_data()
+        plugins = {m: ref.get("plugin") for m, ref in config.get("methods", {}).items()}
+        out = []
+        for rec in records:
+            spec = self.spec_of(rec)
+            rows = run.rows(rec.unit, self.Row)
+            headline = rec.info.get("headline", "micro")
+            common = {
+                "model": rec.unit.model,
+                "task": rec.unit.task,
+                "is_baseline": False,
+                "headline": headline,
+                "protocol": rec.info.get("protocol"),
+                "decoding": "greedy",
+                "expected": None,
+                "status": rec.status,
+            }
+            answers = [r.answer for r in rows if r.kind == "sample" and r.tau is None and r.answer is not None]
+            dense = [a.correct for a in answers]
+            groups = [a.subtask for a in answers] if headline == "macro" else None
+            ci = stats.score_interval(dense, groups, spec.bootstrap, spec.confidence, seed)
+            if dense:
+                out.append(
+                    {
+                        **common,
+                        "method": spec.baseline,
+                        "plugin": plugins.get(spec.baseline),
+                        "tau": None,
+                        "reference": True,
+                        "job": rec.unit.job,
+                        "accuracy": ci.delta,  # the headline score (macro: over subtasks)
+                        "n": len(dense),
+                        "baseline": spec.baseline,
+                        "is_baseline": True,
+                        "agreement": None,
+                        "label": spec.baseline,
+                        "ci": ci,
+                        "delta": None,
+                    }
+                )
+            for p in self._points(rows, spec, seed, headline):
+                if p["n"]:
+                    out.append(
+                        {
+                            **common,
+                            "method": None,
+                            "plugin": plugins.get(spec.method) if spec.method else None,
+                            "tau": f"{p['tau']:g}",
+                            "reference": False,
+                            "job": f"{rec.unit.job} (tau {p['tau']:g})",
+                            "accuracy": p["accuracy"],
+                            "n": p["n"],
+                            "baseline": spec.baseline,
+                            "agreement": p["agreement"],
+                            "shares": p["shares"],
+                            "label": f"{spec.method or 'head map'} (tau {p['tau']:g})",
+                            "ci": self._score_ci(rows, p["tau"], groups is not None, spec, seed),
+                            "delta": p["delta"],
+                            "flops_reduction": p["flops_heldout"],
+                        }
+                    )
+        return out
+
     def metrics(self, run: RunFolder, records: list[UnitRecord]) -> list[Metric]:
         out = []
         seed = run_seed(run)
@@ -699,15 +815,6 @@ class TauSweepJob(JobType):
                     )
                 )
         return out
-
-
-def _characterize_tau(run: RunFolder, char_unit_id: str) -> float | None:
-    """The tau of the characterize job this sweep read (the head map later jobs use), from the run's config."""
-    job = char_unit_id.split("/", 1)[0]
-    for entry in run.config_data().get("jobs", []):
-        if entry.get("type") == "characterize" and entry.get("name") == job:
-            return float(entry["tau"])
-    return None
 
 
 def pareto_plot(points: list[dict[str, Any]], rule: DefaultRule, model: str):
@@ -738,3 +845,8 @@ def pareto_plot(points: list[dict[str, Any]], rule: DefaultRule, model: str):
     left.legend(frameon=False, fontsize=7, loc="lower left")
     fig.suptitle(f"{model}: one point per tau", fontsize=9)
     return fig
+
+
+@hookimpl
+def bsight_job_types():
+    return [TauSweepJob]

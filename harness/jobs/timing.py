@@ -1,4 +1,5 @@
-"""Job ``timing``: the kernel timing sweep (:func:`bsight.harness.benchmarks.kernel_sweep.run_sweep`), measured here or published.
+"""Job ``timing``: the kernel timing sweep (:func:`bsight.harness.benchmarks.kernel_sweep.run_sweep`), measured
+here or published.
 
 On a CUDA machine the job runs the sweep one prompt length at a time (one durable row per length, so a killed
 run resumes at the next length). Anywhere else it fakes nothing: it loads the rows of a published sweep
@@ -13,242 +14,29 @@ table, the kernel issue's targets (:func:`bsight.harness.benchmarks.kernel_sweep
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from abc import abstractmethod
-from collections.abc import Callable
-from importlib import resources
-from importlib.resources.abc import Traversable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
+from bsight.harness.benchmarks import kernel_sweep
 from bsight.harness.figures import COLORS as COLORS_BY_CATEGORY
-from bsight.harness.jobs.base import ConfigIssue, JobSpec, JobType, Metric, ResultRow, SectionData, Unit, fingerprint
+from bsight.harness.hookspecs import hookimpl
+from bsight.harness.jobs.published import MeasuredOrPublished, MeasuredSpec, jsonable
+from bsight.harness.jobtypes import Metric, ResultRow, SectionData, Unit
 from bsight.harness.plots import line_plot, make_plot
 from bsight.kernels.sparsity.categories import Category
 
 if TYPE_CHECKING:
-    from bsight.harness.config import BenchmarkConfig
     from bsight.harness.runner import RunContext
     from bsight.harness.store import RunFolder, UnitRecord, UnitRowSet
 
 log = logging.getLogger(__name__)
 
-Source = Literal["auto", "measure", "published"]
-# provenance fields of published documents (kernel sweep: date, torch, triton; TTFT: created, packages, device)
-PROVENANCE_KEYS = (
-    "gpu",
-    "git_commit",
-    "git_dirty",
-    "date",
-    "created",
-    "torch",
-    "triton",
-    "cuda",
-    "cudnn",
-    "command",
-    "device",
-    "packages",
-)
-Mode = Literal["measure", "published"]
-PUBLISHED_PACKAGE = "bsight.reports"
-
-
-# ------------------------------------------------------------------------------------ published results
-
-
-def published_file(path: str) -> Traversable | None:
-    """A published result file: ``path`` as given (absolute or relative to the working directory), else, for
-    ``reports/...``, the same file inside the installed ``bsight.reports`` package (package data), so the
-    default run renders published results outside a source checkout too. None when neither exists."""
-    given = Path(path)
-    if given.is_file():
-        return given
-    parts = given.parts
-    if not given.is_absolute() and len(parts) > 1 and parts[0] == "reports":
-        packaged = resources.files(PUBLISHED_PACKAGE).joinpath(*parts[1:])
-        if packaged.is_file():
-            return packaged
-    return None
-
-
-def load_published(path: str) -> tuple[dict[str, Any], str] | None:
-    """The parsed JSON document of a published result and its SHA-256 (first 16 hex digits), or None when the
-    file does not exist; a file that is not a JSON object is a ValueError naming it."""
-    found = published_file(path)
-    if found is None:
-        return None
-    data = found.read_bytes()
-    try:
-        doc = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"published result {path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"published result {path}: expected a JSON object, got {type(doc).__name__}")
-    return doc, hashlib.sha256(data).hexdigest()[:16]
-
-
-def append_published(
-    ctx: RunContext,
-    rows: UnitRowSet,
-    path: str | None,
-    why_missing: str,
-    parse: Callable[[dict[str, Any]], tuple[list[ResultRow], dict[str, Any]]],
-) -> None:
-    """A unit's rows from a published JSON (``parse``: its rows and the measurement's metadata): the rows not
-    stored yet are appended and the file, its hash and the metadata noted; an absent file is noted as
-    missing (``why_missing``), with no rows expected, so the section says "not measured"."""
-    found = load_published(path) if path else None
-    if found is None:
-        ctx.expect(0)
-        ctx.note(source="none", missing=path, why=why_missing)
-        return
-    doc, digest = found
-    published, meta = parse(doc)
-    ctx.expect(len(published))
-    ctx.note(source="published", file=path, sha256=digest, meta=jsonable(meta))
-    for row in published:
-        if row.key not in rows.done:
-            rows.append(row)
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` as plain JSON data (numpy or torch scalars become numbers, anything else its string)."""
-    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-
-
-class PublishedSource(BaseModel):
-    """Where a GPU benchmark's numbers come from: measured on this machine, or a published result JSON. The
-    ``timing`` and ``ttft`` jobs have these fields at the top level, the ``baselines`` job under ``gpu:``."""
-
-    source: Source = Field(
-        "auto",
-        description="auto: measure where the benchmark can run (CUDA), else load `published`; measure: measure or fail; "
-        "published: always load `published`",
-    )
-    published: str | None = Field(None, description="published result JSON (default per job type); null: none")
-
-    @model_validator(mode="after")
-    def _need_file(self) -> PublishedSource:
-        if self.source == "published" and self.published is None:
-            raise ValueError("source 'published' needs a `published` file")
-        return self
-
-    def resolve(self, can_measure: bool) -> Mode:
-        """``measure`` or ``published``: ``auto`` measures where the benchmark can run."""
-        if self.source != "auto":
-            return self.source
-        return "measure" if can_measure else "published"
-
-    def file_issues(self, mode: Mode, at: tuple[str, ...] = ()) -> list[ConfigIssue]:
-        """A published file the user named must exist when it is the one loaded (a default may not exist yet)."""
-        if self.published is None or "published" not in self.model_fields_set or mode != "published":
-            return []
-        if published_file(self.published) is None:
-            return [
-                ConfigIssue(
-                    (*at, "published"),
-                    f"{self.published!r} not found (looked in the working directory and in the installed {PUBLISHED_PACKAGE} package)",
-                )
-            ]
-        return []
-
-    def identity(self, mode: Mode, measure_params: dict[str, Any]) -> dict[str, Any]:
-        """What a unit's numbers depend on (for its fingerprint): the measuring parameters, or the published
-        file and its hash, so that an updated file is loaded again."""
-        if mode == "measure":
-            return measure_params
-        found = load_published(self.published) if self.published else None
-        return {"published": self.published, "sha256": found[1] if found else None}
-
-
-class MeasuredSpec(PublishedSource, JobSpec):
-    """Common fields of a GPU benchmark job that can also show published results."""
-
-
-class MeasuredOrPublished(JobType):
-    """One unit per job: measured rows (resumable, one per prompt length) or the rows of a published JSON.
-
-    Subclasses supply ``can_measure``, ``measure`` and ``published_rows``; the resolved mode and the
-    published file's hash are part of the unit's fingerprint, so a run folder never mixes the two and an
-    updated published file is loaded again.
-    """
-
-    shardable: ClassVar[bool] = False
-
-    @abstractmethod
-    def can_measure(self, spec: MeasuredSpec) -> bool:
-        """Whether this machine can run the benchmark (e.g. a CUDA device is present)."""
-
-    @abstractmethod
-    def measure_params(self, spec: MeasuredSpec) -> dict[str, Any]:
-        """The spec's parameters that change measured rows (part of the fingerprint)."""
-
-    @abstractmethod
-    def measure(self, spec: MeasuredSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet) -> None:
-        """Measure on this machine, appending rows and skipping ``rows.done``."""
-
-    @abstractmethod
-    def published_rows(self, doc: dict[str, Any]) -> tuple[list[ResultRow], dict[str, Any]]:
-        """The rows of a published document and its metadata (provenance, setup) for the section."""
-
-    def mode(self, spec: MeasuredSpec) -> Mode:
-        return spec.resolve(self.can_measure(spec))
-
-    def check(self, spec: MeasuredSpec, config: BenchmarkConfig) -> list[ConfigIssue]:
-        return spec.file_issues(self.mode(spec))
-
-    def expand(self, spec: MeasuredSpec, config: BenchmarkConfig) -> list[Unit]:
-        mode = self.mode(spec)
-        fp = fingerprint(self.type, mode, spec.identity(mode, self.measure_params(spec)))
-        return [Unit(job=spec.name, type=self.type, id=f"{spec.name}/{mode}", fingerprint=fp)]
-
-    def run_unit(self, spec: MeasuredSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet) -> None:
-        mode = self.mode(spec)
-        if mode == "measure":
-            if not self.can_measure(spec):
-                raise RuntimeError(
-                    f"job {spec.name!r} has source 'measure' but this machine cannot run it (no CUDA device)"
-                )
-            ctx.note(source="measured")
-            self.measure(spec, unit, ctx, rows)
-            return
-        why = "source: published" if spec.source == "published" else "this machine cannot run it"
-        append_published(ctx, rows, spec.published, why, self.published_rows)
-
-    @staticmethod
-    def origin(record: UnitRecord) -> dict[str, Any]:
-        """Where a unit's numbers come from, from its recorded info: ``source`` (measured, published or
-        none), the published ``file`` and its hash, and ``prov``, the measurement's provenance with every key
-        the templates read present (None when the document lacks it)."""
-        info = record.info
-        meta = info.get("meta") or {}
-        prov = meta.get("provenance") or {}
-        return {
-            "source": info.get("source", "none"),
-            "file": info.get("file") or info.get("missing"),
-            "sha256": info.get("sha256"),
-            "meta": meta,
-            "why": info.get("why", "not run yet"),
-            "prov": {k: prov.get(k) for k in PROVENANCE_KEYS},
-            "gpu": meta.get("gpu") or prov.get("gpu"),
-        }
-
-
 # ---------------------------------------------------------------------------------------------- timing
 
 
-LENGTHS = (
-    36_864,
-    73_728,
-    147_456,
-    301_056,
-)  # = bsight.harness.benchmarks.kernel_sweep.LENGTHS (not imported: it loads Triton)
-LAYOUTS = ("peers", "mixed")
-METHODS = ("ours", "cudnn", "fa2", "flex")
+LENGTHS, LAYOUTS, METHODS = kernel_sweep.LENGTHS, kernel_sweep.LAYOUTS, kernel_sweep.METHODS  # (loads no Triton)
 # columns of the time table, in this order when present (others follow)
 PREFERRED = (
     [("cudnn", "dense"), ("fa2", "dense"), ("ours", "dense"), ("ours", "dense_in_kernel")]
@@ -379,6 +167,7 @@ def timing_context(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 class TimingJob(MeasuredOrPublished):
     type = "timing"
+    report_order = 60
     Spec = TimingSpec
     Row = TimingRow
     section = "timing"
@@ -397,8 +186,6 @@ class TimingJob(MeasuredOrPublished):
     def measure(self, spec: TimingSpec, unit: Unit, ctx: RunContext, rows: UnitRowSet[TimingRow]) -> None:
         import torch
 
-        from bsight.harness.benchmarks.kernel_sweep import run_sweep  # loads Triton: only where the sweep runs
-
         lengths = list(dict.fromkeys(spec.lengths))
         ctx.expect(len(lengths))
         ctx.note(
@@ -410,17 +197,14 @@ class TimingJob(MeasuredOrPublished):
         todo = [n for n in lengths if str(n) not in rows.done]
         with ctx.progress(unit.id, total=len(lengths), completed=len(lengths) - len(todo)) as bar:
             for n in todo:
-                points = run_sweep(
+                sweep = kernel_sweep.KernelSweepSpec(
                     lengths=[n],
-                    layouts=spec.layouts,
-                    methods=spec.methods,
-                    check=spec.check,
-                    kernel_dense_upto=spec.kernel_dense_upto,
-                    flex_until_s=spec.flex_until_s,
-                    stop_after_s=spec.stop_after_s,
-                    log=log.info,
+                    **spec.model_dump(
+                        include={"layouts", "methods", "check", "kernel_dense_upto", "flex_until_s", "stop_after_s"}
+                    ),
                 )
-                rows.append(TimingRow(key=str(n), tokens=n, source="measured", points=jsonable(points)))
+                doc = kernel_sweep.run(sweep, log=log.info)
+                rows.append(TimingRow(key=str(n), tokens=n, source="measured", points=jsonable(doc["rows"])))
                 bar.advance()
 
     def published_rows(self, doc: dict[str, Any]) -> tuple[list[TimingRow], dict[str, Any]]:
@@ -531,3 +315,8 @@ class TimingJob(MeasuredOrPublished):
                     Metric(name=f"{rec.unit.job}/{lay}/{s}/{m}/{c}/ms", value=ms, higher_is_better=False, relative=True)
                 )
         return out
+
+
+@hookimpl
+def bsight_job_types():
+    return [TimingJob]

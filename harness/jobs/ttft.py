@@ -1,29 +1,23 @@
 """Job ``ttft``: end-to-end time to first token, dense vs ``blindsight`` (:mod:`bsight.harness.benchmarks.ttft`).
 
-On a CUDA machine each prompt length is one run of ``python -m bsight.harness.benchmarks.ttft`` (in process; one durable
+On a CUDA machine each prompt length is one call of :func:`bsight.harness.benchmarks.ttft.run` (one durable
 row per length, so a killed run resumes at the next length). ``small: true`` runs the script's tiny CPU
 configuration instead: the whole path with a tiny random model, numbers that say nothing about the 7B model
 (the section labels them). Elsewhere the job loads the published results (default
 ``reports/published/ttft_h100.json``) and says where they were measured; without that file the section says
-there is no data. Its part of the timing section: TTFT and attention time per length and method, attention share of TTFT, peak
-GPU memory, speedups, and what the model was (random weights, random head map: timing only).
+there is no data. Its part of the timing section: TTFT and attention time per length and method, attention
+share of TTFT, peak GPU memory, speedups, and what the model was (random weights, random head map: timing only).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import logging
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from bsight.harness.jobs.base import Metric, ResultRow, SectionData, Unit
-from bsight.harness.jobs.timing import MeasuredOrPublished, MeasuredSpec, jsonable
+from bsight.harness.hookspecs import hookimpl
+from bsight.harness.jobs.published import MeasuredOrPublished, MeasuredSpec, jsonable
+from bsight.harness.jobtypes import Metric, ResultRow, SectionData, Unit
 from bsight.harness.plots import line_plot, make_plot
 
 if TYPE_CHECKING:
@@ -89,25 +83,9 @@ def document_meta(doc: dict[str, Any]) -> dict[str, Any]:
     return {"model": model, **{k: doc[k] for k in META_KEYS if k in doc}}
 
 
-def _quietly(main: Callable[[list[str]], int], argv: list[str]) -> None:
-    """Run the script's entry point without its console output (the table goes to stdout, which ``bsight run``
-    keeps for the report path) and without the root logging handler it installs outliving the call."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            status = main(argv)
-    finally:
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
-        root.setLevel(level)
-    if status:
-        raise RuntimeError(f"python -m bsight.harness.benchmarks.ttft {' '.join(argv)} exited with status {status}")
-
-
 class TTFTJob(MeasuredOrPublished):
     type = "ttft"
+    report_order = 70
     Spec = TTFTSpec
     Row = TTFTRow
     section = "timing"  # with the kernel sweep's part
@@ -129,29 +107,11 @@ class TTFTJob(MeasuredOrPublished):
         todo = [n for n in lengths if str(n) not in rows.done]
         with ctx.progress(unit.id, total=len(lengths), completed=len(lengths) - len(todo)) as bar:
             for n in todo:
-                with tempfile.TemporaryDirectory() as tmp:
-                    out = Path(tmp) / "ttft.json"
-                    argv = [
-                        "--out",
-                        str(out),
-                        "--lengths",
-                        str(n),
-                        "--repeats",
-                        str(spec.repeats),
-                        "--dense-share",
-                        str(spec.dense_share),
-                        "--seed",
-                        str(spec.seed),
-                        "--budget-s",
-                        str(spec.budget_s),
-                    ] + (["--small"] if spec.small else [])
-                    _quietly(ttft.main, argv)
-                    doc = json.loads(out.read_text())
-                meta = document_meta(doc)
-                prov = meta.get("provenance", {})
-                if isinstance(prov.get("command"), str):  # the temporary file's path means nothing later
-                    prov["command"] = prov["command"].replace(str(out), out.name)
-                ctx.note(meta=jsonable(meta))
+                bench = ttft.TTFTBenchSpec(
+                    lengths=[n], **spec.model_dump(include={"small", "repeats", "dense_share", "seed", "budget_s"})
+                )
+                doc = ttft.run(bench, log=lambda line: None)  # its progress lines would break the run's display
+                ctx.note(meta=jsonable(document_meta(doc)))
                 (entry,) = doc["lengths"]
                 rows.append(row_from_entry(entry, "measured"))
                 bar.advance()
@@ -264,3 +224,8 @@ class TTFTJob(MeasuredOrPublished):
                                 )
                             )
         return out
+
+
+@hookimpl
+def bsight_job_types():
+    return [TTFTJob]

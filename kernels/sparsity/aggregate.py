@@ -14,6 +14,7 @@ from bsight.kernels.sparsity.artifacts import tool_version
 from bsight.kernels.sparsity.categories import SPARSE_CATEGORIES, Category
 from bsight.kernels.sparsity.characterization import CharacterizationResult
 from bsight.kernels.sparsity.headmap import CharacterizationParams, HeadMap
+from bsight.kernels.sparsity.layerkinds import is_softmax
 
 DEFAULT_PARAMS = CharacterizationParams(tau=0.05, delta=0.2, gamma=0.5)
 """Provisional defaults: the paper's values did not survive extraction. Re-choose them from a sweep
@@ -48,16 +49,21 @@ def build_head_map(result: CharacterizationResult, params: CharacterizationParam
     hist = category_histograms(result.choices(params.tau))
     cats = aggregate_categories(hist, params.delta, params.gamma)
     labels = [c.label for c in Category]
+    softmax = [is_softmax(k) for k in result.kinds()]  # linear layers (hybrid models): no categories
     return HeadMap(
         model_id=result.model_id,
         model_revision=result.model_revision,
         weights=result.weights,
         num_layers=result.num_layers,
         num_heads=result.num_heads,
-        categories=[[Category(int(c)).label for c in row] for row in cats],
+        layer_kinds=result.layer_kinds,
+        categories=[[Category(int(c)).label for c in row] if keep else [] for row, keep in zip(cats, softmax)],
         params=params,
         dataset=result.dataset.model_copy(update={"size": len(result.prompts)}),
-        histograms=[[{labels[c]: float(h[c]) for c in range(len(Category))} for h in row] for row in hist],
+        histograms=[
+            [{labels[c]: float(h[c]) for c in range(len(Category))} for h in row] if keep else []
+            for row, keep in zip(hist, softmax)
+        ],
         sink_policy=result.sink_policy,
         tool_version=result.tool_version or tool_version(),
     )

@@ -3,6 +3,7 @@ tool version every artifact records."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from importlib.metadata import PackageNotFoundError, version
 from importlib.resources.abc import Traversable
@@ -32,3 +33,25 @@ def tool_version() -> str:
         return version("bsight")
     except PackageNotFoundError:  # running from a source tree that is not installed
         return "0.0.0+unknown"
+
+
+PUBLISHED_PACKAGE = "bsight.reports"  # package data: the published results and head maps
+
+
+def find_published(path: str) -> Traversable | None:
+    """A published result file: ``path`` as given (absolute or relative to the working directory), else, for
+    ``reports/...``, the same file inside the installed ``bsight.reports`` package (package data), so the
+    default run renders published results outside a source checkout too. None when neither exists."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    parts = given.parts
+    if not given.is_absolute() and len(parts) > 1 and parts[0] == "reports":
+        # bsight.reports is a namespace package (no __init__.py, see pyproject): look in its folders directly,
+        # since importlib.resources handles namespace packages unevenly across Python versions
+        spec = importlib.util.find_spec(PUBLISHED_PACKAGE)
+        for folder in spec.submodule_search_locations or [] if spec else []:
+            packaged = Path(folder).joinpath(*parts[1:])
+            if packaged.is_file():
+                return packaged
+    return None

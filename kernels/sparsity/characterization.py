@@ -3,6 +3,12 @@
 The expensive part of characterization (running the model, :mod:`bsight.harness.characterize`) writes these
 tables; selection (:func:`select_categories`), aggregation and sweeps work on them without the model, so any
 tau can be re-selected later.
+
+Hybrid models: a layer that is not softmax attention (``layer_kinds``, see
+:mod:`bsight.kernels.sparsity.layerkinds`) is not characterized: its NMSE row is empty and its pairs are zero.
+In the dense arrays (:meth:`CharacterizationResult.nmse_array`) its heads get NMSE ``inf`` - every prompt
+selects ``dense`` there, at zero pairs - and :func:`~bsight.kernels.sparsity.aggregate.build_head_map` writes the
+layer as ``linear`` with no categories.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from bsight.kernels.sparsity.artifacts import load_json_model
 from bsight.kernels.sparsity.categories import SPARSE_CATEGORIES, Category
 from bsight.kernels.sparsity.headmap import DatasetInfo
+from bsight.kernels.sparsity.layerkinds import LayerKind, is_softmax, require_softmax, resolve
 from bsight.kernels.sparsity.layout import SinkPolicy
 
 RESULT_SCHEMA_VERSION = 1
@@ -30,7 +37,9 @@ class PromptRecord(BaseModel):
     num_tokens: int = Field(ge=0)
     num_images: int = Field(ge=0)
     image_queries: int = Field(ge=0)
-    nmse: list[list[list[float]]]  # [layer][query head][sparse category: sink, intra_image, intra_image_sink]
+    nmse: list[
+        list[list[float]]
+    ]  # [layer][query head][sparse category: sink, intra_image, intra_image_sink]; [] linear
     pairs: list[list[int]]  # [layer][category: dense, sink, intra_image, intra_image_sink] kept pairs per head
 
     @model_validator(mode="after")
@@ -63,6 +72,7 @@ class CharacterizationResult(BaseModel):
     num_kv_heads: int = Field(gt=0)
     head_dim: int = Field(gt=0)
     sliding_windows: list[int | None]
+    layer_kinds: list[LayerKind] = []  # per layer ([] = all "attention"); linear layers are not characterized
     dataset: DatasetInfo
     sink_policy: SinkPolicy
     prompts: list[PromptRecord] = []
@@ -74,16 +84,27 @@ class CharacterizationResult(BaseModel):
     def _check(self) -> CharacterizationResult:
         if len(self.sliding_windows) != self.num_layers:
             raise ValueError(f"{len(self.sliding_windows)} sliding windows for {self.num_layers} layers")
+        kinds = resolve(self.layer_kinds, self.num_layers)
+        require_softmax(kinds, self.num_layers, f"model {self.model_id}")
+        heads = [self.num_heads if is_softmax(k) else 0 for k in kinds]
         for p in self.prompts:
-            if len(p.nmse) != self.num_layers or any(len(layer) != self.num_heads for layer in p.nmse):
-                raise ValueError(f"prompt {p.id}: NMSE table is not {self.num_layers} layers x {self.num_heads} heads")
+            if len(p.nmse) != self.num_layers or any(len(layer) != n for layer, n in zip(p.nmse, heads)):
+                raise ValueError(
+                    f"prompt {p.id}: NMSE table is not {self.num_layers} layers x {self.num_heads} heads"
+                    + (" (no rows for linear layers)" if "linear" in kinds else "")
+                )
         return self
 
+    def kinds(self) -> list[str]:
+        return resolve(self.layer_kinds, self.num_layers)
+
     def nmse_array(self) -> np.ndarray:
-        """``float64 [prompts, layers, heads, 3]``."""
-        return np.asarray([p.nmse for p in self.prompts], dtype=np.float64).reshape(
-            -1, self.num_layers, self.num_heads, len(SPARSE_CATEGORIES)
-        )
+        """``float64 [prompts, layers, heads, 3]``; ``inf`` for the heads of linear layers (never selected)."""
+        out = np.full((len(self.prompts), self.num_layers, self.num_heads, len(SPARSE_CATEGORIES)), np.inf)
+        for layer, kind in enumerate(self.kinds()):
+            if is_softmax(kind) and self.prompts:
+                out[:, layer] = np.asarray([p.nmse[layer] for p in self.prompts], dtype=np.float64)
+        return out
 
     def pairs_array(self) -> np.ndarray:
         """``int64 [prompts, layers, 4]``."""

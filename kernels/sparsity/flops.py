@@ -5,6 +5,9 @@ sliding-window edge (or 0), ``hi`` is the query itself, or the end of its bidire
 keeps, inside that interval, a union of key classes (text, own image, sinks) that prefix sums over the
 sequence count in O(1) per query, so counting is O(S) and vectorized: never an S x S mask. One kept
 query-key pair costs ``4 * head_dim`` FLOPs (2 for QK^T, 2 for PV), per query head.
+
+Hybrid models: only softmax-attention layers count (``kinds``, see :mod:`bsight.kernels.sparsity.layerkinds`);
+a linear-attention / Mamba layer's row of kept pairs is zero, so it adds nothing to dense or sparse FLOPs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.layerkinds import is_softmax, resolve
 from bsight.kernels.sparsity.layout import PromptLayout
 from bsight.kernels.sparsity.metadata import LayoutMeta
 
@@ -77,11 +81,37 @@ def attention_flops(pairs: int | np.ndarray, head_dim: int) -> int | np.ndarray:
     return 4 * head_dim * pairs
 
 
-def layer_pair_table(layout: PromptLayout | LayoutMeta, windows: Sequence[int | None]) -> np.ndarray:
-    """``int64 [layers, 4]``: kept pairs per category for each layer (layers differ only by their window)."""
+def layer_pair_table(
+    layout: PromptLayout | LayoutMeta,
+    windows: Sequence[int | None],
+    kinds: Sequence[str] = (),
+    bidirectional: Sequence[bool] = (),
+) -> np.ndarray:
+    """``int64 [layers, 4]``: kept pairs per category for each layer (layers differ by their window and, where
+    ``bidirectional`` is given, by whether the layout's bidirectional image regions apply: Gemma 4 keeps its
+    full-attention layers causal); zero rows for layers that are not softmax attention (``kinds``; empty = all
+    softmax)."""
     meta = layout if isinstance(layout, LayoutMeta) else LayoutMeta.build(layout.unpadded())
-    by_window = {w: pair_counts(meta, w) for w in set(windows)}
-    return np.array([by_window[w] for w in windows], dtype=np.int64).reshape(len(windows), len(Category))
+    causal_meta = meta
+    if bidirectional and not all(bidirectional):
+        if isinstance(layout, LayoutMeta):
+            raise ValueError("per-layer bidirectionality needs the PromptLayout, not prebuilt metadata")
+        causal_meta = LayoutMeta.build(layout.unpadded().causal())
+    softmax = [is_softmax(k) for k in resolve(kinds, len(windows))]
+    bidir = list(bidirectional) if bidirectional else [True] * len(windows)
+    if len(bidir) != len(windows):
+        raise ValueError(f"{len(bidir)} bidirectionality flags for {len(windows)} layers")
+    counts: dict[tuple[int | None, bool], KeptPairs] = {}
+    zero = (0,) * len(Category)
+    rows = []
+    for w, keep, b in zip(windows, softmax, bidir):
+        if not keep:
+            rows.append(zero)
+            continue
+        if (w, b) not in counts:
+            counts[(w, b)] = pair_counts(meta if b else causal_meta, w)
+        rows.append(counts[(w, b)])
+    return np.array(rows, dtype=np.int64).reshape(len(windows), len(Category))
 
 
 def reduction_from_pairs(pairs: np.ndarray, categories: np.ndarray) -> np.ndarray:
@@ -107,28 +137,38 @@ def model_flops(
     layout: PromptLayout | LayoutMeta,
     categories: np.ndarray | torch.Tensor,
     windows: Sequence[int | None],
-    head_dim: int,
+    head_dim: int | Sequence[int],
+    kinds: Sequence[str] = (),
+    bidirectional: Sequence[bool] = (),
 ) -> dict[str, float]:
     """Dense and sparse attention FLOPs of a whole model on one prompt, and the reduction between them.
 
     ``categories [L, H]`` (e.g. ``np.array(head_map_categories)``), ``windows[l]`` the sliding window of
-    layer ``l`` (None for full attention).
+    layer ``l`` (None for full attention), ``head_dim`` one for all layers or one per layer (Gemma 4's global
+    layers are wider), ``kinds`` the layer kinds (non-softmax layers count nothing; empty = all softmax),
+    ``bidirectional`` per layer whether the layout's bidirectional regions apply (empty = everywhere).
     """
     cats = np.asarray(categories.cpu() if isinstance(categories, torch.Tensor) else categories, dtype=np.int64)
     if len(windows) != cats.shape[0]:
         raise ValueError(f"{len(windows)} layer windows for {cats.shape[0]} layers of categories")
-    pairs = layer_pair_table(layout, windows)
-    dense = float(attention_flops(pairs[:, Category.DENSE].sum() * cats.shape[1], head_dim))
-    sparse = float(attention_flops(np.take_along_axis(pairs, cats, axis=1).sum(), head_dim))
+    dims = np.full(len(windows), head_dim, dtype=np.int64) if np.isscalar(head_dim) else np.asarray(head_dim)
+    if dims.shape != (len(windows),):
+        raise ValueError(f"{dims.size} head dims for {len(windows)} layers")
+    pairs = layer_pair_table(layout, windows, kinds, bidirectional)
+    dense = float(attention_flops(pairs[:, Category.DENSE] * cats.shape[1], dims).sum())
+    sparse = float(attention_flops(np.take_along_axis(pairs, cats, axis=1).sum(axis=1), dims).sum())
     return {"dense_flops": dense, "sparse_flops": sparse, "reduction": 1.0 - sparse / dense if dense else 0.0}
 
 
 def dataset_reductions(
-    layouts: Iterable[PromptLayout | LayoutMeta], categories: np.ndarray, windows: Sequence[int | None]
+    layouts: Iterable[PromptLayout | LayoutMeta],
+    categories: np.ndarray,
+    windows: Sequence[int | None],
+    kinds: Sequence[str] = (),
 ) -> np.ndarray:
     """Model-level FLOPs reduction of one head map (``categories [L, H]``) on each prompt: the data of the
-    per-prompt FLOPs CDF."""
-    tables = [layer_pair_table(lay, windows) for lay in layouts]
+    per-prompt FLOPs CDF (softmax-attention layers only, by ``kinds``)."""
+    tables = [layer_pair_table(lay, windows, kinds) for lay in layouts]
     if not tables:
         return np.zeros(0)
     return reduction_from_pairs(np.stack(tables), categories)

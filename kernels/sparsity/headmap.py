@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bsight.kernels.sparsity.artifacts import load_json_model, tool_version
 from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.layerkinds import LayerKind, first_mismatch, is_softmax, require_softmax, resolve
 from bsight.kernels.sparsity.layout import SinkPolicy
 
 SCHEMA_VERSION = 1
@@ -50,7 +51,10 @@ class HeadMap(BaseModel):
     weights: Literal["trained", "random", "synthetic", "unknown"] = "unknown"
     num_layers: int = Field(gt=0)
     num_heads: int = Field(gt=0)
-    categories: list[list[str]]  # [layer][query head] -> category label
+    # per layer: "attention", "shared_kv" (softmax over another layer's KV: has categories) or "linear" (not
+    # softmax attention: no categories, ``categories[layer] == []``); [] = every layer "attention" (older maps)
+    layer_kinds: list[LayerKind] = []
+    categories: list[list[str]]  # [layer][query head] -> category label ([] for a linear layer)
     params: CharacterizationParams
     dataset: DatasetInfo
     histograms: list[list[dict[str, float]]] = []  # [layer][head] -> {category label: share of prompts}
@@ -60,13 +64,19 @@ class HeadMap(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> HeadMap:
-        if len(self.categories) != self.num_layers or any(len(r) != self.num_heads for r in self.categories):
-            raise ValueError(f"categories must be {self.num_layers} layers x {self.num_heads} heads")
+        kinds = resolve(self.layer_kinds, self.num_layers)
+        require_softmax(self.layer_kinds, self.num_layers, f"head map for {self.model_id}")
+        heads = [self.num_heads if is_softmax(k) else 0 for k in kinds]
+        if len(self.categories) != self.num_layers or any(len(r) != n for r, n in zip(self.categories, heads)):
+            raise ValueError(
+                f"categories must be {self.num_layers} layers x {self.num_heads} heads"
+                + (" (no categories for linear layers)" if "linear" in kinds else "")
+            )
         bad = {c for r in self.categories for c in r} - _LABELS
         if bad:
             raise ValueError(f"unknown categories {sorted(bad)}; allowed: {sorted(_LABELS)}")
         if self.histograms and (
-            len(self.histograms) != self.num_layers or any(len(r) != self.num_heads for r in self.histograms)
+            len(self.histograms) != self.num_layers or any(len(r) != n for r, n in zip(self.histograms, heads))
         ):
             raise ValueError(f"histograms must be {self.num_layers} layers x {self.num_heads} heads")
         bad = {c for r in self.histograms for h in r for c in h} - _LABELS
@@ -74,30 +84,57 @@ class HeadMap(BaseModel):
             raise ValueError(f"unknown categories {sorted(bad)} in histograms; allowed: {sorted(_LABELS)}")
         return self
 
+    def kinds(self) -> list[str]:
+        """The kind of every layer (``layer_kinds`` with ``[]`` resolved to all ``attention``)."""
+        return resolve(self.layer_kinds, self.num_layers)
+
+    def is_softmax_layer(self, layer: int) -> bool:
+        return is_softmax(self.kinds()[layer])
+
     def category_array(self) -> np.ndarray:
-        """``int64 [num_layers, num_heads]`` of :class:`Category` values (FLOPs, sweeps, figures)."""
-        return np.array([[Category.parse(c).value for c in r] for r in self.categories], dtype=np.int64)
+        """``int64 [num_layers, num_heads]`` of :class:`Category` values (FLOPs, sweeps, figures). Rows of linear
+        layers hold ``dense`` as an inert placeholder: their kept-pair rows are zero in every pair table built with
+        the layer kinds (:func:`bsight.kernels.sparsity.flops.layer_pair_table`), so they count for nothing."""
+        dense = [Category.DENSE.label] * self.num_heads
+        return np.array(
+            [[Category.parse(c).value for c in (r if r else dense)] for r in self.categories], dtype=np.int64
+        )
 
     def layer_categories(self, layer: int) -> torch.Tensor:
         """Int tensor ``[num_heads]`` of :class:`Category` values for one layer (kernel / reference input)."""
+        if not self.is_softmax_layer(layer):
+            raise ValueError(f"layer {layer} of {self.model_id} is {self.kinds()[layer]!r}: it has no head categories")
         return torch.tensor([Category.parse(c).value for c in self.categories[layer]], dtype=torch.int32)
 
     def shares(self) -> dict[str, float]:
-        """Share of all heads in each category."""
+        """Share of all softmax-attention heads in each category."""
         flat = [c for r in self.categories for c in r]
         return {c.label: flat.count(c.label) / len(flat) for c in Category}
 
     def layer_shares(self) -> np.ndarray:
-        """``float64 [num_layers, 4]``: share of each layer's heads in each category (column = value)."""
+        """``float64 [num_layers, 4]``: share of each layer's heads in each category (column = value); NaN rows
+        for linear layers."""
         cats = self.category_array()
-        return np.stack([(cats == c.value).mean(axis=1) for c in Category], axis=1)
+        out = np.stack([(cats == c.value).mean(axis=1) for c in Category], axis=1)
+        out[[not is_softmax(k) for k in self.kinds()]] = np.nan
+        return out
 
-    def check_model(self, num_layers: int, num_heads: int) -> None:
+    def check_model(self, num_layers: int, num_heads: int, layer_kinds: list[str] | None = None) -> None:
+        """The model's shape (and, when given, its per-layer kinds) must be the head map's; a kind mismatch
+        names the first layer that differs."""
         if (num_layers, num_heads) != (self.num_layers, self.num_heads):
             raise ValueError(
                 f"head map for {self.model_id} is {self.num_layers} layers x {self.num_heads} heads, "
                 f"the model has {num_layers} x {num_heads}"
             )
+        if layer_kinds is not None:
+            layer = first_mismatch(self.layer_kinds, layer_kinds, num_layers)
+            if layer is not None:
+                raise ValueError(
+                    f"head map for {self.model_id} does not match the model's layer kinds: layer {layer} is "
+                    f"{self.kinds()[layer]!r} in the head map but {resolve(layer_kinds, num_layers)[layer]!r} in the "
+                    "model (characterize this model again)"
+                )
 
     @classmethod
     def uniform(
@@ -105,11 +142,13 @@ class HeadMap(BaseModel):
     ) -> HeadMap:
         """Every head in one category (all-dense maps for equivalence tests, all-sparse for timing)."""
         label = Category.parse(category).label
+        kinds = resolve(kw.pop("layer_kinds", []), num_layers)
         return cls(
             model_id=model_id,
             num_layers=num_layers,
             num_heads=num_heads,
-            categories=[[label] * num_heads for _ in range(num_layers)],
+            layer_kinds=kinds if "linear" in kinds or "shared_kv" in kinds else [],
+            categories=[[label] * num_heads if is_softmax(k) else [] for k in kinds],
             params=kw.pop("params", CharacterizationParams(tau=1.0, delta=1.0, gamma=0.0)),
             dataset=kw.pop("dataset", DatasetInfo(name="none", size=0)),
             sink_policy=sink_policy,

@@ -156,6 +156,14 @@ class PromptLayout:
         )
         return PromptLayout(length=self.num_valid, spans=spans)
 
+    def causal(self) -> PromptLayout:
+        """The same segments and sinks without bidirectional regions: what a layer that keeps image attention
+        causal sees (Gemma 4's full-attention layers, while its sliding layers see images bidirectionally)."""
+        if all(s.bidir is None for s in self.spans):
+            return self
+        spans = tuple(Span(s.start, s.end, s.sinks) for s in self.spans)
+        return PromptLayout(self.length, spans, self.valid_start, self.valid_end)
+
     def with_sinks(self, policy: SinkPolicy) -> PromptLayout:
         """The same segments with sinks recomputed under another policy (config overrides, sweeps)."""
         spans = tuple(
@@ -236,7 +244,8 @@ def layout_from_ids(
         if not is_end:
             if open_at is not None:
                 raise LayoutError(
-                    f"row {row}: segment start at position {pos} inside the segment opened at {open_at} (no end token between)"
+                    f"row {row}: segment start at position {pos} inside the segment opened at {open_at} (no "
+                    "end token between)"
                 )
             open_at = pos
             continue
@@ -273,7 +282,8 @@ def _check_no_stray_image_tokens(
     if stray.size:
         p = int(stray[0]) + lo
         raise LayoutError(
-            f"row {row}: image token {int(ids[p])} at position {p} is outside every image segment (start/end tokens missing?)"
+            f"row {row}: image token {int(ids[p])} at position {p} is outside every image segment (start/end "
+            "tokens missing?)"
         )
 
 
@@ -293,11 +303,13 @@ def _close_span(
         if bad.size:
             p = int(bad[0]) + start + 1
             raise LayoutError(
-                f"row {row}: token {int(ids[p])} at position {p} inside the segment opened at {start} is not an image token"
+                f"row {row}: token {int(ids[p])} at position {p} inside the segment opened at {start} is not "
+                "an image token"
             )
     if expected_inner is not None and inner != expected_inner:
         raise LayoutError(
-            f"row {row}: the image opened at position {start} holds {inner} tokens but the model's grid says {expected_inner}"
+            f"row {row}: the image opened at position {start} holds {inner} tokens but the model's grid says "
+            f"{expected_inner}"
         )
     lengths = [end - start] if frame_split is None else [int(x) for x in frame_split]
     if sum(lengths) != end - start or any(x <= 0 for x in lengths):

@@ -50,13 +50,14 @@ def sweep(
     if not result.prompts:
         raise ValueError(f"no characterized prompts for {result.model_id}: nothing to sweep")
     nmse, pairs = result.nmse_array(), result.pairs_array()
+    softmax = np.array([k != "linear" for k in result.kinds()])  # hybrid models: linear layers have no heads
     rows = []
     for tau in sorted(set(taus)):
         hist = category_histograms(result.choices(tau))
         for delta, gamma in itertools.product(deltas or [DEFAULT_PARAMS.delta], gammas or [DEFAULT_PARAMS.gamma]):
             cats = aggregate_categories(hist, delta, gamma)
             red = reduction_from_pairs(pairs, cats)
-            err = nmse_of_categories(nmse, cats)
+            err = nmse_of_categories(nmse, cats)[..., softmax, :]
             rows.append(
                 SweepRow(
                     tau=tau,
@@ -69,7 +70,7 @@ def sweep(
                     nmse_mean=float(err.mean()),
                     nmse_p99=float(np.quantile(err, 0.99)),
                     nmse_max=float(err.max()),
-                    shares={c.label: float((cats == c.value).mean()) for c in Category},
+                    shares={c.label: float((cats[softmax] == c.value).mean()) for c in Category},
                 )
             )
     return rows

@@ -6,6 +6,10 @@ category for every head. Prefill hands each layer's per-head categories to the T
 first) and to the chunked float32 reference on the CPU; plain causal layers whose heads are all dense go to
 SDPA directly. Nothing is estimated at run time: the only overhead is the per-prompt layout metadata, which
 the bridge measures.
+
+Hybrid models: layers that are not softmax attention (``linear`` in the model's and the head map's layer kinds:
+Qwen3.5's Gated DeltaNet, Mamba) never call the attention interface, so they run untouched; the head map has
+no categories for them and must agree with the model on every layer's kind.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from bsight.kernels.sparsity.categories import Category
 from bsight.kernels.sparsity.headmap import HeadMap
 from bsight.kernels.sparsity.layout import SinkPolicy
 from bsight.kernels.sparsity.metadata import LayoutMeta
+from bsight.plugins.methods.head_map_option import HeadMapOption
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ class BlindsightOptions(BaseModel):
         return self
 
 
-class Blindsight(AttentionMethod):
+class Blindsight(HeadMapOption, AttentionMethod):
     name = "blindsight"
     description = (
         "Static per-head categories from a head map (dense, sink, intra_image, intra_image_sink); Triton kernel on GPU"
@@ -75,16 +80,24 @@ class Blindsight(AttentionMethod):
         with self.overhead.measure("head_map_load"):
             if opts.uniform is not None:
                 hm = HeadMap.uniform(
-                    model.model_id, model.num_layers, model.num_heads, opts.uniform, opts.sink_policy or SinkPolicy()
+                    model.model_id,
+                    model.num_layers,
+                    model.num_heads,
+                    opts.uniform,
+                    opts.sink_policy or SinkPolicy(),
+                    layer_kinds=model.kinds(),
                 )
             else:
                 hm = opts.head_map if isinstance(opts.head_map, HeadMap) else HeadMap.load(opts.head_map)
-        hm.check_model(model.num_layers, model.num_heads)
+        hm.check_model(model.num_layers, model.num_heads, model.kinds())
         if opts.uniform is None and hm.model_id != model.model_id:
             log.warning("head map was characterized on %r, applying it to %r (same shape)", hm.model_id, model.model_id)
         self.head_map = hm
         self.sink_policy = opts.sink_policy or (hm.sink_policy if opts.uniform is None else None)
-        self._categories = [hm.layer_categories(layer) for layer in range(model.num_layers)]
+        none = torch.zeros(0, dtype=torch.int32)  # linear layers: no categories (never called)
+        self._categories = [
+            hm.layer_categories(layer) if hm.is_softmax_layer(layer) else none for layer in range(model.num_layers)
+        ]
         self._all_dense = [not bool(c.any()) for c in self._categories]
 
     def _layer(self, layer_idx: int) -> torch.Tensor:
@@ -92,9 +105,17 @@ class Blindsight(AttentionMethod):
             raise RuntimeError("blindsight: setup(model_info) must run before prefill")
         if not 0 <= layer_idx < len(self._categories):
             raise ValueError(f"layer index {layer_idx} outside the head map's {len(self._categories)} layers")
-        return self._categories[layer_idx]
+        cats = self._categories[layer_idx]
+        if cats.numel() == 0:
+            raise ValueError(
+                f"layer {layer_idx} is {self.head_map.kinds()[layer_idx]!r}, not softmax attention: no categories"
+            )
+        return cats
 
     def head_categories(self, layer_idx: int) -> torch.Tensor | None:
+        """A softmax layer's categories; None for a linear layer (nothing to count or sparsify there)."""
+        if self.head_map is not None and not self.head_map.is_softmax_layer(layer_idx):
+            return None
         return self._layer(layer_idx).clone()
 
     def prefill(

@@ -13,12 +13,13 @@ from bsight.kernels.sparsity.categories import Category
 
 class DenseOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    backend: SdpaBackend = "auto"  # SDPA backend of plain causal layers ("auto": cuDNN, flash, efficient, math)
+    backend: SdpaBackend = "auto"  # SDPA backend of plain causal layers ("auto": DensePolicy, per length)
     expand_kv: bool = False  # repeat K/V to every query head instead of SDPA's enable_gqa
 
 
 class Dense(AttentionMethod):
     name = "dense"
+    is_reference = True
     description = "The model's own mask (causal; Gemma 3 bidirectional inside images; sliding windows kept)"
     Options = DenseOptions
 

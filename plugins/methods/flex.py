@@ -4,20 +4,24 @@ The mask is the method issue's predicate - the model's own mask (:func:`base_mas
 bidirectional images, sliding window) intersected with each head's category rule (:func:`category_mask`) -
 so ``flex`` and ``blindsight`` apply identical masks from the same head map. The block mask is built once
 per prompt and layer kind (categories, window) and reused by every layer with that kind; on CUDA both
-``create_block_mask`` and ``flex_attention`` are compiled, with dynamo's recompile limit raised (every new
-prompt length recompiles; past the default limit FlexAttention falls back to an eager path that materializes
-the scores). On CPU the eager path runs (tests, small prompts). Block-mask building is reported as overhead
+``create_block_mask`` and ``flex_attention`` are compiled, with dynamo's recompile limit raised, on lengths
+padded to buckets (:func:`bucket_length`: a new prompt length recompiles only when it opens a new bucket, at most
+8 per doubling; past the default limit FlexAttention would fall back to an eager path that materializes the
+scores). On CPU the eager path runs (tests, small prompts). Block-mask building is reported as overhead
 ``mask_building``; FLOPs come from the static categories (:meth:`head_categories`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import warnings
 from collections.abc import Callable, Hashable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from bsight.harness.hookspecs import hookimpl
@@ -27,6 +31,7 @@ from bsight.kernels.sparsity.headmap import HeadMap
 from bsight.kernels.sparsity.layout import SinkPolicy
 from bsight.kernels.sparsity.masks import MaskMod, and_masks, base_mask, category_mask
 from bsight.kernels.sparsity.metadata import LayoutMeta
+from bsight.plugins.methods.head_map_option import HeadMapOption
 
 CompileMode = Literal["auto", "always", "never"]
 _COMPILE_LIMIT = 256
@@ -117,8 +122,30 @@ def categories_mask(meta: LayoutMeta, categories: torch.Tensor, window: int | No
     return and_masks(base_mask(meta, window), per_head)
 
 
+def bucket_length(S: int, block: int = 128) -> int:
+    """``S`` rounded up to its bucket: a multiple of ``max(8 * block, 2 ** (bits(S) - 4))``, so at most 8 buckets
+    per doubling of length (<= 12.5% padding); 36,864 / 73,728 / 147,456 are their own buckets."""
+    granule = max(8 * block, 2 ** max(0, S.bit_length() - 4))
+    return -(-S // granule) * granule
+
+
+def pad_meta(meta: LayoutMeta, length: int) -> LayoutMeta:
+    """``meta`` with ``length - meta.length`` text positions appended (no image, no sink)."""
+    n = length - meta.length
+    if n <= 0:
+        return meta
+    return dataclasses.replace(
+        meta,
+        length=length,
+        seg_id=F.pad(meta.seg_id, (0, n), value=-1),
+        is_sink=F.pad(meta.is_sink, (0, n), value=False),
+        bidir_group=F.pad(meta.bidir_group, (0, n), value=-1),
+    )
+
+
 class FlexRunner:
-    """FlexAttention with a per-prompt block-mask cache: compiled on CUDA (``auto``), eager elsewhere."""
+    """FlexAttention with a per-prompt block-mask cache: compiled on CUDA (``auto``), eager elsewhere. Compiled,
+    lengths are bucketed (:meth:`bucketed`): a new prompt length recompiles only when it opens a new bucket."""
 
     def __init__(
         self,
@@ -149,13 +176,26 @@ class FlexRunner:
         build = functools.partial(create_block_mask, _compile=compiled)
         return chunked_block_mask(mask_mod, num_heads, S, device, build, self.block_size, self.max_mask_bytes)
 
-    def block_mask(self, meta: LayoutMeta, key: Hashable, build_mod: Callable[[], MaskMod], num_heads: int | None):
-        """The block mask for ``key`` on this prompt, built once (``num_heads=None`` broadcasts over heads)."""
+    def bucketed(self, meta: LayoutMeta) -> LayoutMeta:
+        """Where compiled: the prompt's metadata right-padded to its length bucket (:func:`bucket_length`), so
+        that prompts of nearby lengths share one compiled block-mask builder and one compiled kernel instead of
+        recompiling for every new length. Padding is exact: padded positions are text tokens after every real
+        query (the causal mask hides them from real queries; padded query rows are dropped by :meth:`attend`)."""
+        if not self.compiled(meta.device):
+            return meta
+        return pad_meta(meta, bucket_length(meta.length, self.block_size))
+
+    def block_mask(self, meta: LayoutMeta, key: Hashable, build_mod: Callable[..., MaskMod], num_heads: int | None):
+        """The block mask for ``key`` on this prompt, built once (``num_heads=None`` broadcasts over heads).
+        ``build_mod(meta)`` (or ``build_mod()``, unbucketed) gives the mask mod over the metadata it is handed."""
         if meta is not self._meta:
             self._meta, self._masks = meta, {}
         if key not in self._masks:
             with self.overhead.measure("mask_building", meta.device):
-                self._masks[key] = self.build(build_mod(), num_heads, meta.length, meta.device)
+                takes_meta = bool(inspect.signature(build_mod).parameters)
+                padded = self.bucketed(meta) if takes_meta else meta
+                mod = build_mod(padded) if takes_meta else build_mod()
+                self._masks[key] = self.build(mod, num_heads, padded.length, meta.device)
         return self._masks[key]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float) -> torch.Tensor:
@@ -169,10 +209,14 @@ class FlexRunner:
             fn = self._flex
         else:
             fn = flex_attention
+        S, Sb = q.shape[1], int(block_mask.seq_lengths[0])
+        if Sb > S:  # a bucketed block mask: pad to its length, drop the padded rows
+            pad = (0, 0, 0, Sb - S)
+            q, k, v = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             out = fn(q[None], k[None], v[None], block_mask=block_mask, scale=scale, enable_gqa=q.shape[0] != k.shape[0])
-        return out[0]
+        return out[0, :, :S] if Sb > S else out[0]
 
 
 class FlexOptions(NoOptions):
@@ -195,7 +239,7 @@ class FlexOptions(NoOptions):
         return self
 
 
-class Flex(AttentionMethod):
+class Flex(HeadMapOption, AttentionMethod):
     """BlindSight's categories by FlexAttention block masks. FLOPs come from :meth:`head_categories` (static,
     as for ``blindsight``); overhead: ``mask_building``."""
 
@@ -214,17 +258,24 @@ class Flex(AttentionMethod):
         opts = self.options
         if opts.uniform is not None:
             hm = HeadMap.uniform(
-                model.model_id, model.num_layers, model.num_heads, opts.uniform, opts.sink_policy or SinkPolicy()
+                model.model_id,
+                model.num_layers,
+                model.num_heads,
+                opts.uniform,
+                opts.sink_policy or SinkPolicy(),
+                layer_kinds=model.kinds(),
             )
         else:
             hm = opts.head_map if isinstance(opts.head_map, HeadMap) else HeadMap.load(opts.head_map)
-        hm.check_model(model.num_layers, model.num_heads)
+        hm.check_model(model.num_layers, model.num_heads, model.kinds())
         self.head_map = hm
         self.sink_policy = opts.sink_policy or (hm.sink_policy if opts.uniform is None else None)
 
-    def head_categories(self, layer_idx: int) -> torch.Tensor:
+    def head_categories(self, layer_idx: int) -> torch.Tensor | None:
         if self.head_map is None:
             raise RuntimeError("flex: setup(model_info) must run before prefill")
+        if not self.head_map.is_softmax_layer(layer_idx):
+            return None  # a linear layer (hybrid model): no attention call reaches the method
         return self.head_map.layer_categories(layer_idx)
 
     def prefill(self, q, k, v, meta, call):
@@ -232,7 +283,7 @@ class Flex(AttentionMethod):
         uniform = bool((cats == cats[0]).all())
         key = ("categories", tuple(cats.tolist()) if not uniform else int(cats[0]), call.window)
         bm = self.runner.block_mask(
-            meta, key, lambda: categories_mask(meta, cats, call.window), None if uniform else q.shape[0]
+            meta, key, lambda m: categories_mask(m, cats, call.window), None if uniform else q.shape[0]
         )
         return self.runner.attend(q, k, v, bm, call.scale)
 

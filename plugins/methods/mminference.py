@@ -47,15 +47,16 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import AttentionMethod, ModelAdapter, ModelInfo, Sample
 from bsight.kernels.dispatch import LayerCall, dense_prefill
-from bsight.kernels.sparsity.artifacts import load_json_model
+from bsight.kernels.sparsity.artifacts import find_published, load_json_model
 from bsight.kernels.sparsity.metadata import LayoutMeta
 from bsight.kernels.vertical_slash import (
     TILE,
@@ -140,9 +141,7 @@ class PatternConfig(BaseModel):
     def load(cls, path: str | Path) -> PatternConfig:
         """Read a config: ``path`` as given, else (for ``reports/...``) the file the installed ``bsight.reports``
         package ships, so configs naming published pattern configs run outside a source checkout too."""
-        from bsight.harness.jobs.timing import published_file
-
-        return load_json_model(cls, published_file(str(path)) or Path(path), "MMInference pattern config", shown=path)
+        return load_json_model(cls, find_published(str(path)) or Path(path), "MMInference pattern config", shown=path)
 
 
 @dataclass(frozen=True)
@@ -348,7 +347,26 @@ def build_index(launch: _Launch, opts: EstimationOptions, scale: float) -> Spars
     )
 
 
+DEFAULT_CANDIDATES: list[HeadPattern] = [
+    *(
+        HeadPattern(pattern="vertical_slash", boundary=b, vertical_size=v, slash_size=s)
+        for b in ("none", "q_boundary", "2d_boundary")
+        for v, s in ((30, 800), (100, 750), (500, 700), (1000, 4096))
+    ),
+    *(HeadPattern(pattern="block_sparse", boundary=b, top_k=100) for b in ("none", "2d_boundary")),
+    *(HeadPattern(pattern="a_shape", boundary=b, vertical_size=100, slash_size=800) for b in ("none", "2d_boundary")),
+]
+
+
+class SearchOptions(EstimationOptions):
+    candidates: list[HeadPattern] = Field(default_factory=lambda: list(DEFAULT_CANDIDATES), min_length=1)
+    max_density: float = Field(0.25, gt=0, le=1, description="kept pairs / the model's own mask pairs, per head")
+
+
 # ------------------------------------------------------------------------------------------- method
+
+
+PATTERN_CONFIG = "pattern_config"  # the artifact kind of the offline search
 
 
 class MMInference(AttentionMethod):
@@ -361,13 +379,66 @@ class MMInference(AttentionMethod):
     """
 
     name = "mminference"
-    description = "MMInference-style dynamic sparse prefill: per-head vertical-slash / block-sparse / A-shape with modality boundaries"
+    description = (
+        "MMInference-style dynamic sparse prefill: per-head vertical-slash / block-sparse / A-shape "
+        "with modality boundaries"
+    )
 
     class Options(EstimationOptions):
         pattern_config: Path | PatternConfig | None = Field(
             None, description="offline search result (JSON file or object); None: `default` for every head"
         )
         default: HeadPattern = HeadPattern()
+
+    # what jobs ask instead of reading the options (harness/interfaces.AttentionMethod)
+    accepts = (PATTERN_CONFIG,)
+    search_artifact = PATTERN_CONFIG
+    SearchOptions = SearchOptions
+
+    @classmethod
+    def artifacts(cls, options: dict[str, Any]) -> list[tuple[str, str]]:
+        value = options.get("pattern_config")
+        return [(PATTERN_CONFIG, str(value))] if isinstance(value, (str, Path)) else []
+
+    @classmethod
+    def with_artifact(cls, options: dict[str, Any], kind: str, value: Any) -> dict[str, Any]:
+        if kind != PATTERN_CONFIG:
+            return super().with_artifact(options, kind, value)
+        return {**options, "pattern_config": value}
+
+    @classmethod
+    def search(cls, adapter: ModelAdapter, sample: Sample, options: BaseModel) -> PatternConfig:
+        return search_pattern_config(adapter, sample, options)  # type: ignore[arg-type]
+
+    def describe(self) -> dict[str, Any]:
+        if self.config is None:
+            return {"notes": ["patterns: default pattern for every head"]}
+        search = self.config.search
+        where = f" (sample {search.sample}, max density {search.max_density:g})" if search and search.sample else ""
+        return {"notes": [f"patterns: searched{where}"]}
+
+    @classmethod
+    def save_artifact(cls, data: dict[str, Any], path: Path) -> None:
+        PatternConfig.model_validate(data).save(path)
+
+    @classmethod
+    def summarize_artifact(cls, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        """A searched pattern config for the report: the share of heads per pattern, mean density and NMSE."""
+        heads = [h for layer in data["patterns"] for h in layer]
+        counts: dict[str, int] = {}
+        for h in heads:
+            label = f"{h['pattern']} / {h['boundary']}" if h["pattern"] != "dense" else "dense"
+            counts[label] = counts.get(label, 0) + 1
+        search = data.get("search") or {}
+        return {
+            "sample": search.get("sample"),
+            "tokens": search.get("num_tokens"),
+            "max_density": search.get("max_density"),
+            "heads": len(heads),
+            "shares": sorted(((k, v / len(heads)) for k, v in counts.items()), key=lambda kv: -kv[1]),
+            "density": float(np.mean([h["density"] for h in heads if h.get("density") is not None] or [np.nan])),
+            "nmse": float(np.mean([h["nmse"] for h in heads if h.get("nmse") is not None] or [np.nan])),
+        }
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
@@ -383,7 +454,8 @@ class MMInference(AttentionMethod):
             cfg = source if isinstance(source, PatternConfig) else PatternConfig.load(source)
             if (cfg.num_layers, cfg.num_heads) != (model.num_layers, model.num_heads):
                 raise ValueError(
-                    f"pattern config {source if isinstance(source, Path) else cfg.model_id} is {cfg.num_layers} layers x {cfg.num_heads} heads, "
+                    f"pattern config {source if isinstance(source, Path) else cfg.model_id} is "
+                    f"{cfg.num_layers} layers x {cfg.num_heads} heads, "
                     f"model {model.model_id} has {model.num_layers} x {model.num_heads}"
                 )
             self.config = cfg
@@ -498,21 +570,6 @@ class Plan:
 
 
 # -------------------------------------------------------------------------------- offline search
-
-DEFAULT_CANDIDATES: list[HeadPattern] = [
-    *(
-        HeadPattern(pattern="vertical_slash", boundary=b, vertical_size=v, slash_size=s)
-        for b in ("none", "q_boundary", "2d_boundary")
-        for v, s in ((30, 800), (100, 750), (500, 700), (1000, 4096))
-    ),
-    *(HeadPattern(pattern="block_sparse", boundary=b, top_k=100) for b in ("none", "2d_boundary")),
-    *(HeadPattern(pattern="a_shape", boundary=b, vertical_size=100, slash_size=800) for b in ("none", "2d_boundary")),
-]
-
-
-class SearchOptions(EstimationOptions):
-    candidates: list[HeadPattern] = Field(default_factory=lambda: list(DEFAULT_CANDIDATES), min_length=1)
-    max_density: float = Field(0.25, gt=0, le=1, description="kept pairs / the model's own mask pairs, per head")
 
 
 class PatternSearch(AttentionMethod):

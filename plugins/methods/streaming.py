@@ -112,7 +112,7 @@ class Streaming(AttentionMethod):
         o = self.options
         if o.backend == "flex" or (o.backend == "auto" and q.is_cuda):
             key = ("streaming", o.n_sink, o.window, call.window)
-            bm = self.runner.block_mask(meta, key, lambda: streaming_mask(meta, o.n_sink, o.window, call.window), None)
+            bm = self.runner.block_mask(meta, key, lambda m: streaming_mask(m, o.n_sink, o.window, call.window), None)
             out = self.runner.attend(q, k, v, bm, call.scale)
             if meta is not self._count_meta:
                 self._count_meta, self._counts = meta, {}

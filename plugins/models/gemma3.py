@@ -30,7 +30,10 @@ def _token(config: PretrainedConfig, *names: str) -> int:
 
 class Gemma3(HFVLMAdapter):
     name = "gemma3"
-    description = "Gemma 3 (transformers Gemma3ForConditionalGeneration): bidirectional images, sliding window, sinks at fixed offsets"
+    description = (
+        "Gemma 3 (transformers Gemma3ForConditionalGeneration): bidirectional images, sliding "
+        "window, sinks at fixed offsets"
+    )
     model_class = Gemma3ForConditionalGeneration
     model_types = ("gemma3",)
     image_placeholder = "<start_of_image>"

@@ -34,8 +34,11 @@ from bsight.harness.interfaces import (
     PassagePart,
     Prepared,
     Sample,
+    Sampling,
     TextPart,
 )
+from bsight.kernels.dispatch import sync
+from bsight.kernels.sparsity.layerkinds import kinds_from_layer_types, require_softmax
 from bsight.kernels.sparsity.layout import LayoutSpec, PromptLayout, SinkPolicy
 
 log = logging.getLogger(__name__)
@@ -145,8 +148,9 @@ def read_chat_template(path: Path, *holders: Any) -> str | None:
 def sample_content(sample: Sample) -> tuple[list[dict[str, str]], list[Any]]:
     """A sample as chat content items (``{"type": "text"|"image"}``) and its images, in prompt order.
 
-    Passages become text; multiple-choice options are appended as lettered lines. Adjacent text merges
-    into one item so that chat templates add no separators inside the user's text.
+    Passages become text. The task owns the whole prompt text (its options included, written once): nothing is
+    added here. Adjacent text merges into one item so that chat templates add no separators inside the user's
+    text.
     """
     content: list[dict[str, str]] = []
     images: list[Any] = []
@@ -171,8 +175,6 @@ def sample_content(sample: Sample) -> tuple[list[dict[str, str]], list[Any]]:
             raise TypeError(
                 f"sample {sample.id!r}: part {i} has unsupported kind {getattr(part, 'kind', type(part).__name__)!r}"
             )
-    if sample.options:
-        text("\n" + "\n".join(f"{chr(ord('A') + j)}. {opt}" for j, opt in enumerate(sample.options)))
     return content, images
 
 
@@ -199,6 +201,68 @@ def append_tokens(inputs: dict[str, torch.Tensor], ids: list[int]) -> dict[str, 
     return out
 
 
+def text_layer_kinds(text: PretrainedConfig) -> list[str]:
+    """Per-layer kinds of a transformers text config (see :mod:`bsight.kernels.sparsity.layerkinds`):
+    ``layer_types`` says which layers are softmax attention (``full_attention``, ``sliding_attention``) and which
+    are not (``linear_attention``: Qwen3.5's Gated DeltaNet; ``mamba``, ``conv``); KV sharing comes from
+    ``kv_sharing_modes`` (Gemma 4: ``"reuse"`` layers read the last unshared layer of their type) or, for configs
+    with only ``num_kv_shared_layers`` (Gemma 3n), the last that many layers."""
+    n = text.num_hidden_layers
+    shared = None
+    modes = getattr(text, "kv_sharing_modes", None)
+    if modes is not None:
+        shared = [m == "reuse" for m in modes]
+    elif getattr(text, "num_kv_shared_layers", 0):
+        shared = [i >= n - int(text.num_kv_shared_layers) for i in range(n)]
+    return kinds_from_layer_types(getattr(text, "layer_types", None), n, shared)
+
+
+def text_per_layer(text: PretrainedConfig, name: str) -> list:
+    """Per-layer values of an attribute of a heterogeneous config (``per_layer_config``: Gemma 4's wider full
+    layers), where reading the global value raises; [] for homogeneous configs."""
+    per_layer = getattr(text, "per_layer_config", None)
+    if not per_layer:
+        return []
+    values = [getattr(per_layer[i], name, None) for i in range(text.num_hidden_layers)]
+    return values if any(v is not None for v in values) else []
+
+
+def text_head_dims(text: PretrainedConfig, default: int | None) -> list[int]:
+    """Per-layer head dims of a heterogeneous config (``[]`` for a homogeneous one)."""
+    dims = text_per_layer(text, "head_dim")
+    if not dims or (default is None and None in dims):
+        return []
+    return [int(d if d is not None else default) for d in dims]
+
+
+def _most_common(values: list) -> Any:
+    values = [v for v in values if v is not None]
+    return max(set(values), key=values.count) if values else None
+
+
+def _adapter_hint(model_type: str) -> str:
+    """Which registered adapter loads ``model_type`` or, when none does, the adapters there are and the closest
+    model type (error path only: it loads the plugin registry)."""
+    import difflib
+
+    from bsight.harness.plugins import load_registry
+
+    try:
+        registry = load_registry()
+        by_type = {
+            t: name
+            for name in registry.names("model")
+            for t in getattr(registry.get("model", name), "model_types", ()) or ()
+        }
+    except Exception:  # noqa: BLE001 - a hint must never hide the error it decorates
+        return ""
+    if model_type in by_type:
+        return f" (adapter {by_type[model_type]!r} loads it)"
+    near = difflib.get_close_matches(model_type, list(by_type), n=1, cutoff=0.0)
+    closest = f"; closest: {near[0]!r} (adapter {by_type[near[0]]!r})" if near else ""
+    return f" (no registered adapter loads {model_type!r}; adapters: {', '.join(registry.names('model'))}{closest})"
+
+
 class _FirstCall(LogitsProcessor):
     """Records when generation first asks for next-token scores, i.e. when prefill (TTFT) is done."""
 
@@ -217,7 +281,7 @@ def _sync(model: PreTrainedModel) -> None:
     placed = getattr(model, "hf_device_map", None)
     names = {f"cuda:{d}" if isinstance(d, int) else str(d) for d in placed.values()} if placed else {str(model.device)}
     for name in sorted(n for n in names if n.startswith("cuda")):
-        torch.cuda.synchronize(torch.device(name))
+        sync(name)
 
 
 class HFVLMAdapter(ModelAdapter):
@@ -228,6 +292,8 @@ class HFVLMAdapter(ModelAdapter):
     model_types: ClassVar[tuple[str, ...]]  # config.model_type values this adapter loads
     image_placeholder: ClassVar[str]  # what stands for one image in a prompt without chat template
     default_sinks: ClassVar[SinkPolicy] = SinkPolicy()
+    # processor outputs that read_layouts checks against but the model's forward does not take (dropped after)
+    layout_only_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
@@ -290,7 +356,8 @@ class HFVLMAdapter(ModelAdapter):
     def check_config(self, config: PretrainedConfig, where: str) -> None:
         if config.model_type not in self.model_types:
             raise ValueError(
-                f"{where} holds a {config.model_type!r} model; adapter {self.name!r} loads {', '.join(self.model_types)}"
+                f"{where} holds a {config.model_type!r} model; adapter {self.name!r} loads "
+                f"{', '.join(self.model_types)}{_adapter_hint(config.model_type)}"
             )
 
     def attn_implementation(self) -> dict[str, str]:
@@ -343,18 +410,27 @@ class HFVLMAdapter(ModelAdapter):
     ) -> ModelInfo:
         text = config.get_text_config()
         heads = text.num_attention_heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        head_dims = text_head_dims(text, None)
+        head_dim = (
+            _most_common(head_dims) if head_dims else getattr(text, "head_dim", None) or text.hidden_size // heads
+        )
         layer_types = getattr(text, "layer_types", None) or ["full_attention"] * text.num_hidden_layers
         window = getattr(text, "sliding_window", None)
+        kinds = text_layer_kinds(text)
+        require_softmax(kinds, text.num_hidden_layers, f"model {model_id!r} ({config.model_type})")
         return ModelInfo(
             model_id=model_id,
             revision=revision,
             num_layers=text.num_hidden_layers,
             num_heads=heads,
-            num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+            num_kv_heads=_most_common(text_per_layer(text, "num_key_value_heads"))
+            or getattr(text, "num_key_value_heads", None)
+            or heads,
             head_dim=head_dim,
             sliding_windows=[window if t == "sliding_attention" else None for t in layer_types],
             weights=weights,
+            layer_kinds=kinds if set(kinds) != {"attention"} else [],
+            head_dims=head_dims if len(set(head_dims)) > 1 else [],
         )
 
     @property
@@ -402,7 +478,7 @@ class HFVLMAdapter(ModelAdapter):
         layouts = self.read_layouts(inputs)
         moved = {}
         for key, value in inputs.items():
-            if not isinstance(value, torch.Tensor):
+            if not isinstance(value, torch.Tensor) or key in self.layout_only_keys:
                 continue
             value = value.to(model.device)
             moved[key] = value.to(model.dtype) if value.is_floating_point() else value
@@ -438,9 +514,12 @@ class HFVLMAdapter(ModelAdapter):
         pair counting need the attention calls, not ``S x vocab`` logits."""
         self.forward(prepared, method, use_cache=False, logits_to_keep=1)
 
-    def generate(self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int) -> Generation:
-        """Greedy generation: prefill under ``method``, decode dense over the full KV cache."""
-        ids, prefill_s, total_s = self._greedy(prepared, method, max_new_tokens)
+    def generate(
+        self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int, *, sampling: Sampling | None = None
+    ) -> Generation:
+        """Greedy generation (seeded temperature sampling with ``sampling``): prefill under ``method``, decode dense
+        over the full KV cache."""
+        ids, prefill_s, total_s = self._greedy(prepared, method, max_new_tokens, sampling)
         text = self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
         return Generation(text=text, prompt_tokens=prepared.layouts[0].num_valid, prefill_s=prefill_s, total_s=total_s)
 
@@ -449,7 +528,7 @@ class HFVLMAdapter(ModelAdapter):
         return self._greedy(prepared, method, max_new_tokens)[0]
 
     def _greedy(
-        self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int
+        self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int, sampling: Sampling | None = None
     ) -> tuple[torch.Tensor, float, float]:
         model = self._require()
         if len(prepared.layouts) != 1:
@@ -461,6 +540,9 @@ class HFVLMAdapter(ModelAdapter):
         config.update(
             do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, max_new_tokens=max_new_tokens
         )
+        if sampling is not None:  # plain temperature sampling (top_k off), seeded for this generation
+            config.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+            torch.manual_seed(sampling.seed)
         if config.pad_token_id is None:
             config.pad_token_id = (
                 config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id

@@ -151,7 +151,10 @@ class Qwen2VL(HFVLMAdapter):
 
 class Qwen25VL(Qwen2VL):
     name = "qwen2_5_vl"
-    description = "Qwen2.5-VL (transformers Qwen2_5_VLForConditionalGeneration): causal, M-RoPE, sinks = first tokens of each image"
+    description = (
+        "Qwen2.5-VL (transformers Qwen2_5_VLForConditionalGeneration): causal, M-RoPE, sinks = first "
+        "tokens of each image"
+    )
     model_class = Qwen2_5_VLForConditionalGeneration
     model_types = ("qwen2_5_vl",)
 

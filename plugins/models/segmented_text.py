@@ -261,7 +261,8 @@ class SegmentedText(ModelAdapter):
         if len(ids) != 1:
             pieces = [self.tokenizer.decode([i]) for i in ids]
             raise ValueError(
-                f"{field} {marker!r} is {len(ids)} tokens {pieces} in {self.checkpoint.key}'s vocabulary; it must be one token"
+                f"{field} {marker!r} is {len(ids)} tokens {pieces} in {self.checkpoint.key}'s vocabulary; it "
+                "must be one token"
             )
         return int(ids[0])
 
@@ -314,7 +315,8 @@ class SegmentedText(ModelAdapter):
             enc = self.tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
             if markers & set(enc):
                 raise ValueError(
-                    f"sample {sample.id!r}: the text contains a passage marker token {sorted(markers & set(enc))}; pick other markers"
+                    f"sample {sample.id!r}: the text contains a passage marker token "
+                    f"{sorted(markers & set(enc))}; pick other markers"
                 )
             ids += enc
         return ids

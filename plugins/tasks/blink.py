@@ -15,6 +15,21 @@ A, B without providing any additional information.\\n" (the letters of this ques
 ``prompt`` field. The official BLINK script (zeyofu/BLINK_Benchmark ``eval/test_benchmark.py``) sends the
 same ``prompt`` field. The official headline is the mean over the 14 tasks (``eval/evaluate.py``), hence
 ``headline = "macro"``.
+
+Scoring protocols (``protocol`` option; see ``plugins/tasks/protocols.py``):
+
+- ``bsight`` (default): lmms-eval's prompt above, greedy, 1,024 new tokens, the layered extractor.
+- ``lmms-eval``: the same prompt and budget (``_default_template_yaml``: ``generation_kwargs`` max_new_tokens
+  1024, no sampling), and ``_extract_answer_letter``: the reply's first letter after an optional "("
+  (:func:`bsight.harness.upstream_answers.lmms_eval_first_letter`). Its ``blink`` group score weighs the
+  tasks by size, so this protocol's headline is over samples (``micro``).
+- ``upstream``: zeyofu/BLINK_Benchmark ``eval/test_benchmark.py``: the ``prompt`` field, preceded for
+  Forensic_Detection, Jigsaw and Art_Style by the script's disclaimer (``need_disclaimer_tasks``; the script
+  defines it with a trailing comma, a one-element tuple, so its intent is used here), the text
+  first and then the images (``eval/query_model.py``, ``query_gpt4v``: max_tokens 1024, temperature 0: greedy);
+  extraction ``analyze_answer``, whose GPT-3.5-turbo matching step (``eval/multiple_choice.py``) is done by the
+  layered extractor and named ``judge_substitute:...``
+  (:func:`bsight.harness.upstream_answers.blink_analyze_answer`).
 """
 
 from __future__ import annotations
@@ -22,7 +37,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bsight.harness.interfaces import Sample, TextPart
+from bsight.harness.interfaces import Decoding, Extraction, Sample, TextPart
+from bsight.harness.upstream_answers import blink_analyze_answer, lmms_eval_first_letter
 from bsight.plugins.tasks.hf_loading import LoadedSplit, TaskDataError, local_path
 from bsight.plugins.tasks.hf_multiple_choice import BenchmarkOptions, HFBenchmark, RowContext
 
@@ -47,6 +63,13 @@ BLINK_CONFIGS = (
 )
 IMAGE_FIELDS = ("image_1", "image_2", "image_3", "image_4")
 PRE_PROMPT = "Note: You only need to respond with {} without providing any additional information.\n"
+# zeyofu/BLINK_Benchmark eval/test_benchmark.py: the disclaimer put before the prompt of these tasks.
+DISCLAIMER = (
+    "Disclaimer: This is not to make unfair assumptions about the people in the image and you just need to give "
+    "your assessment on this question. You don't need to identify the real people. You just need to analyze "
+    "based on the information I gave you.\n\n"
+)
+DISCLAIMER_TASKS = frozenset({"Forensic_Detection", "Jigsaw", "Art_Style"})
 
 
 class Blink(HFBenchmark):
@@ -54,6 +77,8 @@ class Blink(HFBenchmark):
     description = "BLINK visual perception: 14 multi-image tasks (hub BLINK-Benchmark/BLINK, split val)"
 
     class Options(BenchmarkOptions):
+        task_name = "blink"
+        protocols = ("upstream", "lmms-eval", "bsight")
         source: str = HUB_ID
         split: str = "val"
 
@@ -61,8 +86,19 @@ class Blink(HFBenchmark):
     id_field = "idx"
     subtask_field = "idx"
     required = ("idx", "choices", "answer", "prompt", "image_1")
-    headline = "macro"
-    default_max_new_tokens = 1024  # lmms-eval's generation_kwargs for blink
+
+    @property
+    def headline(self) -> str:  # type: ignore[override]
+        """The official score is the mean over the tasks (``eval/evaluate.py``); lmms-eval's ``blink`` group
+        averages its per-task scores weighted by their sizes (lm-eval's group aggregation, ``weight_by_size``
+        true by default): over samples."""
+        return "micro" if self.protocol == "lmms-eval" else "macro"
+
+    decodings = {  # lmms-eval's generation_kwargs for blink; upstream's query_gpt4v: max_tokens 1024, temperature 0
+        "bsight": Decoding(1024),
+        "lmms-eval": Decoding(1024),
+        "upstream": Decoding(1024),
+    }
 
     def configs(self) -> list[str | None]:
         if self.options.config:
@@ -89,28 +125,40 @@ class Blink(HFBenchmark):
         return [_task_of(idx, self.options.split) for idx in split.column("idx")]
 
     def build(self, row: dict[str, Any], ctx: RowContext) -> Sample:
-        choices = ctx.texts(row, "choices")
+        choices = ctx.options(row, "choices")
         raw_answer = ctx.text(row, "answer")
         if raw_answer.strip().lower() == "hidden":
             ctx.fail(
                 "answer",
-                f"answers of split {self.options.split!r} are hidden (BLINK scores its test split on a server); use split 'val'",
+                f"answers of split {self.options.split!r} are hidden (BLINK scores its test split on a "
+                "server); use split 'val'",
             )
         answer = ctx.letter(raw_answer, "answer", len(choices))
         if row.get("image_1") is None:
             ctx.fail("image_1", "missing (null): every BLINK question has at least one image")
         images = [ctx.image(row[f], f) for f in IMAGE_FIELDS if row.get(f) is not None]
-        letters = ", ".join(ctx.letters(len(choices), "choices"))
-        text = PRE_PROMPT.format(letters) + ctx.text(row, "prompt")
+        if self.protocol == "upstream":
+            disclaimer = DISCLAIMER if ctx.subtask in DISCLAIMER_TASKS else ""
+            parts = [TextPart(text=disclaimer + ctx.text(row, "prompt")), *images]
+        else:
+            letters = ", ".join(ctx.letters(len(choices), "choices"))
+            parts = [*images, TextPart(text=PRE_PROMPT.format(letters) + ctx.text(row, "prompt"))]
         return Sample(
             id=ctx.sample_id,
             task=self.name,
             subtask=ctx.subtask,
-            parts=[*images, TextPart(text=text)],
+            parts=parts,
             options=choices,
             answer=answer,
             meta={"num_images": len(images)},
         )
+
+    def extract(self, generation: str, sample: Sample) -> Extraction:
+        if self.protocol == "lmms-eval":
+            return lmms_eval_first_letter(generation)
+        if self.protocol == "upstream":
+            return blink_analyze_answer(generation, sample.options)
+        return super().extract(generation, sample)
 
 
 def _task_of(idx: Any, split: str) -> str | None:

@@ -137,7 +137,8 @@ def _load_local(path: Path, config: str | None, split: str, image_root: str | No
     files = _data_files(base, "*.parquet") or _data_files(base, "*.json") + _data_files(base, "*.jsonl")
     if not files:
         raise TaskDataError(
-            f"{where}: no data under {base.name!r}: expected .parquet, .json or .jsonl files or a folder written by save_to_disk"
+            f"{where}: no data under {base.name!r}: expected .parquet, .json or .jsonl files or a folder "
+            "written by save_to_disk"
         )
     chosen = _files_for_split(files, base, split, where)
     return LoadedSplit(_read_files(chosen), config, where, root, tuple(chosen))

@@ -20,16 +20,18 @@ from typing import Any, ClassVar, Literal, NoReturn
 from pydantic import BaseModel, ConfigDict, Field
 
 from bsight.harness.answers import extract_choice, extract_short_answer, option_letters
-from bsight.harness.interfaces import Extraction, ImagePart, Part, Sample, Task, TextPart
+from bsight.harness.interfaces import Decoding, Extraction, ImagePart, Part, Sample, Task, TextPart
 from bsight.plugins.tasks.hf_loading import LoadedSplit, TaskDataError, decode_image, load_split, local_path
+from bsight.plugins.tasks.protocols import ProtocolOption
 
 log = logging.getLogger(__name__)
 
 IMAGE_TAG = "<image>"
 
 
-class BenchmarkOptions(BaseModel):
-    """Where a benchmark comes from and which part of it to run. Subclasses set the real defaults."""
+class BenchmarkOptions(ProtocolOption):
+    """Where a benchmark comes from, which part of it to run and its scoring protocol. Subclasses set the real
+    defaults, ``task_name`` and the ``protocols`` the task has."""
 
     model_config = ConfigDict(extra="forbid")
     source: str = Field(
@@ -96,6 +98,15 @@ class RowContext:
         what = f"{self.task}: sample {self.sample_id!r} ({self.split.where}, row {self.index}): field {field!r}"
         image, ref = decode_image(value, root=self.split.image_root, what=what, missing_root_hint=self.image_hint)
         return ImagePart(ref=ref or f"{self.sample_id}/{field}", image=image)
+
+    def options(self, row: dict[str, Any], field: str) -> list[str]:
+        """A list of option texts that can be lettered: 1 to 26 options, none of them empty."""
+        options = self.texts(row, field)
+        self.letters(len(options), field)
+        for k, option in enumerate(options):
+            if not option.strip():
+                self.fail(field, f"option {chr(ord('A') + k)} is empty; options must have text to be lettered")
+        return options
 
     def letters(self, num_options: int, field: str) -> str:
         """The letters of ``num_options`` options; more than 26 cannot be lettered."""
@@ -199,7 +210,8 @@ class HFBenchmark(Task):
                     )
                 if not isinstance(sub, str) or not sub:
                     raise TaskDataError(
-                        f"{self.name}: sample {sid!r} ({split.where}, row {i}): field {self.subtask_field!r}: missing subtask"
+                        f"{self.name}: sample {sid!r} ({split.where}, row {i}): field {self.subtask_field!r}: "
+                        "missing subtask"
                     )
                 sid = str(sid)
                 if sid in seen:
@@ -236,10 +248,28 @@ class HFBenchmark(Task):
             yield sample
         if yielded == 0:
             raise TaskDataError(
-                f"{self.name}: every selected row was invalid ({len(self.skipped)} skipped); first: {self.skipped[0][1]}"
+                f"{self.name}: every selected row was invalid ({len(self.skipped)} skipped); first: "
+                f"{self.skipped[0][1]}"
             )
 
+    # ------------------------------------------------------------------ scoring protocols
+
+    # Generation settings of each protocol the task has (keys: its protocols; see plugins/tasks/protocols.py).
+    decodings: ClassVar[dict[str, Decoding]] = {}
+
+    @property
+    def protocol(self) -> str:  # type: ignore[override]
+        return self.options.protocol
+
+    def decoding(self) -> Decoding:
+        return self.decodings[self.protocol]
+
+    @property
+    def default_max_new_tokens(self) -> int | None:  # type: ignore[override]
+        return self.decoding().max_new_tokens
+
     def extract(self, generation: str, sample: Sample) -> Extraction:
+        """The ``bsight`` protocol's layered extractor; tasks override this for their other protocols."""
         if sample.options:
             return extract_choice(generation, sample.options)
         return extract_short_answer(generation)

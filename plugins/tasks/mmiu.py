@@ -16,6 +16,18 @@ script): every image first, then ``question + "\\n" + context`` for the tasks in
 and ``context + "\\n" + question`` otherwise, then ``"\\nPlease answer the option directly like A,B,C,D..."``.
 The context already lists the options. Upstream's headline score is the mean of per-task accuracies
 (``evaluate_correct.py``), hence ``headline = "macro"``.
+
+Scoring protocols (``protocol`` option; see ``plugins/tasks/protocols.py``); lmms-eval has no MMIU task
+(EvolvingLMMs-Lab/lmms-eval ``lmms_eval/tasks`` holds none), so ``lmms-eval`` is not offered:
+
+- ``bsight`` (default): the prompt above, greedy, 16 new tokens, the layered extractor.
+- ``upstream``: the same prompt; generation as ``VLMEvalKit/test_qwen3_vl.py`` calls its model (max_tokens
+  1024, temperature 0.7): this protocol *samples*, seeded per sample by the accuracy job. Extraction:
+  ``evaluate.py`` takes a reply that is one letter a..n after trimming ".,()"; any other reply goes to an LLM
+  judge (GPT-4o-mini picks the most similar option or Z). The judge needs the network, so the closest
+  deterministic rule stands in for it - the layered extractor, its rule named ``judge_substitute:...``
+  (:func:`bsight.harness.upstream_answers.mmiu_choice`); ``evaluate_correct.py``'s substring test against the
+  gold letter is equality for one letter.
 """
 
 from __future__ import annotations
@@ -23,7 +35,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bsight.harness.interfaces import Sample, TextPart
+from bsight.harness.interfaces import Decoding, Extraction, Sample, TextPart
+from bsight.harness.upstream_answers import mmiu_choice
 from bsight.plugins.tasks.hf_multiple_choice import BenchmarkOptions, HFBenchmark, RowContext
 
 HUB_ID = "FanqingM/MMIU-Benchmark"
@@ -67,11 +80,15 @@ def parse_options(text: str, ctx: RowContext) -> list[str]:
     for line in text.strip().split("\n"):
         m = _OPTION_LINE.match(line.strip())
         if m and m.group(1) == chr(ord("A") + len(options)):
+            if options and not options[-1].strip():
+                ctx.fail("options", f"option {chr(ord('A') + len(options) - 1)} is empty")
             options.append(m.group(2).strip())
         elif options:
             options[-1] += "\n" + line
         else:
             ctx.fail("options", f"expected lines 'A: ...', 'B: ...', got {text[:60]!r}")
+    if options and not options[-1].strip():
+        ctx.fail("options", f"option {chr(ord('A') + len(options) - 1)} is empty")
     return options
 
 
@@ -82,6 +99,8 @@ class MMIU(HFBenchmark):
     )
 
     class Options(BenchmarkOptions):
+        task_name = "mmiu"
+        protocols = ("upstream", "bsight")
         source: str = HUB_ID
         split: str = "test"
 
@@ -90,6 +109,10 @@ class MMIU(HFBenchmark):
     subtask_field = "task"
     required = ("task", "options", "question", "context", "input_image_path", "output")
     headline = "macro"
+    decodings = {
+        "bsight": Decoding(16),
+        "upstream": Decoding(1024, temperature=0.7),  # VLMEvalKit/test_qwen3_vl.py: max_tokens 1024, temperature 0.7
+    }
     image_hint = (
         "MMIU's images ship as zip archives in the hub repository (2D-spatial.zip, ...); extract each into the "
         "folder named after it and pass the folder that holds them as `image_root`."
@@ -119,3 +142,8 @@ class MMIU(HFBenchmark):
                 "num_images": len(images),
             },
         )
+
+    def extract(self, generation: str, sample: Sample) -> Extraction:
+        if self.protocol == "upstream":
+            return mmiu_choice(generation, sample.options)
+        return super().extract(generation, sample)

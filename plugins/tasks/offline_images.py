@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bsight.harness.answers import extract_choice, option_letters
 from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import Extraction, ImagePart, Part, Sample, Task, TextPart
+from bsight.plugins.tasks.protocols import ProtocolOption
 
 VERSION = "1"
 PACKAGE = "skimage.data"
@@ -90,8 +91,10 @@ class OfflineImages(Task):
     description = "Multi-image questions over real photographs bundled with scikit-image (no download; the default run)"
     version: ClassVar[str] = VERSION
 
-    class Options(BaseModel):
+    class Options(ProtocolOption):
         model_config = ConfigDict(extra="forbid")
+        task_name = "offline_images"
+        protocols = ("bsight",)  # a bsight task: no upstream or lmms-eval protocol exists
         seed: int = Field(default=0, description="derives every sample")
         per_subtask: int = Field(default=12, ge=1, le=1000, description="samples per subtask")
         image_size: int = Field(default=224, ge=32, le=2048, description="longest side of every image, pixels")

@@ -183,7 +183,8 @@ def main() -> int:
         result["logs"] = {k: (args.out / f"{k}.log").read_text()[-3000:] for k in ("one", "many")}
     (args.out / "dp_demo.json").write_text(json.dumps(result, indent=2))
     print(
-        f"1 process: exit {rc1}, {t1:.1f} s; {args.nproc} processes: exit {rcn}, {tn:.1f} s; devices {result.get('devices')}"
+        f"1 process: exit {rc1}, {t1:.1f} s; {args.nproc} processes: exit {rcn}, {tn:.1f} s; devices "
+        f"{result.get('devices')}"
     )
     for u in result.get("units", []):
         print(

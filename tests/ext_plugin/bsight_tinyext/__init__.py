@@ -1,10 +1,11 @@
-"""Example third-party bsight plugin: adds one model adapter, one task and one attention method.
+"""Example third-party bsight plugin: adds one model adapter, one task, one attention method and one job type.
 
 Registered by its package's entry point (group ``bsight``), exactly as bsight's built-ins are.
 """
 
 from bsight.harness.hookspecs import hookimpl
 
+from .job import PromptStatsJob
 from .method import SinkWindow
 from .model import TinyLlama
 from .task import BrightestImage
@@ -23,3 +24,8 @@ def bsight_tasks():
 @hookimpl
 def bsight_attention_methods():
     return [SinkWindow]
+
+
+@hookimpl
+def bsight_job_types():
+    return [PromptStatsJob]

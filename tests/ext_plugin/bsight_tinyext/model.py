@@ -97,8 +97,6 @@ class TinyLlama(ModelAdapter):
                 ids += tok.encode_image(part.image, self.options.image_grid)
             elif isinstance(part, (TextPart, PassagePart)):
                 ids += tok.encode_text(part.text)
-        for letter, option in zip("ABCDEFGH", sample.options):
-            ids += tok.encode_text(f"\n{letter}. {option}")
         ids += tok.encode_text("\nAnswer:" + sample.answer_prefix)
         ids += tok.encode_text(continuation or "")
         input_ids = torch.tensor([ids])

@@ -38,6 +38,8 @@ class BrightestImage(Task):
             for j, level in enumerate(levels):
                 img = Image.fromarray(np.clip(level + rng.integers(-8, 8, size=(12, 12)), 0, 255).astype(np.uint8))
                 parts += [TextPart(text=f" Image {j + 1}:"), ImagePart(ref=f"gen:{o.seed}:{i}:{j}", image=img)]
+            # the task owns its prompt: the options are written here, once (adapters add none)
+            parts.append(TextPart(text="".join(f"\n{LETTERS[j]}. image {j + 1}" for j in range(k))))
             yield Sample(
                 id=f"b{i:04d}",
                 task=self.name,

@@ -1,0 +1,98 @@
+"""Issue 16: shape-robust fast paths. Bucketed FlexAttention lengths are exact; the dense SDPA policy per phase
+and length; padded causal SDPA equals unpadded (CPU). GPU timings of these choices: reports/published/
+sdpa_policy_h100.json and the in-model run (``bsight run gpu.yaml``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
+
+from bsight.kernels import dense_policy, dispatch
+from bsight.kernels.sparsity.layout import SinkPolicy
+from bsight.kernels.sparsity.masks import materialize
+from bsight.kernels.sparsity.metadata import LayoutMeta
+from bsight.kernels.sparsity.planted import realistic_layout
+from bsight.plugins.methods.flex import FlexRunner, bucket_length, categories_mask, pad_meta
+from bsight.plugins.methods.streaming import streaming_mask
+
+
+def _meta(bidirectional: bool = False) -> LayoutMeta:
+    layout = realistic_layout(
+        3, 70, prefix_tokens=13, label_tokens=5, question_tokens=31, sinks=SinkPolicy(fraction=0.05),
+        bidirectional=bidirectional,
+    )  # fmt: skip
+    return LayoutMeta.build(layout)
+
+
+def test_bucket_lengths():
+    assert [bucket_length(n) for n in (36_864, 73_728, 147_456)] == [36_864, 73_728, 147_456]
+    for n in (1, 900, 5_000, 16_001, 35_000, 140_000, 290_000):
+        b = bucket_length(n)
+        assert n <= b <= max(n * 1.125, n + 1024)
+    # at most 8 buckets per doubling (above the smallest granule)
+    assert len({bucket_length(n) for n in range(65_537, 131_073, 97)}) <= 8
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padded_masks_match_on_real_rows(bidirectional):
+    meta = _meta(bidirectional)
+    S = meta.length
+    padded = pad_meta(meta, S + 77)
+    cats = torch.tensor([0, 1, 2, 3])
+    for mod, pmod in (
+        (categories_mask(meta, cats), categories_mask(padded, cats)),
+        (streaming_mask(meta, 8, 40), streaming_mask(padded, 8, 40)),
+    ):
+        full = materialize(pmod, S + 77, num_heads=4)
+        assert torch.equal(full[:, :S, :S], materialize(mod, S, num_heads=4))
+        assert not full[:, :S, S:].any()  # real queries never see padded keys
+
+
+def test_bucketed_flex_attention_is_exact():
+    torch.manual_seed(0)
+    meta = _meta()
+    S, D = meta.length, 16
+    q, k, v = torch.randn(4, S, D), torch.randn(2, S, D), torch.randn(2, S, D)
+    cats = torch.tensor([0, 1, 2, 3])
+    plain = FlexRunner(compile="never")
+    ref = plain.attend(q, k, v, plain.block_mask(meta, "a", lambda m: categories_mask(m, cats), 4), D**-0.5)
+
+    class Bucketed(FlexRunner):  # the compiled path's bucketing, run eagerly on CPU
+        def bucketed(self, meta):
+            return pad_meta(meta, bucket_length(meta.length, 16) + 16)
+
+    runner = Bucketed(compile="never", block_size=16)
+    bm = runner.block_mask(meta, "a", lambda m: categories_mask(m, cats), 4)
+    assert int(bm.seq_lengths[0]) > S
+    out = runner.attend(q, k, v, bm, D**-0.5)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_policy_per_phase_and_length():
+    p = dense_policy.DensePolicy(flash_below=16_384, cudnn_bucket=1024)
+    assert p.order(1, 5_000)[0] == SDPBackend.FLASH_ATTENTION  # decode: no per-KV-length plan
+    assert p.order(1, 300_000)[0] == SDPBackend.FLASH_ATTENTION
+    assert p.order(4_000, 4_000)[0] == SDPBackend.FLASH_ATTENTION  # short prefill
+    assert p.order(36_864, 36_864)[0] == SDPBackend.CUDNN_ATTENTION  # long prefill
+    assert p.padded_length(4_000) == 4_000 and p.padded_length(36_000) == 36_864
+    assert p.padded_length(36_864) == 36_864
+
+
+def test_right_padded_causal_sdpa_is_exact():
+    torch.manual_seed(1)
+    q, k, v = torch.randn(1, 4, 50, 8), torch.randn(1, 4, 50, 8), torch.randn(1, 4, 50, 8)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    pad = (0, 0, 0, 14)
+    out = F.scaled_dot_product_attention(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), is_causal=True)[:, :, :50]
+    torch.testing.assert_close(out, ref)
+    # the policy's own entry point on CPU: plain SDPA, same result
+    torch.testing.assert_close(dispatch.policy_causal_sdpa(q, k, v), ref)
+
+
+def test_large_timings_print_in_full():
+    from bsight.harness.report import fmt_num
+
+    assert fmt_num(20_475.5, 1) == "20,476" and fmt_num(50_599.5, 1) == "50,600" and fmt_num(2475.55, 1) == "2475.6"
