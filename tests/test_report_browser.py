@@ -145,9 +145,9 @@ def test_method_sections_render_in_chromium(browser, method_run):
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
     expected = {
         "flops": 1,
-        "characterization": 4,
+        "characterization": 5,
         "timing": 6,
-    }  # CDF; heatmap, shares, Pareto, confusion; 2 x 2 sweep + 2 TTFT
+    }  # CDF; heatmap, shares, per-layer choice distribution, Pareto, confusion; 2 x 2 sweep + 2 TTFT
     for key, n in expected.items():
         section = browser.find_element(By.ID, key)
         assert not section.find_elements(By.CSS_SELECTOR, "p.empty, p.error"), key

@@ -639,8 +639,8 @@ def search_pattern_config(
 ) -> PatternConfig:
     """Offline per-head pattern choice from one sample through a loaded adapter; save the result with
     ``.save(path)`` and pass the path as method ``mminference``'s ``pattern_config``. From a config: the
-    ``search_patterns`` step of job ``baselines`` (:mod:`bsight.harness.jobs.baselines`). The prefill skips the
-    LM head (``adapter.prefill``): only the attention layers matter here."""
+    ``search`` step of job ``baselines`` (it asks :meth:`MMInference.search`). The prefill skips the LM head
+    (``adapter.prefill``): only the attention layers matter here."""
     search = PatternSearch(options)
     search.setup(adapter.info)
     with torch.no_grad():
