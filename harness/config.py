@@ -21,7 +21,7 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, StringConstraints, ValidationError
 
-from bsight.harness.interfaces import AttentionMethod
+from bsight.harness.interfaces import AttentionMethod, ModelAdapter, Task
 from bsight.harness.jobtypes import NAME_PATTERN, Artifact, ConfigIssue, JobSpec, JobType
 from bsight.harness.plugins import Family, Registry, UnknownPluginError
 from bsight.harness.validation import non_finite, value_problems
@@ -360,3 +360,33 @@ def _unwrap(ann: Any) -> Any:
             ann = models[0] if models else members[0]
         else:
             return ann
+
+
+def load_model_and_task(config_path: str, model: str, task_name: str) -> tuple[ModelAdapter, Task]:
+    """The config's model ``model`` (not loaded) and task ``task_name``, options validated as ``bsight run`` does
+    (the config's jobs are not needed): what one-prompt commands (``bsight prompts``, ``bsight inspect``) use."""
+    from bsight.harness.plugins import load_registry
+
+    registry = load_registry()
+    data = read_yaml(Path(config_path)) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(config_path, [("", f"the config must be a mapping, got {type(data).__name__}")])
+    try:
+        config = BenchmarkConfig.model_validate({k: v for k, v in data.items() if k != "jobs"})
+    except ValidationError as e:
+        raise ConfigError(config_path, format_errors(e, BenchmarkConfig)) from None
+    problems: list[tuple[str, str]] = []
+    refs = {}
+    for section, family, name in (("models", "model", model), ("tasks", "task", task_name)):
+        names = getattr(config, section)
+        if name not in names:
+            problems.append((section, f"no {family} {name!r}; the config has: {', '.join(names) or 'none'}"))
+            continue
+        ref = names[name]
+        ref.options = _validate_options(registry, family, (section, name), ref, problems)
+        refs[family] = ref
+    if problems:
+        raise ConfigError(config_path, problems)
+    adapter = registry.get("model", refs["model"].plugin)(refs["model"].options)
+    task = registry.get("task", refs["task"].plugin)(refs["task"].options)
+    return adapter, task

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from bsight.harness.config import load_model_and_task
 from bsight.harness.inspect_probe import MASS_COLUMNS, InspectProbe, LayerMass, layer_shares, probe_bytes
 
 if TYPE_CHECKING:
@@ -47,39 +48,6 @@ class InspectError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ inputs
-
-
-def load_pair(config_path: str, model: str, task_name: str) -> tuple[ModelAdapter, Task]:
-    """The config's model ``model`` (not loaded) and task ``task_name``, options validated as ``bsight run`` does
-    (the config's jobs are not needed)."""
-    from pydantic import ValidationError
-
-    from bsight.harness.config import BenchmarkConfig, ConfigError, _validate_options, format_errors, read_yaml
-    from bsight.harness.plugins import load_registry
-
-    registry = load_registry()
-    data = read_yaml(Path(config_path)) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(config_path, [("", f"the config must be a mapping, got {type(data).__name__}")])
-    try:
-        config = BenchmarkConfig.model_validate({k: v for k, v in data.items() if k != "jobs"})
-    except ValidationError as e:
-        raise ConfigError(config_path, format_errors(e, BenchmarkConfig)) from None
-    problems: list[tuple[str, str]] = []
-    refs = {}
-    for section, family, name in (("models", "model", model), ("tasks", "task", task_name)):
-        names = getattr(config, section)
-        if name not in names:
-            problems.append((section, f"no {family} {name!r}; the config has: {', '.join(names) or 'none'}"))
-            continue
-        ref = names[name]
-        ref.options = _validate_options(registry, family, (section, name), ref, problems)
-        refs[family] = ref
-    if problems:
-        raise ConfigError(config_path, problems)
-    adapter = registry.get("model", refs["model"].plugin)(refs["model"].options)
-    task = registry.get("task", refs["task"].plugin)(refs["task"].options)
-    return adapter, task
 
 
 def find_sample(task: Task, sample_id: str) -> Sample:
@@ -350,7 +318,7 @@ def run_inspect(args: Any) -> dict[str, str]:
     layers = args.layers
     images = args.images
     out = Path(args.out)
-    adapter, task = load_pair(args.config, args.model, args.task)
+    adapter, task = load_model_and_task(args.config, args.model, args.task)
     sample = find_sample(task, args.sample)
     if images:
         n_seg = len(segment_parts(sample))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bsight.harness.interfaces import ImagePart
@@ -104,33 +103,9 @@ def render(adapter: ModelAdapter, task: Task, samples: list[Sample], max_new_tok
 def run_prompts(config_path: str, model: str, task_name: str, limit: int | None, max_new_tokens: int | None) -> str:
     """Load the config's model ``model`` and task ``task_name`` (their options validated as ``bsight run`` does;
     the config's jobs are not needed) and render their first ``limit`` samples."""
-    from pydantic import ValidationError
+    from bsight.harness.config import load_model_and_task
 
-    from bsight.harness.config import BenchmarkConfig, ConfigError, _validate_options, format_errors, read_yaml
-    from bsight.harness.plugins import load_registry
-
-    registry = load_registry()
-    data = read_yaml(Path(config_path)) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(config_path, [("", f"the config must be a mapping, got {type(data).__name__}")])
-    try:
-        config = BenchmarkConfig.model_validate({k: v for k, v in data.items() if k != "jobs"})
-    except ValidationError as e:
-        raise ConfigError(config_path, format_errors(e, BenchmarkConfig)) from None
-    problems: list[tuple[str, str]] = []
-    refs = {}
-    for section, family, name in (("models", "model", model), ("tasks", "task", task_name)):
-        names = getattr(config, section)
-        if name not in names:
-            problems.append((section, f"no {family} {name!r}; the config has: {', '.join(names) or 'none'}"))
-            continue
-        ref = names[name]
-        ref.options = _validate_options(registry, family, (section, name), ref, problems)
-        refs[family] = ref
-    if problems:
-        raise ConfigError(config_path, problems)
-    adapter = registry.get("model", refs["model"].plugin)(refs["model"].options)
-    task = registry.get("task", refs["task"].plugin)(refs["task"].options)
+    adapter, task = load_model_and_task(config_path, model, task_name)
     samples = []
     for sample in task.samples():
         if limit is not None and len(samples) >= limit:

@@ -46,64 +46,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from bsight.harness.provenance import benchmark_provenance, cli_command
+from bsight.harness.random_models import ARCHITECTURES
 from bsight.kernels.dispatch import sync
 from bsight.kernels.sparsity.artifacts import tool_version
 
 logger = logging.getLogger("bsight.ttft")
 
-MODEL_ID = "Qwen/Qwen2-VL-7B-Instruct"
-# config.json of Qwen/Qwen2-VL-7B-Instruct on the hub (architecture only; weights here are random)
-QWEN2_VL_7B_CONFIG: dict[str, Any] = {
-    "architectures": ["Qwen2VLForConditionalGeneration"],
-    "attention_dropout": 0.0,
-    "bos_token_id": 151643,
-    "eos_token_id": 151645,
-    "vision_start_token_id": 151652,
-    "vision_end_token_id": 151653,
-    "vision_token_id": 151654,
-    "image_token_id": 151655,
-    "video_token_id": 151656,
-    "hidden_act": "silu",
-    "hidden_size": 3584,
-    "initializer_range": 0.02,
-    "intermediate_size": 18944,
-    "max_position_embeddings": 32768,
-    "max_window_layers": 28,
-    "model_type": "qwen2_vl",
-    "num_attention_heads": 28,
-    "num_hidden_layers": 28,
-    "num_key_value_heads": 4,
-    "rms_norm_eps": 1e-06,
-    "rope_theta": 1000000.0,
-    "sliding_window": 32768,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "use_cache": True,
-    "use_sliding_window": False,
-    "vision_config": {
-        "depth": 32,
-        "embed_dim": 1280,
-        "mlp_ratio": 4,
-        "num_heads": 16,
-        "in_chans": 3,
-        "hidden_size": 3584,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-    },
-    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-    "vocab_size": 152064,
-}
-# preprocessor_config.json of the same repository (resizing bounds and normalization)
-QWEN2_VL_PREPROCESSOR: dict[str, Any] = {
-    "min_pixels": 3136,
-    "max_pixels": 12845056,
-    "patch_size": 14,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-}
+# The published config.json and preprocessor_config.json of Qwen/Qwen2-VL-7B-Instruct (architecture only; weights
+# here are random), as `bsight random-model` writes them.
+MODEL_ID = ARCHITECTURES["qwen2-vl-7b"]["hub_id"]
+QWEN2_VL_7B_CONFIG: dict[str, Any] = ARCHITECTURES["qwen2-vl-7b"]["config"]
+QWEN2_VL_PREPROCESSOR: dict[str, Any] = ARCHITECTURES["qwen2-vl-7b"]["preprocessor"]
 # tiny variant for --small: same classes and code path, small enough for a CPU
 SMALL_CONFIG = {
     **QWEN2_VL_7B_CONFIG,
