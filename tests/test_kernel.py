@@ -419,7 +419,7 @@ def test_sweep_flex_path_traced_by_dynamo_matches_reference():
     import torch._dynamo
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    from bsight.harness.benchmarks.kernel_sweep import _FlexMasks
+    from bsight.plugins.methods.flex import CategoryBlockMasks
 
     rng = random.Random(_seed())
     images = [rng.randint(20, 90) for _ in range(3)]
@@ -439,7 +439,7 @@ def test_sweep_flex_path_traced_by_dynamo_matches_reference():
     cats = mixed_categories(rng, 8)
     torch._dynamo.reset()
     build = torch.compile(create_block_mask, backend="eager", dynamic=False)
-    masks = _FlexMasks(meta, len(cats), build, max_bytes=4 * 128 * S)  # one 128-row query block per chunk
+    masks = CategoryBlockMasks(meta, len(cats), build, max_bytes=4 * 128 * S)  # one 128-row query block per chunk
     assert masks.chunks == 3
     q, k, v = torch.randn(8, S, 16), torch.randn(2, S, 16), torch.randn(2, S, 16)
     flex = torch.compile(flex_attention, backend="eager", dynamic=False)

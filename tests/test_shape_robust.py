@@ -96,3 +96,45 @@ def test_large_timings_print_in_full():
     from bsight.harness.report import fmt_num
 
     assert fmt_num(20_475.5, 1) == "20,476" and fmt_num(50_599.5, 1) == "50,600" and fmt_num(2475.55, 1) == "2475.6"
+
+
+def test_category_block_masks_equal_a_per_head_build():
+    """One build over the four categories, rows selected per head, is the block mask of a per-head build."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from bsight.kernels.sparsity.masks import head_mask
+    from bsight.plugins.methods.flex import CategoryBlockMasks
+
+    meta = _meta()
+    S = meta.length
+    cats = torch.tensor([3, 0, 2, 1, 1, 3])
+    masks = CategoryBlockMasks(meta, len(cats), lambda *a, **kw: create_block_mask(*a, **kw, _compile=False), None, 16)
+    got = masks.for_heads(cats)
+    want = create_block_mask(head_mask(meta, cats), None, len(cats), S, S, device="cpu", BLOCK_SIZE=16, _compile=False)
+    for num, idx in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
+        n_got, n_want = getattr(got, num), getattr(want, num)
+        assert torch.equal(n_got, n_want)
+        for h in range(len(cats)):
+            for qb in range(n_want.shape[-1]):
+                n = int(n_want[0, h, qb])
+                assert sorted(getattr(got, idx)[0, h, qb, :n].tolist()) == sorted(
+                    getattr(want, idx)[0, h, qb, :n].tolist()
+                )
+
+
+def test_flex_layers_share_one_build_and_match_the_reference():
+    """Two layers with different per-head categories on one prompt: one block-mask build, exact outputs."""
+    from bsight.kernels.reference import reference_attention
+    from bsight.plugins.methods.flex import CategoryBlockMasks
+
+    torch.manual_seed(0)
+    meta = _meta()
+    S, D = meta.length, 16
+    runner = FlexRunner(compile="never", block_size=16)
+    for cats in (torch.tensor([0, 1, 2, 3]), torch.tensor([3, 3, 1, 0])):
+        q, k, v = torch.randn(4, S, D), torch.randn(2, S, D), torch.randn(2, S, D)
+        bm = runner.category_masks(meta, None, 4).for_heads(cats)
+        out = runner.attend(q, k, v, bm, D**-0.5)
+        torch.testing.assert_close(out, reference_attention(q, k, v, meta, cats, scale=D**-0.5), atol=1e-5, rtol=1e-5)
+    built = [m for m in runner._masks.values() if isinstance(m, CategoryBlockMasks)]
+    assert len(built) == 1

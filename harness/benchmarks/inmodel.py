@@ -81,6 +81,14 @@ class PromptBuilder:
 
             self.processor = Qwen2VLImageProcessor(**preprocessor)
 
+    def context_tokens(self) -> int | None:
+        """The longest prompt the model's positions cover: Gemma 3 gives every token one position, so its
+        ``max_position_embeddings`` bounds the prompt; Qwen's M-RoPE advances an image's positions by its side,
+        not its area, so a many-image prompt of far more tokens stays inside the context (None: no bound here)."""
+        if self.family != "gemma3":
+            return None
+        return int((self.config.get("text_config") or self.config)["max_position_embeddings"])
+
     def _text(self, text: str) -> list[int]:
         return [TEXT_OFFSET + b for b in text.encode()]
 
@@ -326,6 +334,13 @@ class Bench:
         entry: dict[str, Any] = {"target_tokens": target, "sample": sample.id, **stats}
         est = memory_estimate_gib(self.info, self.config, stats["tokens"], int(inputs["pixel_values"].shape[0]))
         entry["memory_estimate"] = est
+        context = self.builder.context_tokens()
+        if context is not None and stats["tokens"] > context:
+            entry["error"] = (
+                f"prompt of {stats['tokens']:,} tokens is beyond the model's context of {context:,} positions: "
+                "not measured"
+            )
+            return entry
         if self.device.type == "cuda":
             free = torch.cuda.mem_get_info(self.device)[0] / 2**30
             entry["memory_free_gib"] = free

@@ -272,55 +272,6 @@ def _flex_setup() -> tuple[Callable, Callable]:
     return torch.compile(flex_attention, dynamic=False), torch.compile(create_block_mask, dynamic=False)
 
 
-class _FlexMasks:
-    """Block masks of one prompt for every head map, from a compiled ``create_block_mask`` over the four
-    categories (H = 4, head ``c`` = category ``c``, mask :func:`masks.head_mask`); a head map's block mask
-    takes each head's row from it. One mask_mod object reads the per-head categories from a buffer, so
-    compiled flex code is reused across head maps.
-
-    The block mask is built in query chunks of at most ``max_bytes`` of boolean mask each
-    (:func:`~bsight.plugins.methods.flex.chunked_block_mask` says why).
-    """
-
-    def __init__(self, meta: LayoutMeta, num_heads: int, build: Callable, max_bytes: int = 8 << 30):
-        from bsight.kernels.sparsity.masks import head_mask
-        from bsight.plugins.methods.flex import chunk_rows, chunked_block_mask
-
-        S, dev = meta.length, meta.device
-        t0 = time.perf_counter()
-        four = head_mask(meta, torch.arange(4, dtype=torch.int32, device=dev))
-        self.bm4 = chunked_block_mask(four, 4, S, dev, build, max_bytes=max_bytes)
-        self.chunks = S // chunk_rows(S, 4, max_bytes)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        self.build_s = time.perf_counter() - t0
-        self.cats = torch.zeros(num_heads, dtype=torch.int32, device=dev)
-        self.mask_mod = head_mask(meta, self.cats)
-        self.S = S
-
-    def for_heads(self, cats: list[int]):
-        from torch.nn.attention.flex_attention import BlockMask
-
-        idx = torch.tensor(cats, device=self.cats.device)
-        self.cats.copy_(idx)
-        b = self.bm4
-        parts = dict(
-            kv_num_blocks=b.kv_num_blocks[:, idx].contiguous(),
-            kv_indices=b.kv_indices[:, idx].contiguous(),
-            BLOCK_SIZE=b.BLOCK_SIZE,
-            mask_mod=self.mask_mod,
-        )
-        if b.full_kv_num_blocks is not None:
-            parts.update(
-                full_kv_num_blocks=b.full_kv_num_blocks[:, idx].contiguous(),
-                full_kv_indices=b.full_kv_indices[:, idx].contiguous(),
-            )
-        try:
-            return BlockMask.from_kv_blocks(**parts, seq_lengths=(self.S, self.S))
-        except TypeError:  # torch without seq_lengths: the lengths follow from the block counts
-            return BlockMask.from_kv_blocks(**parts)
-
-
 def _check_full_size(
     q, k, v, meta: LayoutMeta, cats: list[int], config: KernelConfig | None, rows_checked: int = 192
 ) -> float:
@@ -612,17 +563,22 @@ def run_sweep(
                 log(f"S={S} {lay_name} flex skipped (time budget)")
             elif flex is not None:
                 try:
-                    masks = _FlexMasks(meta, num_heads, build_mask)
+                    t0 = time.perf_counter()
+                    from bsight.plugins.methods.flex import CategoryBlockMasks
+
+                    masks = CategoryBlockMasks(meta, num_heads, build_mask)
+                    torch.cuda.synchronize()
+                    build_s = time.perf_counter() - t0
                     add(
                         **ctx,
                         method="flex_block_mask_build",
                         category="-",
-                        ms=1e3 * masks.build_s,
+                        ms=1e3 * build_s,
                         query_chunks=masks.chunks,
                     )
                     log(
                         f"S={S} {lay_name} flex create_block_mask (H=4, compiled, static shapes, "
-                        f"{masks.chunks} query chunks) {masks.build_s:.1f} s"
+                        f"{masks.chunks} query chunks) {build_s:.1f} s"
                     )
                     for hm in ("sink", "intra_image", "intra_image_sink", "mixed30"):
                         bm = masks.for_heads(head_maps[hm])

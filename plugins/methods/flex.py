@@ -2,8 +2,9 @@
 
 The mask is the method issue's predicate - the model's own mask (:func:`base_mask`: causal, Gemma 3's
 bidirectional images, sliding window) intersected with each head's category rule (:func:`category_mask`) -
-so ``flex`` and ``blindsight`` apply identical masks from the same head map. The block mask is built once
-per prompt and layer kind (categories, window) and reused by every layer with that kind; on CUDA both
+so ``flex`` and ``blindsight`` apply identical masks from the same head map. Block masks are built once per
+prompt and sliding window, over the four categories (:class:`CategoryBlockMasks`); each layer takes its heads'
+rows from them (one gather, no mask evaluation per layer); on CUDA both
 ``create_block_mask`` and ``flex_attention`` are compiled, with dynamo's recompile limit raised, on lengths
 padded to buckets (:func:`bucket_length`: a new prompt length recompiles only when it opens a new bucket, at most
 8 per doubling; past the default limit FlexAttention would fall back to an eager path that materializes the
@@ -29,7 +30,7 @@ from bsight.harness.interfaces import AttentionMethod, ModelInfo, NoOptions, Ove
 from bsight.kernels.sparsity.categories import Category
 from bsight.kernels.sparsity.headmap import HeadMap
 from bsight.kernels.sparsity.layout import SinkPolicy
-from bsight.kernels.sparsity.masks import MaskMod, and_masks, base_mask, category_mask
+from bsight.kernels.sparsity.masks import MaskMod, and_masks, base_mask, category_mask, head_mask
 from bsight.kernels.sparsity.metadata import LayoutMeta
 from bsight.plugins.methods.head_map_option import HeadMapOption
 
@@ -122,6 +123,60 @@ def categories_mask(meta: LayoutMeta, categories: torch.Tensor, window: int | No
     return and_masks(base_mask(meta, window), per_head)
 
 
+class CategoryBlockMasks:
+    """Block masks of one prompt for every per-head category assignment, from one build.
+
+    ``create_block_mask`` runs once over four heads, head ``c`` applying category ``c``
+    (:func:`~bsight.kernels.sparsity.masks.head_mask`); :meth:`for_heads` gives a layer's block mask by taking
+    each head's rows from its category's head. Why: building each layer's per-head mask from scratch cost 26 s
+    per 36K prompt on the H100 (28 layers x 28 heads of mask evaluation, 91% of flex's prefill); selecting rows
+    costs one gather. One ``mask_mod`` object reads the per-head categories from a buffer, so the compiled
+    ``flex_attention`` is reused by every layer (the buffer's values are read when the kernel runs, in stream
+    order)."""
+
+    def __init__(
+        self,
+        meta: LayoutMeta,
+        num_heads: int,
+        build: Callable,
+        window: int | None = None,
+        block_size: int = 128,
+        max_bytes: int = 8 << 30,
+    ) -> None:
+        dev = meta.device
+        four = head_mask(meta, torch.arange(len(Category), dtype=torch.int32, device=dev), window)
+        self.by_category = chunked_block_mask(four, len(Category), meta.length, dev, build, block_size, max_bytes)
+        self.chunks = meta.length // chunk_rows(meta.length, len(Category), max_bytes, block_size)
+        self.cats = torch.zeros(num_heads, dtype=torch.int32, device=dev)
+        self.mask_mod = head_mask(meta, self.cats, window)
+        self.length = meta.length
+
+    def for_heads(self, cats: torch.Tensor | list[int]):
+        """The block mask of a layer whose head ``h`` applies category ``cats[h]`` (a ``BlockMask``)."""
+        from torch.nn.attention.flex_attention import BlockMask
+
+        idx = torch.as_tensor(cats, dtype=torch.long).to(self.cats.device)
+        if idx.numel() != self.cats.numel():
+            raise ValueError(f"{idx.numel()} head categories for a block mask of {self.cats.numel()} heads")
+        self.cats.copy_(idx)
+        b = self.by_category
+        parts = dict(
+            kv_num_blocks=b.kv_num_blocks[:, idx].contiguous(),
+            kv_indices=b.kv_indices[:, idx].contiguous(),
+            BLOCK_SIZE=b.BLOCK_SIZE,
+            mask_mod=self.mask_mod,
+        )
+        if b.full_kv_num_blocks is not None:
+            parts.update(
+                full_kv_num_blocks=b.full_kv_num_blocks[:, idx].contiguous(),
+                full_kv_indices=b.full_kv_indices[:, idx].contiguous(),
+            )
+        try:
+            return BlockMask.from_kv_blocks(**parts, seq_lengths=(self.length, self.length))
+        except TypeError:  # torch without seq_lengths: the lengths follow from the block counts
+            return BlockMask.from_kv_blocks(**parts)
+
+
 def bucket_length(S: int, block: int = 128) -> int:
     """``S`` rounded up to its bucket: a multiple of ``max(8 * block, 2 ** (bits(S) - 4))``, so at most 8 buckets
     per doubling of length (<= 12.5% padding); 36,864 / 73,728 / 147,456 are their own buckets."""
@@ -168,13 +223,18 @@ class FlexRunner:
     def build(self, mask_mod: MaskMod, num_heads: int | None, S: int, device: torch.device):
         """A block mask of ``mask_mod`` over ``S x S``, in query chunks (:func:`chunked_block_mask`), with the
         builder compiled where ``flex_attention`` is."""
+        return chunked_block_mask(
+            mask_mod, num_heads, S, device, self.builder(device), self.block_size, self.max_mask_bytes
+        )
+
+    def builder(self, device: torch.device) -> Callable:
+        """``create_block_mask``, compiled where ``flex_attention`` is (dynamo's limits raised)."""
         from torch.nn.attention.flex_attention import create_block_mask
 
         compiled = self.compiled(device)
         if compiled:
             raise_compile_limits()
-        build = functools.partial(create_block_mask, _compile=compiled)
-        return chunked_block_mask(mask_mod, num_heads, S, device, build, self.block_size, self.max_mask_bytes)
+        return functools.partial(create_block_mask, _compile=compiled)
 
     def bucketed(self, meta: LayoutMeta) -> LayoutMeta:
         """Where compiled: the prompt's metadata right-padded to its length bucket (:func:`bucket_length`), so
@@ -188,15 +248,28 @@ class FlexRunner:
     def block_mask(self, meta: LayoutMeta, key: Hashable, build_mod: Callable[..., MaskMod], num_heads: int | None):
         """The block mask for ``key`` on this prompt, built once (``num_heads=None`` broadcasts over heads).
         ``build_mod(meta)`` (or ``build_mod()``, unbucketed) gives the mask mod over the metadata it is handed."""
+        return self.cached(meta, key, lambda m: self.build(build_mod(m), num_heads, m.length, meta.device),
+                           bucket=bool(inspect.signature(build_mod).parameters))  # fmt: skip
+
+    def cached(self, meta: LayoutMeta, key: Hashable, make: Callable[[LayoutMeta], object], bucket: bool = True):
+        """``make(meta)`` (``meta`` bucketed where compiled and ``bucket``) once per prompt and ``key``, timed as
+        overhead ``mask_building``."""
         if meta is not self._meta:
             self._meta, self._masks = meta, {}
         if key not in self._masks:
             with self.overhead.measure("mask_building", meta.device):
-                takes_meta = bool(inspect.signature(build_mod).parameters)
-                padded = self.bucketed(meta) if takes_meta else meta
-                mod = build_mod(padded) if takes_meta else build_mod()
-                self._masks[key] = self.build(mod, num_heads, padded.length, meta.device)
+                self._masks[key] = make(self.bucketed(meta) if bucket else meta)
         return self._masks[key]
+
+    def category_masks(self, meta: LayoutMeta, window: int | None, num_heads: int) -> CategoryBlockMasks:
+        """This prompt's :class:`CategoryBlockMasks` for ``window``, built once per prompt (bucketed where
+        compiled) and measured as ``mask_building``."""
+        build = self.builder(meta.device)
+        return self.cached(
+            meta,
+            ("categories", window, num_heads),
+            lambda m: CategoryBlockMasks(m, num_heads, build, window, self.block_size, self.max_mask_bytes),
+        )
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float) -> torch.Tensor:
         """``q [Hq, S, D]``, ``k, v [Hkv, S, D]`` -> ``[Hq, S, D]``."""
@@ -280,11 +353,9 @@ class Flex(HeadMapOption, AttentionMethod):
 
     def prefill(self, q, k, v, meta, call):
         cats = self.head_categories(call.layer_idx)
-        uniform = bool((cats == cats[0]).all())
-        key = ("categories", tuple(cats.tolist()) if not uniform else int(cats[0]), call.window)
-        bm = self.runner.block_mask(
-            meta, key, lambda m: categories_mask(m, cats, call.window), None if uniform else q.shape[0]
-        )
+        masks = self.runner.category_masks(meta, call.window, q.shape[0])
+        with self.overhead.measure("mask_building", meta.device):
+            bm = masks.for_heads(cats)  # one gather per layer
         return self.runner.attend(q, k, v, bm, call.scale)
 
 
