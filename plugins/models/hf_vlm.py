@@ -18,7 +18,7 @@ import os
 import time
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -263,17 +263,27 @@ def _adapter_hint(model_type: str) -> str:
     return f" (no registered adapter loads {model_type!r}; adapters: {', '.join(registry.names('model'))}{closest})"
 
 
-class _FirstCall(LogitsProcessor):
-    """Records when generation first asks for next-token scores, i.e. when prefill (TTFT) is done."""
+class _StepClock(LogitsProcessor):
+    """Records when generation asks for next-token scores: the first time when prefill (TTFT) is done, then
+    once per decode step. Synchronized, which costs nothing extra: generation's stopping check already waits
+    for every step."""
 
     def __init__(self, model: PreTrainedModel) -> None:
-        self.model, self.at = model, None
+        self.model, self.times = model, []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.at is None:
-            _sync(self.model)
-            self.at = time.perf_counter()
+        _sync(self.model)
+        self.times.append(time.perf_counter())
         return scores
+
+
+class GreedyRun(NamedTuple):
+    """One generation's new token ids and clock: prefill (to the first scores), total, and each decode step."""
+
+    ids: torch.Tensor
+    prefill_s: float
+    total_s: float
+    step_s: list[float]
 
 
 def _sync(model: PreTrainedModel) -> None:
@@ -519,7 +529,7 @@ class HFVLMAdapter(ModelAdapter):
     ) -> Generation:
         """Greedy generation (seeded temperature sampling with ``sampling``): prefill under ``method``, decode dense
         over the full KV cache."""
-        ids, prefill_s, total_s = self._greedy(prepared, method, max_new_tokens, sampling)
+        ids, prefill_s, total_s, _ = self._greedy(prepared, method, max_new_tokens, sampling)
         text = self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
         return Generation(text=text, prompt_tokens=prepared.layouts[0].num_valid, prefill_s=prefill_s, total_s=total_s)
 
@@ -529,7 +539,7 @@ class HFVLMAdapter(ModelAdapter):
 
     def _greedy(
         self, prepared: Prepared, method: AttentionMethod, max_new_tokens: int, sampling: Sampling | None = None
-    ) -> tuple[torch.Tensor, float, float]:
+    ) -> GreedyRun:
         model = self._require()
         if len(prepared.layouts) != 1:
             raise ValueError(f"generate takes one prompt at a time, got a batch of {len(prepared.layouts)}")
@@ -547,14 +557,15 @@ class HFVLMAdapter(ModelAdapter):
             config.pad_token_id = (
                 config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
             )
-        first = _FirstCall(model)
+        clock = _StepClock(model)
         _sync(model)
         t0 = time.perf_counter()
         with torch.inference_mode(), attention_bridge.active_method(method, prepared.layouts):
             out = model.generate(
-                **prepared.inputs, generation_config=config, logits_processor=LogitsProcessorList([first])
+                **prepared.inputs, generation_config=config, logits_processor=LogitsProcessorList([clock])
             )
         _sync(model)
         total = time.perf_counter() - t0
-        prefill = (first.at if first.at is not None else t0 + total) - t0
-        return out[0, prepared.inputs["input_ids"].shape[1] :].cpu(), prefill, total
+        marks = clock.times or [t0 + total]
+        steps = [b - a for a, b in zip(marks, marks[1:])]
+        return GreedyRun(out[0, prepared.inputs["input_ids"].shape[1] :].cpu(), marks[0] - t0, total, steps)
