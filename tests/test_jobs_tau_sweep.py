@@ -28,6 +28,7 @@ from bsight.harness.jobs.tau_sweep import (
     sample_key,
     tau_key,
 )
+from bsight.harness.jobs.ttft_estimate import estimated_ttft_speedup, published_ttft_estimate
 from bsight.harness.runner import execute
 from bsight.harness.store import RunFolder
 from bsight.kernels.sparsity.aggregate import build_head_map
@@ -39,6 +40,12 @@ from bsight.plugins.methods.blindsight import Blindsight
 from bsight.plugins.methods.dense import Dense
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+PUBLISHED = Path(__file__).resolve().parent.parent / "reports" / "published"
+TTFT_CAPTION = (
+    "estimated TTFT speedup on an H100 for a Qwen2-VL-7B-shaped prompt of 36,864 tokens, from published "
+    "measurements (reports/published/ttft_h100.json, reports/published/kernel_sweep_h100.json), not measured on "
+    "this machine"
+)
 TAUS = [0.003, 0.03, 0.3, 3.0]
 
 
@@ -218,6 +225,68 @@ def test_default_tau_rule():
             continue
         top = max(p["flops_heldout"] for p in ok)
         assert chosen == min(p["tau"] for p in ok if p["flops_heldout"] == top)  # ties: the smaller tau
+
+
+def test_ttft_estimate_is_amdahl_over_the_published_numbers():
+    """All dense: 1.0; all one category: that category's Amdahl bound, by hand from the published JSONs; a mix:
+    the share-weighted attention time."""
+    p, ratios = random.uniform(0.05, 0.9), {"sink": 0.1, "intra_image": 0.2, "intra_image_sink": 0.3}
+    assert estimated_ttft_speedup({"dense": 1.0, "sink": 0.0}, p, ratios) == pytest.approx(1.0)
+    assert estimated_ttft_speedup({"sink": 1.0}, p, ratios) == pytest.approx(1 / ((1 - p) + p * 0.1))
+    mix = {"dense": 0.5, "intra_image": 0.25, "intra_image_sink": 0.25}
+    assert estimated_ttft_speedup(mix, p, ratios) == pytest.approx(1 / ((1 - p) + p * (0.5 + 0.05 + 0.075)))
+    with pytest.raises(ValueError, match="no attention time ratio for categories \\['other'\\]"):
+        estimated_ttft_speedup({"other": 1.0}, p, ratios)
+    with pytest.raises(ValueError, match="attention share"):
+        estimated_ttft_speedup({"dense": 1.0}, 1.5, ratios)
+
+    ttft = json.loads((PUBLISHED / "ttft_h100.json").read_text())
+    sweep = json.loads((PUBLISHED / "kernel_sweep_h100.json").read_text())
+    (dense,) = [e["dense"] for e in ttft["lengths"] if e["tokens"] == 36_864]
+    share = dense["attention_ms"] / dense["ttft_ms"]
+    ms = {
+        (r["method"], r["category"]): r["ms"]
+        for r in sweep["rows"]
+        if r["tokens"] == 36_864 and r["layout"] == "mixed" and r.get("ms") is not None
+    }
+    est = published_ttft_estimate()
+    assert est is not None and est.attention_share == pytest.approx(share)
+    assert est.speedup({"dense": 1.0, "sink": 0.0, "intra_image": 0.0, "intra_image_sink": 0.0}) == pytest.approx(1.0)
+    for c in ("sink", "intra_image", "intra_image_sink"):
+        bound = 1 / ((1 - share) + share * ms[("ours", c)] / ms[("cudnn", "dense")])
+        assert est.speedup({c: 1.0}) == pytest.approx(bound) == est.bounds()[c]
+        assert 1.0 < bound < 1 / (1 - share)
+    assert est.caption() == TTFT_CAPTION
+    note = est.note()
+    for doc in (ttft, sweep):  # every number names its provenance: file, commit, GPU
+        assert doc["provenance"]["git_commit"][:12] in note and doc["provenance"]["gpu"] in note
+
+
+def test_report_shows_fidelity_against_estimated_ttft(swept):
+    """Beside the FLOPs plot: the same per-tau numbers against the estimated TTFT speedup, captioned as an estimate
+    from published H100 measurements, with a table column and a provenance note."""
+    run_dir, _, taus = swept
+    folder = RunFolder.open(run_dir)
+    rec = sweep_record(folder)
+    section = TauSweepJob().report(folder, [rec])
+    (unit,) = section.context["units"]
+    est = published_ttft_estimate()
+    for point in unit["points"]:
+        assert point["ttft_speedup"] == pytest.approx(est.speedup(point["shares"]))
+        if point["shares"]["dense"] == 1.0:
+            assert point["ttft_speedup"] == pytest.approx(1.0)
+    plot = unit["ttft_plot"]
+    assert plot is not None and plot in section.plots and TTFT_CAPTION in plot.title
+    assert "estimated TTFT speedup (x)" in plot.svg
+    md = (run_dir / "report.md").read_text()
+    html = (run_dir / "index.html").read_text()
+    for text in (md, html):
+        assert TTFT_CAPTION in text and "est. TTFT speedup (H100, 36,864 tokens" in text
+        assert "commit 0b709b6a87a5" in text and "commit bf57d0541e41" in text and "NVIDIA H100 80GB HBM3" in text
+    assert f"]({plot.file})" in md and (run_dir / plot.file).is_file()
+    assert md.index(unit["plot"].file) < md.index(plot.file)  # next to the FLOPs plot, after it
+    for point in unit["points"]:
+        assert f"{point['ttft_speedup']:.3f}x" in md
 
 
 def test_killed_run_resumes_without_redoing_a_row(ext_registry, ext_paths, tmp_path):

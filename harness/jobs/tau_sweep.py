@@ -23,7 +23,10 @@ they match.
 
 The section, per model: what the characterization found (sparse heads, whether segment-start sinks matter),
 a table per tau (head categories, NMSE on the characterization prompts, FLOPs reduction, agreement, mean KL,
-accuracy dense vs blindsight with a paired bootstrap CI, n), the Pareto plot and the chosen tau with its rule.
+accuracy dense vs blindsight with a paired bootstrap CI, n, estimated TTFT speedup), the Pareto plot and the chosen
+tau with its rule. Beside the FLOPs plot, the same fidelity numbers and accuracy against each tau's estimated TTFT
+speedup: Amdahl over published H100 measurements of a Qwen2-VL-7B-shaped 36,864-token prompt weighted by the head
+map's category shares (:mod:`~bsight.harness.jobs.ttft_estimate`), labelled as not measured on this machine.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from bsight.harness.jobs.answering import (
     greedy_answer,
     run_seed,
 )
+from bsight.harness.jobs.ttft_estimate import TTFTEstimate, published_ttft_estimate
 from bsight.harness.jobtypes import (
     ACCURACY_TABLE,
     HEADMAP_DIR,
@@ -239,6 +243,17 @@ def choose_tau(points: list[dict[str, Any]], rule: DefaultRule) -> float | None:
     if not ok:
         return None
     return min(ok, key=lambda p: (-p["flops_heldout"], p["tau"]))["tau"]
+
+
+def ttft_estimate() -> tuple[TTFTEstimate | None, str | None]:
+    """The published TTFT estimate the section plots against, or None and why (a file absent or unreadable)."""
+    try:
+        estimate = published_ttft_estimate()
+    except ValueError as e:
+        return None, str(e)
+    if estimate is None:
+        return None, "the published TTFT and kernel sweep results were not found"
+    return estimate, None
 
 
 def _selected_models(spec: TauSweepSpec, tables: dict[str, Artifact]) -> list[str]:
@@ -703,6 +718,7 @@ class TauSweepJob(JobType):
     def report(self, run: RunFolder, records: list[UnitRecord]) -> SectionData | None:
         seed = run_seed(run)
         units, plots = [], []
+        estimate, why_no_ttft = ttft_estimate()
         for rec in records:
             u = self._unit_context(run, rec, seed)
             if u is None or not u["points"]:
@@ -713,10 +729,28 @@ class TauSweepJob(JobType):
                 pareto_plot(u["points"], u["rule"], u["model"]),
             )
             plots.append(u["plot"])
+            u["ttft_plot"] = None
+            if estimate is not None:
+                for p in u["points"]:
+                    p["ttft_speedup"] = estimate.speedup(p["shares"])
+                u["ttft_plot"] = make_plot(
+                    f"tau-sweep-ttft-{u['job']}-{u['model']}",
+                    f"{u['model']}: accuracy and fidelity per tau (held-out prompts) vs {estimate.caption()}",
+                    ttft_plot(u["points"], u["rule"], u["model"], estimate),
+                )
+                plots.append(u["ttft_plot"])
             units.append(u)
         if not units:
             return None
-        return SectionData(context={"units": units, "categories": [c.label for c in Category]}, plots=plots)
+        context = {
+            "units": units,
+            "categories": [c.label for c in Category],
+            "ttft": estimate,
+            "ttft_caption": estimate.caption() if estimate else None,
+            "ttft_note": estimate.note() if estimate else None,
+            "why_no_ttft": why_no_ttft,
+        }
+        return SectionData(context=context, plots=plots)
 
     tables = (ACCURACY_TABLE,)
 
@@ -820,14 +854,38 @@ class TauSweepJob(JobType):
 def pareto_plot(points: list[dict[str, Any]], rule: DefaultRule, model: str):
     """Two panels over the taus: FLOPs reduction vs answer agreement, and vs mean KL (log scale); the rule's
     thresholds dashed, the chosen tau starred."""
-    fig = new_figure(width=8.0, height=3.2)
-    left, right = fig.subplots(1, 2)
     pts = [p for p in points if p["n"]]
     x = [100 * p["flops_heldout"] for p in pts]
-    panels = (
-        (left, "agreement", lambda v: 100 * v, "answers equal to dense (%)", 100 * rule.min_agreement, False),
-        (right, "kl_mean", lambda v: v, "mean KL(dense || blindsight), nats", rule.max_kl, True),
+    return fidelity_plot(pts, x, "mean attention FLOPs reduction (%)", rule, f"{model}: one point per tau")
+
+
+def ttft_plot(points: list[dict[str, Any]], rule: DefaultRule, model: str, estimate: TTFTEstimate):
+    """The FLOPs plot's fidelity numbers, and accuracy, against each tau's estimated TTFT speedup
+    (:mod:`~bsight.harness.jobs.ttft_estimate`: published H100 measurements, not this machine)."""
+    pts = [p for p in points if p["n"] and p.get("ttft_speedup") is not None]
+    x = [p["ttft_speedup"] for p in pts]
+    files = ", ".join(src.file.rsplit("/", 1)[-1] for src in estimate.sources)
+    title = (
+        f"{model}: one point per tau. x: estimated TTFT speedup on an H100 for a {estimate.model}-shaped prompt of "
+        f"{estimate.tokens:,} tokens,\nfrom published measurements ({files}), not measured on this machine"
     )
+    return fidelity_plot(pts, x, "estimated TTFT speedup (x)", rule, title, accuracy=True)
+
+
+def fidelity_plot(
+    pts: list[dict[str, Any]], x: list[float], xlabel: str, rule: DefaultRule, title: str, accuracy: bool = False
+):
+    """Panels over the taus (``pts``, at positions ``x``): answer agreement, mean KL (log scale) and, with
+    ``accuracy``, accuracy under the head map with dense's dotted; the rule's thresholds dashed, the chosen tau
+    starred."""
+    fig = new_figure(width=11.5 if accuracy else 8.0, height=3.2)
+    axes = fig.subplots(1, 3 if accuracy else 2)
+    panels = [
+        (axes[0], "agreement", lambda v: 100 * v, "answers equal to dense (%)", 100 * rule.min_agreement, False),
+        (axes[1], "kl_mean", lambda v: v, "mean KL(dense || blindsight), nats", rule.max_kl, True),
+    ]
+    if accuracy:
+        panels.append((axes[2], "accuracy", lambda v: 100 * v, "accuracy under the head map (%)", None, False))
     for ax, field, scale, label, threshold, log in panels:
         y = [scale(p[field]) for p in pts]
         if log:
@@ -838,12 +896,17 @@ def pareto_plot(points: list[dict[str, Any]], rule: DefaultRule, model: str):
             ax.annotate(f"tau={p['tau']:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
             if p.get("chosen"):
                 ax.plot([xi], [yi], "*", color="#d55e00", markersize=12, label="chosen")
-        ax.axhline(threshold, color="0.5", linewidth=0.8, linestyle="--", label="rule threshold")
-        ax.set_xlabel("mean attention FLOPs reduction (%)")
+        if threshold is not None:
+            ax.axhline(threshold, color="0.5", linewidth=0.8, linestyle="--", label="rule threshold")
+        elif pts:
+            dense = 100 * float(np.mean([p["accuracy_dense"] for p in pts]))
+            ax.axhline(dense, color="0.3", linewidth=0.8, linestyle=":", label="dense")
+            ax.legend(frameon=False, fontsize=7, loc="lower left")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-    left.legend(frameon=False, fontsize=7, loc="lower left")
-    fig.suptitle(f"{model}: one point per tau", fontsize=9)
+    axes[0].legend(frameon=False, fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=9)
     return fig
 
 
