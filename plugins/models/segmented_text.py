@@ -206,6 +206,13 @@ class SegmentedTextOptions(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
+def _next_cache(out: Any) -> dict[str, Any]:
+    """The KV cache of a forward's output as the next forward takes it: ``cache`` where transformers names it so
+    (5.25: ``past_key_values`` is deprecated there and goes in 5.40), ``past_key_values`` before (5.17)."""
+    cache = getattr(out, "cache", None)
+    return {"cache": cache} if cache is not None else {"past_key_values": out.past_key_values}
+
+
 class SegmentedText(ModelAdapter):
     name = "segmented_text"
     description = "Real trained text models (Gemma 3 270M, SmolLM2-135M) from PyPI GGUF packages; passages are segments"
@@ -375,9 +382,7 @@ class SegmentedText(ModelAdapter):
             if len(new) == max_new_tokens:
                 break
             mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
-            out = self.model(
-                input_ids=nxt[:, None], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True
-            )
+            out = self.model(input_ids=nxt[:, None], attention_mask=mask, use_cache=True, **_next_cache(out))
             nxt = out.logits[:, -1].argmax(-1)
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         return Generation(
