@@ -46,7 +46,7 @@ def test_tiny_model_whole_path_on_cpu(tmp_path):
 def test_published_results_and_targets():
     doc = json.loads(PUBLISHED.read_text())
     rows = _rows(doc, "published")
-    assert rows and rows[0].entry["tokens"] >= 36_000
+    assert rows and max(r.entry["tokens"] for r in rows) >= 36_000
     targets = {t["target"]: t for t in check_targets(rows, doc["dense_policy"])}
     assert targets["blindsight TTFT speedup at least 90% of its Amdahl bound"]["met"]
     assert targets["dense decode step within 1.2x of the fastest SDPA backend"]["met"]
