@@ -126,8 +126,12 @@ def test_dense_through_the_bridge_equals_the_models_own_attention(request, name)
 
 
 def test_gemma4_info_from_its_config(gemma4):
-    info, text = gemma4.info, gemma4.model.config.get_text_config()
-    assert text.kv_sharing_modes == [None, "store", "store", "reuse", "reuse"]
+    info = gemma4.info
+    # the model's own per-layer flags (transformers >= 5.23 also derives them as text.kv_sharing_modes, 5.17 does not):
+    # the last two layers reuse the K/V that the last unshared layer of their type stores
+    attn = [m for m in gemma4.model.modules() if hasattr(m, "is_kv_shared_layer")]
+    assert [a.is_kv_shared_layer for a in attn] == [False, False, False, True, True]
+    assert [a.store_full_length_kv for a in attn] == [False, True, True, False, False]
     assert info.kinds() == ["attention", "attention", "attention", "shared_kv", "shared_kv"]
     assert info.attention_layers() == [0, 1, 2, 3, 4]  # shared-KV layers have their own queries: characterized
     assert info.head_dims == [16, 32, 16, 16, 32] and info.head_dim == 16
@@ -210,8 +214,11 @@ def test_every_built_in_adapter_passes_the_contract_checks(registry, tmp_path, n
 
 
 def test_gemma4_kv_shared_layers_are_characterized_with_every_query(gemma4):
-    """transformers runs Gemma 4's KV-shared layers on the last ``logits_to_keep`` positions only when that is an
-    int; the adapter's prefill keeps every query, so those layers get NMSE rows and categories of their own."""
+    """transformers (from 5.23) runs Gemma 4's KV-shared layers on the last ``logits_to_keep`` positions only when
+    that is an int; the adapter's prefill keeps every query, so those layers get NMSE rows and categories of their
+    own (transformers 5.17-5.22 run every query whatever ``logits_to_keep`` says)."""
+    from transformers.models.gemma4.modeling_gemma4 import Gemma4TextModel
+
     from bsight.harness.characterize import characterize_model
     from bsight.kernels.sparsity.aggregate import build_head_map
     from bsight.kernels.sparsity.headmap import DatasetInfo
@@ -223,10 +230,12 @@ def test_gemma4_kv_shared_layers_are_characterized_with_every_query(gemma4):
     assert [len(layer) for layer in result.prompts[0].nmse] == [4] * 5
     head_map = build_head_map(result)
     assert all(len(row) == 4 for row in head_map.categories)
+
+    def generation_forward(prep, method):
+        return gemma4.forward(prep, method, use_cache=False, logits_to_keep=1)
+
+    if not hasattr(Gemma4TextModel, "_maybe_slice_kv_shared_inputs"):  # transformers < 5.23: no slicing to catch
+        characterize_model(gemma4, preps, dataset=DatasetInfo(name="t", size=1), run=generation_forward)
+        return
     with pytest.raises(ValueError, match=r"no attention call recorded for softmax-attention layers \[3, 4\]"):
-        characterize_model(
-            gemma4,
-            preps,
-            dataset=DatasetInfo(name="t", size=1),
-            run=lambda p, m: gemma4.forward(p, m, use_cache=False, logits_to_keep=1),
-        )
+        characterize_model(gemma4, preps, dataset=DatasetInfo(name="t", size=1), run=generation_forward)

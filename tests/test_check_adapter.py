@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from bsight.harness.adapter_kit import tiny_vlms
@@ -91,7 +90,7 @@ def test_hybrid_layers_check_catches_an_adapter_that_hides_linear_layers(tmp_pat
     results = run_checks(adapter, samples=None)
     hybrid = next(r for r in results if r.name == "hybrid_layers")
     assert not hybrid.passed and "the model called attention in [1, 3]" in hybrid.summary
-    assert np.all([r.name for r in results])
+    assert all(r.name for r in results)
 
 
 def test_loading_another_familys_checkpoint_names_the_adapter_that_loads_it(tmp_path):
