@@ -6,7 +6,9 @@ sparse categories on the same q, k, v and returns, per query head,
 category). Image queries are processed image by image in chunks: a chunk of image ``i`` only ever needs the
 keys a sparse mask can keep (earlier text, earlier sinks, image ``i`` itself: the kernel's gathered global
 list plus the image's own range), so the three categories share one small Q K^T and nothing is S x S. The
-dense output comes from the model's own dense path (SDPA, or the chunked reference when a mask is needed).
+chunks' masks depend only on the layout, so they are built once per prompt and kept for its later layers
+(``meta.blocks``, bounded). The dense output comes from the model's own dense path (SDPA, or the chunked reference
+when a mask is needed).
 
 :class:`CharacterizationProbe` is an :class:`AttentionMethod` that does this inside a real model run and
 returns the dense output, so the model runs on unchanged. :func:`characterize_model` drives it over a
@@ -82,38 +84,61 @@ def layer_nmse(
     dev = q.device
     err = torch.zeros(Hq, len(SPARSE_CATEGORIES), dtype=torch.float64, device=dev)
     ref = torch.zeros(Hq, dtype=torch.float64, device=dev)
-    base = base_mask(meta, window)
-    rules = [category_mask(meta, c) for c in SPARSE_CATEGORIES]
-    b = h = torch.zeros((), dtype=torch.long, device=dev)
+    # the masks depend only on the layout: built once per prompt (meta.blocks) and reused by every layer
+    blocks = meta.blocks
     starts, ends, glob_before = meta.host_tables
     for i, (a, e) in enumerate(zip(starts, ends)):
         # every key a sparse mask can keep for image i: earlier text and sinks, then the image itself
-        cols = torch.cat([meta.glob_idx[: glob_before[i]].long(), torch.arange(a, e, device=dev)])
-        if window is not None:
-            cols = cols[cols > a - window]
+        cols = blocks.get(("nmse_cols", i, window), lambda: _image_cols(meta, i, window))
         kc, vc = k[:, cols].to(acc), v[:, cols].to(acc)
         for r0 in range(a, e, chunk_size):
             r1 = min(e, r0 + chunk_size)
-            rows = torch.arange(r0, r1, device=dev)[:, None]
+            bias, *keeps = blocks.get(
+                ("nmse_masks", i, r0, r1, window), lambda: _chunk_masks(meta, window, r0, r1, cols)
+            )
             qc = q[:, r0:r1].to(acc).view(Hkv, G, r1 - r0, D)
             od = dense[:, r0:r1].to(acc)
             ref += od.pow(2).sum((1, 2)).double()
             # one exp for all categories: every category keeps a subset of the visible keys, so subtracting
             # the max over the visible keys never overflows; a category whose kept mass underflows is redone
             s = torch.einsum("hgcd,hkd->hgck", qc, kc).mul_(scale)
-            s.masked_fill_(~base(b, h, rows, cols[None, :]), float("-inf"))
+            s.add_(bias)  # -inf where the model's own mask hides the key (as masked_fill, bit for bit)
             w_all = s.sub_(s.amax(dim=-1, keepdim=True)).exp_()
-            for j, rule in enumerate(rules):
-                keep = rule(b, h, rows, cols[None, :])
-                w = w_all * keep
+            for j, keep in enumerate(keeps):
+                w = w_all if keep is None else w_all * keep  # hidden keys are 0 in w_all already
                 mass = w.sum(dim=-1, keepdim=True)
                 if bool((mass < _UNDERFLOW).any()):
-                    w = _exact_weights(qc, kc, scale, base(b, h, rows, cols[None, :]) & keep)
+                    visible = torch.isfinite(bias) if keep is None else keep.bool()
+                    w = _exact_weights(qc, kc, scale, visible)
                     mass = w.sum(dim=-1, keepdim=True)
                 o = torch.einsum("hgck,hkd->hgcd", w, vc).div_(mass).reshape(Hq, r1 - r0, D)
                 err[:, j] += (o - od).pow(2).sum((1, 2)).double()
     nmse = (err / ref.clamp_min(_TINY)[:, None]).cpu()
     return LayerNMSE(nmse, dense, sum(e - a for a, e in zip(starts, ends)))
+
+
+def _image_cols(meta: LayoutMeta, i: int, window: int | None) -> torch.Tensor:
+    """Image ``i``'s candidate keys: earlier text and sinks, then the image itself (within the window)."""
+    a, e = meta.host_tables[0][i], meta.host_tables[1][i]
+    cols = torch.cat([meta.glob_idx[: meta.host_tables[2][i]].long(), torch.arange(a, e, device=meta.device)])
+    return cols if window is None else cols[cols > a - window]
+
+
+def _chunk_masks(
+    meta: LayoutMeta, window: int | None, r0: int, r1: int, cols: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """For query rows ``r0:r1`` against keys ``cols``: the model's own mask as an additive float32 bias
+    ``[c, K]`` (0 kept, -inf hidden), then per sparse category (SPARSE_CATEGORIES order) its keep mask within
+    the own mask as float32 1/0, or None where the category keeps every key the own mask keeps."""
+    b = h = torch.zeros((), dtype=torch.long, device=meta.device)
+    rows, keys = torch.arange(r0, r1, device=meta.device)[:, None], cols[None, :]
+    base = base_mask(meta, window)(b, h, rows, keys)
+    bias = torch.zeros(base.shape, dtype=torch.float32, device=meta.device).masked_fill_(~base, float("-inf"))
+    keeps: list[torch.Tensor | None] = []
+    for c in SPARSE_CATEGORIES:
+        keep = category_mask(meta, c)(b, h, rows, keys) & base
+        keeps.append(None if torch.equal(keep, base) else keep.to(torch.float32))
+    return (bias, *keeps)
 
 
 def _exact_weights(qc: torch.Tensor, kc: torch.Tensor, scale: float, keep: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Reference BlindSight attention in PyTorch: any mix of per-head categories, GQA, causal or bidirectional
 images, sliding window. Queries are processed in chunks and accumulated in float32 (float64 inputs stay
-float64), so peak memory is O(heads x chunk x S), never S x S. This is the ground truth the Triton kernel is
-tested against, and the CPU path of method ``blindsight``.
+float64), so the working memory is O(heads x chunk x S), never S x S. The chunk masks depend only on the layout:
+they are built once per prompt as additive biases and kept for its later layers in ``meta.blocks``, up to that
+cache's budget (:class:`~bsight.kernels.sparsity.metadata.BlockCache`, 512 MiB a prompt; past it they are rebuilt
+per layer). This is the ground truth the Triton kernel is tested against, and the CPU path of method ``blindsight``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 import torch
 
 from bsight.kernels.sparsity.categories import Category
-from bsight.kernels.sparsity.masks import MaskMod, and_masks, base_mask, category_mask
+from bsight.kernels.sparsity.masks import and_masks, base_mask, category_mask
 from bsight.kernels.sparsity.metadata import LayoutMeta
 
 
@@ -53,25 +55,42 @@ def reference_attention(
     G = Hq // Hkv
     acc = accumulation_dtype(q.dtype)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    # one [chunk, keys] mask per distinct category, shared by all heads of that category
-    cats = categories.detach().to("cpu", torch.int64)
-    distinct = sorted(set(cats.tolist()))
-    mods: list[MaskMod] = [and_masks(base_mask(meta, window), category_mask(meta, Category.parse(c))) for c in distinct]
-    head_to_mod = torch.tensor([distinct.index(c) for c in cats.tolist()], device=q.device)
+    # one [chunk, keys] mask per distinct category, shared by all heads of that category, as an additive bias
+    # (0 kept, -inf hidden: bit for bit what masked_fill gives, much faster); it depends only on the layout, so
+    # it is built once per prompt (meta.blocks) and reused by every layer
+    cats = categories.detach().to("cpu", torch.int64).tolist()
+    distinct = sorted(set(cats))
     kf, vf = k.to(acc), v.to(acc)
     out = torch.empty(Hq, S, D, dtype=acc, device=q.device)
-    b = torch.zeros((), dtype=torch.long, device=q.device)
-    h0 = torch.zeros((), dtype=torch.long, device=q.device)
     for q0 in range(0, S, chunk_size):
         q1 = min(S, q0 + chunk_size)
         # causal keys end at q1; a bidirectional image may reach forward to its end
         kend = S if meta.has_bidirectional else q1
         kstart = 0 if window is None else max(0, q0 - window + 1)
-        rows = torch.arange(q0, q1, device=q.device)[:, None]
-        cols = torch.arange(kstart, kend, device=q.device)[None, :]
-        keep = torch.stack([m(b, h0, rows, cols) for m in mods])[head_to_mod].view(Hkv, G, q1 - q0, kend - kstart)
-        s = torch.einsum("hgcd,hkd->hgck", q[:, q0:q1].to(acc).view(Hkv, G, q1 - q0, D), kf[:, kstart:kend]) * scale
-        s.masked_fill_(~keep, float("-inf"))
+        bias = {
+            c: meta.blocks.get(
+                ("reference", c, window, q0, q1, kstart, kend), lambda c=c: _bias(meta, c, window, q0, q1, kstart, kend)
+            )
+            for c in distinct
+        }
+        s = torch.einsum("hgcd,hkd->hgck", q[:, q0:q1].to(acc).view(Hkv, G, q1 - q0, D), kf[:, kstart:kend]).mul_(scale)
+        if len(distinct) == 1:
+            s.add_(bias[distinct[0]])
+        else:
+            heads = s.view(Hq, q1 - q0, kend - kstart)
+            for h, c in enumerate(cats):
+                heads[h].add_(bias[c])
         p = torch.softmax(s, dim=-1)
         out[:, q0:q1] = torch.einsum("hgck,hkd->hgcd", p, vf[:, kstart:kend]).reshape(Hq, q1 - q0, D)
     return out.to(q.dtype)
+
+
+def _bias(meta: LayoutMeta, category: int, window: int | None, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
+    """float32 ``[q1 - q0, k1 - k0]``: 0 where a head of ``category`` keeps the pair (own mask and rule), -inf
+    elsewhere."""
+    mod = and_masks(base_mask(meta, window), category_mask(meta, Category.parse(category)))
+    b = torch.zeros((), dtype=torch.long, device=meta.device)
+    rows = torch.arange(q0, q1, device=meta.device)[:, None]
+    cols = torch.arange(k0, k1, device=meta.device)[None, :]
+    keep = mod(b, b, rows, cols)
+    return torch.zeros(keep.shape, dtype=torch.float32, device=meta.device).masked_fill_(~keep, float("-inf"))

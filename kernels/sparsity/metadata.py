@@ -16,6 +16,7 @@ Gathered key lists, both sorted by position and prefix-closed per image:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -50,6 +51,12 @@ class LayoutMeta:
     def has_bidirectional(self) -> bool:
         """Whether any image attends bidirectionally (read once: on a GPU this is a host sync)."""
         return bool(self.num_images) and bool((self.bidir_end > self.bidir_start).any())
+
+    @cached_property
+    def blocks(self) -> BlockCache:
+        """Per-prompt cache of mask blocks that depend only on the layout (see :class:`BlockCache`): every layer
+        of a prompt applies the same masks, so the CPU paths evaluate each mask predicate once per prompt."""
+        return BlockCache()
 
     @cached_property
     def host_tables(self) -> tuple[list[int], list[int], list[int]]:
@@ -120,6 +127,38 @@ class LayoutMeta:
             [t + p for t, p in zip(text_so_far, [0, *_cumsum(nsinks)])],
         )
         return meta
+
+
+Block = torch.Tensor | tuple[torch.Tensor | None, ...]
+
+
+class BlockCache:
+    """Tensors built from the layout alone (boolean mask blocks of one query chunk), kept for the prompt's later
+    layers. Bounded: once ``budget`` bytes are held, further blocks are built on every call and not kept, so the
+    cache never grows past the budget whatever the length (the callers' memory stays O(chunk x keys) beyond it).
+    """
+
+    BUDGET = 512 * 2**20  # bytes per prompt
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.budget = self.BUDGET if budget is None else budget
+        self.nbytes = 0
+        self._blocks: dict[Hashable, Block] = {}
+
+    def get(self, key: Hashable, build: Callable[[], Block]) -> Block:
+        """The block stored under ``key``, else ``build()`` (stored when it fits the budget). A block is a tensor
+        or a tuple of tensors (None entries allowed). Keys must name everything the block depends on besides the
+        layout (the user, the window, the chunk's rows and keys)."""
+        hit = self._blocks.get(key)
+        if hit is not None:
+            return hit
+        block = build()
+        parts = block if isinstance(block, tuple) else (block,)
+        size = sum(t.numel() * t.element_size() for t in parts if t is not None)
+        if self.nbytes + size <= self.budget:
+            self._blocks[key] = block
+            self.nbytes += size
+        return block
 
 
 def _cumsum(xs: list[int]) -> list[int]:
