@@ -118,6 +118,9 @@ def test_head_map_is_the_library_head_map_of_the_same_prompts(registry, checkpoi
         for k in ("heatmap", "shares", "choice", "pareto")
     )
     assert "sink-votes" not in section  # the adapter's sinks: no votes to plot
+    walls = [r.wall_s for r in rows[1:]]  # calibration cost: each prompt timed, the section sums them
+    assert all(w is not None and w > 0 for w in walls)
+    assert f"{round(sum(walls), 1)} s for 4 prompts" in section
     metrics = {m.name: m.value for m in CharacterizeJob().metrics(folder, [rec])}
     assert metrics["characterize/qwen/flops_reduction_mean"] == pytest.approx(
         sweep(result, [0.05])[0].flops_reduction_mean

@@ -21,6 +21,8 @@ policy, and the sweep table with its Pareto plot.
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -152,6 +154,7 @@ class CharacterizeRow(ResultRow):
     setup: CharacterizeSetup | None = None
     record: PromptRecord | None = None
     reason: str | None = None
+    wall_s: float | None = Field(None, description="wall time of this prompt's calibration: prepare and probed prefill")
 
 
 @dataclass
@@ -393,6 +396,7 @@ class CharacterizeJob(JobType):
     def _characterize(
         spec: CharacterizeSpec, adapter: ModelAdapter, setup: CharacterizeSetup, sample: Sample
     ) -> CharacterizeRow:
+        t0 = time.perf_counter()
         prepared = adapter.prepare(sample)
         if len(prepared.layouts) != 1:
             raise ValueError(
@@ -407,9 +411,10 @@ class CharacterizeJob(JobType):
             chunk_size=spec.chunk_size,
             run=adapter.prefill,
         )
+        wall = time.perf_counter() - t0
         if res.prompts:
-            return CharacterizeRow(key=sample.id, kind="prompt", record=res.prompts[0])
-        return CharacterizeRow(key=sample.id, kind="skipped", reason=res.skipped[0].reason)
+            return CharacterizeRow(key=sample.id, kind="prompt", record=res.prompts[0], wall_s=wall)
+        return CharacterizeRow(key=sample.id, kind="skipped", reason=res.skipped[0].reason, wall_s=wall)
 
     @staticmethod
     def _write(spec: CharacterizeSpec, unit: Unit, done: Characterization, root: Path) -> dict[str, str]:
@@ -492,6 +497,7 @@ class CharacterizeJob(JobType):
                 unit_plots.append(pareto)
             plots += unit_plots
             front = pareto_front(done.sweep) if done.sweep else []
+            walls = [r.wall_s for r in run.rows(rec.unit, CharacterizeRow) if r.wall_s is not None]
             top_votes = sorted(range(len(setup.votes)), key=lambda o: -setup.votes[o])[:8]
             units.append(
                 {
@@ -528,6 +534,9 @@ class CharacterizeJob(JobType):
                     "choice": choice,
                     "sink_votes": votes,
                     "pareto": pareto,
+                    "cost": {"n": len(walls), "total_s": sum(walls), "median_s": statistics.median(walls)}
+                    if walls
+                    else None,
                 }
             )
         if not units:
