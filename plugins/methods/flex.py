@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import warnings
 from collections.abc import Callable, Hashable
 from typing import Literal
@@ -245,30 +244,32 @@ class FlexRunner:
             return meta
         return pad_meta(meta, bucket_length(meta.length, self.block_size))
 
-    def block_mask(self, meta: LayoutMeta, key: Hashable, build_mod: Callable[..., MaskMod], num_heads: int | None):
+    def block_mask(
+        self, meta: LayoutMeta, key: Hashable, build_mod: Callable[[LayoutMeta], MaskMod], num_heads: int | None
+    ):
         """The block mask for ``key`` on this prompt, built once (``num_heads=None`` broadcasts over heads).
-        ``build_mod(meta)`` (or ``build_mod()``, unbucketed) gives the mask mod over the metadata it is handed."""
-        return self.cached(meta, key, lambda m: self.build(build_mod(m), num_heads, m.length, meta.device),
-                           bucket=bool(inspect.signature(build_mod).parameters))  # fmt: skip
+        ``build_mod(meta)`` gives the mask mod over the (bucketed) metadata it is handed."""
+        return self.cached(meta, key, lambda m: self.build(build_mod(m), num_heads, m.length, meta.device))
 
-    def cached(self, meta: LayoutMeta, key: Hashable, make: Callable[[LayoutMeta], object], bucket: bool = True):
-        """``make(meta)`` (``meta`` bucketed where compiled and ``bucket``) once per prompt and ``key``, timed as
-        overhead ``mask_building``."""
+    def cached(self, meta: LayoutMeta, key: Hashable, make: Callable[[LayoutMeta], object]):
+        """``make(meta)`` (``meta`` bucketed where compiled) once per prompt and ``key``, timed as overhead
+        ``mask_building``."""
         if meta is not self._meta:
             self._meta, self._masks = meta, {}
         if key not in self._masks:
             with self.overhead.measure("mask_building", meta.device):
-                self._masks[key] = make(self.bucketed(meta) if bucket else meta)
+                self._masks[key] = make(self.bucketed(meta))
         return self._masks[key]
 
     def category_masks(self, meta: LayoutMeta, window: int | None, num_heads: int) -> CategoryBlockMasks:
         """This prompt's :class:`CategoryBlockMasks` for ``window``, built once per prompt (bucketed where
         compiled) and measured as ``mask_building``."""
-        build = self.builder(meta.device)
         return self.cached(
             meta,
             ("categories", window, num_heads),
-            lambda m: CategoryBlockMasks(m, num_heads, build, window, self.block_size, self.max_mask_bytes),
+            lambda m: CategoryBlockMasks(
+                m, num_heads, self.builder(meta.device), window, self.block_size, self.max_mask_bytes
+            ),
         )
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float) -> torch.Tensor:
