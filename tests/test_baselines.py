@@ -372,9 +372,9 @@ def test_flex_equals_the_reference_per_head(tmp_path, bidirectional, window, lay
     assert "mask_building" in method.overhead.take()
 
 
-def test_flex_block_mask_in_query_chunks_equals_the_whole_one(tmp_path):
-    """Long prompts build the block mask in query chunks (whole, the mask materialized 81 GiB at 147K): the
-    joined mask has the same blocks as one built whole, and the method's output still equals the reference."""
+def test_block_mask_in_query_chunks_equals_the_whole_one():
+    """``create_block_mask`` over a long prompt runs in query chunks (whole, the mask materialized 81 GiB at 147K;
+    the streaming baseline builds its masks so): the joined mask has the same blocks as one built whole."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     gen = torch.Generator().manual_seed(int(torch.randint(1 << 20, (1,))))
@@ -400,12 +400,6 @@ def test_flex_block_mask_in_query_chunks_equals_the_whole_one(tmp_path):
         mod, HQ, S, torch.device("cpu"), create_block_mask, 128, max_bytes=HQ * 128 * S
     )  # 4 chunks
     assert chunked.shape == whole.shape and torch.equal(chunked.to_dense(), whole.to_dense())
-    method = Flex({"head_map": str(hm.save(tmp_path / "map.json")), "compile": "never"})
-    method.runner.max_mask_bytes = HQ * 256 * S  # 2 chunks
-    method.setup(_info(1))
-    q, k, v = _qkv(S, 16, gen)
-    out = method.prefill(q, k, v, meta, LayerCall(0, 0.25, None))
-    torch.testing.assert_close(out, reference_attention(q, k, v, meta, cats, scale=0.25), rtol=1e-10, atol=1e-10)
 
 
 def test_flex_options_and_uniform():

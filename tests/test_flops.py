@@ -12,6 +12,7 @@ from bsight.harness.figures import flops_cdf
 from bsight.kernels.sparsity.categories import Category
 from bsight.kernels.sparsity.flops import (
     KeptPairs,
+    block_pair_counts,
     dataset_reductions,
     empirical_cdf,
     layer_pair_table,
@@ -36,6 +37,19 @@ def brute(lay: PromptLayout, window: int | None) -> list[int]:
 @given(layouts(max_tokens=70, max_images=6), windows(30))
 def test_pair_counts_equal_brute_force(lay, window):
     assert list(pair_counts(lay, window)) == brute(lay, window)
+
+
+@settings(max_examples=200, deadline=None)
+@given(layouts(max_tokens=70, max_images=6), windows(30), st.integers(1, 16), st.integers(1, 1 << 12))
+def test_block_pair_counts_equal_brute_force(lay, window, block, max_elements):
+    """Kept pairs of every block x block tile (the edge tiles' missing rows and keys count as masked), per
+    category, in query chunks of any size, equal the materialized mask's sums over each tile."""
+    S = lay.length
+    mask = materialize(head_mask(LayoutMeta.build(lay), ALL, window), S, len(ALL))
+    pad = -S % block
+    tiles = torch.nn.functional.pad(mask, (0, pad, 0, pad)).view(len(ALL), -1, block, (S + pad) // block, block)
+    got = block_pair_counts(LayoutMeta.build(lay), block, window, max_elements)
+    assert torch.equal(got, tiles.sum((2, 4), dtype=torch.int32))
 
 
 def test_known_values():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bsight.harness.benchmarks import inmodel
-from bsight.harness.jobs.inmodel import _rows, check_targets
+from bsight.harness.jobs.inmodel import InModelRow, _rows, check_targets, rows_by_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = ROOT / "reports" / "published" / "inmodel_h100.json"
@@ -54,6 +54,23 @@ def test_published_results_and_targets():
         if t["target"].endswith("per-prompt overhead at most 5% of prefill"):
             assert t["met"] is (float(t["value"].rstrip("%")) <= 5.0), t
     assert "RANDOM" in doc["labels"]["weights"] and "SYNTHETIC" in doc["labels"]["head_map"]
+
+
+def test_rows_of_a_resumed_run_name_their_code():
+    """A run resumed with other code says which prompts each commit measured; one commit needs no note."""
+
+    def row(arch, t, commit):
+        entry = {"tokens": t} | ({"commit": commit} if commit else {})
+        return InModelRow(key=f"{arch}/{t}/0", source="measured", arch=arch, target_tokens=t, entry=entry)
+
+    same = [row("qwen2-vl-7b", 16384, "abc"), row("gemma-3-4b", 16384, "abc")]
+    assert rows_by_commit(same) == {}
+    mixed = [row("qwen2-vl-7b", 16384, "abc"), row("gemma-3-4b", 36864, "def"), row("gemma-3-4b", 73728, None)]
+    assert rows_by_commit(mixed) == {
+        "abc": ["qwen2-vl-7b 16,384"],
+        "def": ["gemma-3-4b 36,864"],
+        "not recorded": ["gemma-3-4b 73,728"],
+    }
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA refusal")

@@ -410,20 +410,19 @@ def test_sweep_page_shows_speedups_and_verdicts():
 
 
 def test_sweep_flex_path_traced_by_dynamo_matches_reference():
-    """The sweep's FlexAttention path - ``masks.head_mask`` block masks over the four categories (built in
-    three query chunks and concatenated), one row per head picked for a head map, ``create_block_mask`` and
-    ``flex_attention`` both traced by dynamo with static shapes (its eager backend here: the GPU compiles
-    the same graphs with inductor) - against the reference. Comparing a traced category with a ``Category``
-    member instead of its int value made dynamo fold it to a Python bool and fail; this traces the mask
-    the sweep uses."""
+    """The sweep's FlexAttention path - block masks of the four categories from the segment table, one row per
+    head picked for a head map, ``flex_attention`` traced by dynamo with static shapes (its eager backend here:
+    the GPU compiles the same graph with inductor) - against the reference. Comparing a traced category with a
+    ``Category`` member instead of its int value made dynamo fold it to a Python bool and fail; this traces the
+    mask the sweep uses."""
     import torch._dynamo
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
     from bsight.plugins.methods.flex import CategoryBlockMasks
 
     rng = random.Random(_seed())
     images = [rng.randint(20, 90) for _ in range(3)]
-    S = 384  # three 128-row query blocks: the chunked build makes one call per block
+    S = 384  # three 128-row query blocks
     layout = PromptLayout.from_segments(
         [
             ("text", 5),
@@ -438,9 +437,7 @@ def test_sweep_flex_path_traced_by_dynamo_matches_reference():
     meta = LayoutMeta.build(layout)
     cats = mixed_categories(rng, 8)
     torch._dynamo.reset()
-    build = torch.compile(create_block_mask, backend="eager", dynamic=False)
-    masks = CategoryBlockMasks(meta, len(cats), build, max_bytes=4 * 128 * S)  # one 128-row query block per chunk
-    assert masks.chunks == 3
+    masks = CategoryBlockMasks(meta, len(cats))
     q, k, v = torch.randn(8, S, 16), torch.randn(2, S, 16), torch.randn(2, S, 16)
     flex = torch.compile(flex_attention, backend="eager", dynamic=False)
     out = flex(q[None], k[None], v[None], block_mask=masks.for_heads(cats), enable_gqa=True)[0]

@@ -98,28 +98,31 @@ def test_large_timings_print_in_full():
     assert fmt_num(20_475.5, 1) == "20,476" and fmt_num(50_599.5, 1) == "50,600" and fmt_num(2475.55, 1) == "2475.6"
 
 
-def test_category_block_masks_equal_a_per_head_build():
-    """One build over the four categories, rows selected per head, is the block mask of a per-head build."""
+@pytest.mark.parametrize(("bidirectional", "window", "block"), [(False, None, 16), (True, None, 16), (True, 40, 32)])
+def test_category_block_masks_equal_a_per_head_build(bidirectional, window, block):
+    """The block masks built from the segment table, rows selected per head, have exactly the empty, partial and
+    full tiles of ``create_block_mask`` evaluating the per-head mask over every pair."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     from bsight.kernels.sparsity.masks import head_mask
     from bsight.plugins.methods.flex import CategoryBlockMasks
 
-    meta = _meta()
+    meta = _meta(bidirectional)
     S = meta.length
+    assert S % block  # an edge tile past the sequence's end is covered
     cats = torch.tensor([3, 0, 2, 1, 1, 3])
-    masks = CategoryBlockMasks(meta, len(cats), lambda *a, **kw: create_block_mask(*a, **kw, _compile=False), None, 16)
-    got = masks.for_heads(cats)
-    want = create_block_mask(head_mask(meta, cats), None, len(cats), S, S, device="cpu", BLOCK_SIZE=16, _compile=False)
+    got = CategoryBlockMasks(meta, len(cats), window, block).for_heads(cats)
+    want = create_block_mask(
+        head_mask(meta, cats, window), None, len(cats), S, S, device="cpu", BLOCK_SIZE=block, _compile=False
+    )
     for num, idx in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
         n_got, n_want = getattr(got, num), getattr(want, num)
         assert torch.equal(n_got, n_want)
         for h in range(len(cats)):
             for qb in range(n_want.shape[-1]):
                 n = int(n_want[0, h, qb])
-                assert sorted(getattr(got, idx)[0, h, qb, :n].tolist()) == sorted(
-                    getattr(want, idx)[0, h, qb, :n].tolist()
-                )
+                assert getattr(got, idx)[0, h, qb, :n].tolist() == getattr(want, idx)[0, h, qb, :n].tolist()
+    assert got.seq_lengths == want.seq_lengths
 
 
 def test_flex_layers_share_one_build_and_match_the_reference():

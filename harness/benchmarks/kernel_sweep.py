@@ -248,8 +248,9 @@ def _timed_ms(fn: Callable[[], object], reps: int = 5) -> float:
     return sorted(out)[len(out) // 2]
 
 
-def _flex_setup() -> tuple[Callable, Callable]:
-    """FlexAttention and its block-mask builder, both compiled with static shapes (peers.md's setup).
+def _flex_setup() -> Callable:
+    """FlexAttention compiled with static shapes (peers.md's setup); its block masks come from the segment table
+    (:class:`~bsight.plugins.methods.flex.CategoryBlockMasks`).
 
     One compile per prompt length; dynamo's limits raised so that no length falls back to the eager path.
     With automatic dynamic shapes (the default), the 2026-11-22 run recompiled ``create_block_mask``
@@ -257,7 +258,7 @@ def _flex_setup() -> tuple[Callable, Callable]:
     300K (338 GiB): see kernels/NOTES.md.
     """
     import torch._dynamo
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
     cfg = torch._dynamo.config
     for name, limit in (
@@ -269,7 +270,7 @@ def _flex_setup() -> tuple[Callable, Callable]:
         if hasattr(cfg, name):
             setattr(cfg, name, max(getattr(cfg, name), limit))
     cfg.automatic_dynamic_shapes = False
-    return torch.compile(flex_attention, dynamic=False), torch.compile(create_block_mask, dynamic=False)
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def _check_full_size(
@@ -348,7 +349,7 @@ def run_sweep(
     mixed = mixed_head_map(num_heads)
     head_maps: dict[str, list[int]] = {c.label: [c.value] * num_heads for c in Category}
     head_maps["mixed30"] = mixed
-    flex, build_mask = _flex_setup() if "flex" in methods else (None, None)
+    flex = _flex_setup() if "flex" in methods else None
     rows: list[dict] = []
     variants_before: int | None = None
     seen_kernels: set[int] = set()
@@ -566,20 +567,11 @@ def run_sweep(
                     t0 = time.perf_counter()
                     from bsight.plugins.methods.flex import CategoryBlockMasks
 
-                    masks = CategoryBlockMasks(meta, num_heads, build_mask)
+                    masks = CategoryBlockMasks(meta, num_heads)
                     torch.cuda.synchronize()
                     build_s = time.perf_counter() - t0
-                    add(
-                        **ctx,
-                        method="flex_block_mask_build",
-                        category="-",
-                        ms=1e3 * build_s,
-                        query_chunks=masks.chunks,
-                    )
-                    log(
-                        f"S={S} {lay_name} flex create_block_mask (H=4, compiled, static shapes, "
-                        f"{masks.chunks} query chunks) {build_s:.1f} s"
-                    )
+                    add(**ctx, method="flex_block_mask_build", category="-", ms=1e3 * build_s)
+                    log(f"S={S} {lay_name} flex block masks from the segment table (4 categories) {build_s:.3f} s")
                     for hm in ("sink", "intra_image", "intra_image_sink", "mixed30"):
                         bm = masks.for_heads(head_maps[hm])
                         t0 = time.perf_counter()

@@ -129,6 +129,15 @@ def check_targets(rows: list[InModelRow], doc_policy: dict[str, Any] | None = No
     return out
 
 
+def rows_by_commit(rows: list[InModelRow]) -> dict[str, list[str]]:
+    """The prompts each code version measured (``entry["commit"]``), where a resumed run's rows come from more than
+    one; empty when one version measured them all."""
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        out.setdefault(r.entry.get("commit") or "not recorded", []).append(f"{r.arch} {r.target_tokens:,}")
+    return out if len(out) > 1 else {}
+
+
 class InModelJob(MeasuredOrPublished):
     type = "inmodel"
     report_order = 75
@@ -149,7 +158,9 @@ class InModelJob(MeasuredOrPublished):
         import torch
 
         from bsight.harness.benchmarks import inmodel
+        from bsight.harness.provenance import git_state
 
+        commit = git_state()[0]  # per row: a resumed run's rows may come from different code
         bench_spec = {**inmodel.DEFAULTS, **spec.model_dump(exclude={"type", "name", "source", "published"})}
         keys = [(a, t, i) for a in spec.archs for t in spec.lengths for i in range(spec.samples_per_length)]
         ctx.expect(len(keys))
@@ -176,6 +187,7 @@ class InModelJob(MeasuredOrPublished):
                     except Exception as e:  # noqa: BLE001 - recorded in the row; the run goes on
                         entry = {"target_tokens": t, "error": f"{type(e).__name__}: {str(e)[:300]}"}
                     inmodel.summarize(entry)
+                    entry["commit"] = commit
                     rows.append(
                         InModelRow(
                             key=f"{arch}/{t}/{i}", source="measured", arch=arch, target_tokens=t, entry=jsonable(entry)
@@ -209,6 +221,7 @@ class InModelJob(MeasuredOrPublished):
                     "job": rec.unit.job,
                     "origin": self.origin(rec),
                     "table": table,
+                    "commits": rows_by_commit(rows),
                     "targets": check_targets(rows, (self.origin(rec)["meta"] or {}).get("dense_policy")),
                     "decode_backends": [
                         {"arch": r.arch, "tokens": r.entry.get("tokens"), "b": r.entry["decode_backends"]}

@@ -36,25 +36,38 @@ class KeptPairs(NamedTuple):
 def pair_counts(layout: PromptLayout | LayoutMeta, window: int | None = None) -> KeptPairs:
     """Exact kept pairs per category for one prompt (one head, one layer with this sliding window)."""
     meta = layout if isinstance(layout, LayoutMeta) else LayoutMeta.build(layout.unpadded())
+    rows = torch.arange(meta.length, device=meta.device, dtype=torch.int64)
+    keys = torch.tensor([0, meta.length - 1], device=meta.device, dtype=torch.int64)
+    kept = kept_in_keys(meta, rows, keys[0], keys[1], window)
+    return KeptPairs(*(int(c) for c in kept.sum(dim=1)))
+
+
+def kept_in_keys(
+    meta: LayoutMeta, rows: torch.Tensor, key_lo: torch.Tensor, key_hi: torch.Tensor, window: int | None = None
+) -> torch.Tensor:
+    """``int64 [4, *shape]``: per category, how many keys in ``[key_lo, key_hi]`` query ``rows`` keeps (the three
+    broadcast to ``shape``). With the whole sequence as key range this counts a row's kept pairs; with one key block
+    per column it counts a block pair's (:func:`block_pair_counts`)."""
     if window is not None and window < 1:
         raise ValueError(f"sliding window must be >= 1 token, got {window}")
     S = meta.length
-    pos = torch.arange(S, device=meta.device, dtype=torch.int64)
+    pos = rows.long()
     lo = torch.zeros_like(pos) if window is None else (pos - window + 1).clamp_min(0)
+    seg = meta.seg_id.long()[pos]
+    group = meta.bidir_group.long()[pos]
+    hi = pos if meta.num_images == 0 else torch.where(group >= 0, meta.bidir_end.long()[group.clamp_min(0)] - 1, pos)
+    lo, hi = torch.maximum(lo, key_lo), torch.minimum(hi, key_hi)
+    dense = (hi - lo + 1).clamp_min(0)
     if meta.num_images == 0:
-        return KeptPairs(*[int((pos - lo + 1).sum())] * len(Category))
-    seg = meta.seg_id.long()
+        return dense.expand(len(Category), *dense.shape)
     img = seg >= 0
-    group = meta.bidir_group.long()
-    hi = torch.where(group >= 0, meta.bidir_end.long()[group.clamp_min(0)] - 1, pos)
-    text_cum = _prefix(~img)
+    text_cum = _prefix(meta.seg_id < 0)
     sink_cum = _prefix(meta.is_sink)
 
     def count(cum: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """How many marked positions lie in ``[a, b]`` (0 when the interval is empty)."""
-        return torch.where(b >= a, cum[(b + 1).clamp_min(0)] - cum[a.clamp(0, S)], torch.zeros_like(a))
+        return torch.where(b >= a, cum[(b + 1).clamp(0, S)] - cum[a.clamp(0, S)], torch.zeros_like(a))
 
-    dense = hi - lo + 1
     start = meta.img_start.long()[seg.clamp_min(0)]
     end = meta.img_end.long()[seg.clamp_min(0)]
     own_lo, own_hi = torch.maximum(lo, start), torch.minimum(hi, end - 1)
@@ -62,13 +75,37 @@ def pair_counts(layout: PromptLayout | LayoutMeta, window: int | None = None) ->
     own = (own_hi - own_lo + 1).clamp_min(0)
     sinks = count(sink_cum, lo, hi)
     own_sinks = count(sink_cum, own_lo, own_hi)
+    itself = (~meta.is_sink[pos] & (lo <= pos) & (pos <= hi)).long()
     per_category = (
         dense,
-        text + sinks + (~meta.is_sink).long(),  # sink: text, every visible sink, itself
+        text + sinks + itself,  # sink: text, every visible sink, itself
         text + own,  # intra_image
         text + own + sinks - own_sinks,  # intra_image_sink
     )
-    return KeptPairs(*(int(torch.where(img, c, dense).sum()) for c in per_category))
+    return torch.stack([torch.where(img, c, dense) for c in torch.broadcast_tensors(*per_category)])
+
+
+def block_pair_counts(
+    meta: LayoutMeta, block: int = 128, window: int | None = None, max_elements: int = 1 << 22
+) -> torch.Tensor:
+    """``int32 [4, q_blocks, kv_blocks]``: kept query-key pairs of every ``block x block`` tile, per category.
+
+    Exact and O(S x kv_blocks) (each query row counts its kept keys in every key block in O(1) from prefix sums),
+    so a block mask follows from the segment table without evaluating the S x S mask: 0 = empty, ``block**2`` =
+    full (edge tiles past ``S`` are never full, as in FlexAttention's ``create_block_mask``). Query rows go in
+    chunks of at most ``max_elements`` (row, key block) cells."""
+    S = meta.length
+    nq, nk = -(-S // block), -(-S // block)
+    k_lo = torch.arange(nk, device=meta.device, dtype=torch.int64) * block
+    k_hi = (k_lo + block - 1).clamp_max(S - 1)
+    out = torch.empty(len(Category), nq, nk, dtype=torch.int32, device=meta.device)
+    step = max(1, max_elements // (nk * block))  # query blocks per chunk
+    for qb in range(0, nq, step):
+        rows = torch.arange(qb * block, min((qb + step) * block, S), device=meta.device, dtype=torch.int64)
+        kept = kept_in_keys(meta, rows[:, None], k_lo[None], k_hi[None], window)  # [4, rows, nk]
+        kept = torch.nn.functional.pad(kept, (0, 0, 0, -rows.numel() % block))  # the edge block's missing rows
+        out[:, qb : qb + step] = kept.view(len(Category), -1, block, nk).sum(dim=2, dtype=torch.int32)
+    return out
 
 
 def _prefix(mark: torch.Tensor) -> torch.Tensor:

@@ -3,13 +3,13 @@
 The mask is the method issue's predicate - the model's own mask (:func:`base_mask`: causal, Gemma 3's
 bidirectional images, sliding window) intersected with each head's category rule (:func:`category_mask`) -
 so ``flex`` and ``blindsight`` apply identical masks from the same head map. Block masks are built once per
-prompt and sliding window, over the four categories (:class:`CategoryBlockMasks`); each layer takes its heads'
-rows from them (one gather, no mask evaluation per layer); on CUDA both
-``create_block_mask`` and ``flex_attention`` are compiled, with dynamo's recompile limit raised, on lengths
-padded to buckets (:func:`bucket_length`: a new prompt length recompiles only when it opens a new bucket, at most
-8 per doubling; past the default limit FlexAttention would fall back to an eager path that materializes the
-scores). On CPU the eager path runs (tests, small prompts). Block-mask building is reported as overhead
-``mask_building``; FLOPs come from the static categories (:meth:`head_categories`).
+prompt and sliding window, for the four categories, from the segment table (:class:`CategoryBlockMasks`: exact
+kept-pair counts per tile, no mask evaluation); each layer takes its heads' rows from them (one gather). On CUDA
+``flex_attention`` (and ``create_block_mask``, which the streaming baseline uses) is compiled, with dynamo's
+recompile limit raised, on lengths padded to buckets (:func:`bucket_length`: a new prompt length recompiles only
+when it opens a new bucket, at most 8 per doubling; past the default limit FlexAttention would fall back to an
+eager path that materializes the scores). On CPU the eager path runs (tests, small prompts). Block-mask building
+is reported as overhead ``mask_building``; FLOPs come from the static categories (:meth:`head_categories`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import AttentionMethod, ModelInfo, NoOptions, OverheadMeter
 from bsight.kernels.sparsity.categories import Category
+from bsight.kernels.sparsity.flops import block_pair_counts
 from bsight.kernels.sparsity.headmap import HeadMap
 from bsight.kernels.sparsity.layout import SinkPolicy
 from bsight.kernels.sparsity.masks import MaskMod, and_masks, base_mask, category_mask, head_mask
@@ -73,7 +74,6 @@ def chunked_block_mask(
     (per-head category rules) materialize the ``[heads, rows, S]`` mask - whole, 81 GiB at 147K and 338 GiB
     at 300K (the out-of-memory failures of 2026-11-22). The chunk offset is a tensor, so the compiled builder
     is reused by every chunk of a prompt."""
-    from torch.nn.attention.flex_attention import BlockMask
 
     heads = num_heads or 1
     rows = chunk_rows(S, heads, max_bytes, block_size)
@@ -90,15 +90,8 @@ def chunked_block_mask(
         parts.append(build(chunk_mask, None, num_heads, rows, S, device=device, BLOCK_SIZE=block_size))
     first = parts[0]
     cat = lambda name: torch.cat([getattr(p, name) for p in parts], dim=2)  # noqa: E731
-    fields = dict(
-        kv_num_blocks=cat("kv_num_blocks"), kv_indices=cat("kv_indices"), BLOCK_SIZE=first.BLOCK_SIZE, mask_mod=mask_mod
-    )
-    if first.full_kv_num_blocks is not None:
-        fields.update(full_kv_num_blocks=cat("full_kv_num_blocks"), full_kv_indices=cat("full_kv_indices"))
-    try:
-        return BlockMask.from_kv_blocks(**fields, seq_lengths=(S, S))
-    except TypeError:  # torch without seq_lengths: the lengths follow from the block counts
-        return BlockMask.from_kv_blocks(**fields)
+    full = (None, None) if first.full_kv_num_blocks is None else (cat("full_kv_num_blocks"), cat("full_kv_indices"))
+    return _from_kv_blocks(cat("kv_num_blocks"), cat("kv_indices"), *full, first.BLOCK_SIZE, mask_mod, S)
 
 
 def categories_mask(meta: LayoutMeta, categories: torch.Tensor, window: int | None = None) -> MaskMod:
@@ -122,58 +115,70 @@ def categories_mask(meta: LayoutMeta, categories: torch.Tensor, window: int | No
     return and_masks(base_mask(meta, window), per_head)
 
 
+def ordered_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlexAttention's block-sparse form of a boolean ``[..., q_blocks, kv_blocks]`` table: per query block, the
+    count of marked key blocks and their indices first, ascending (as ``create_block_mask`` orders them)."""
+    num = blocks.sum(dim=-1, dtype=torch.int32)
+    idx = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return num, idx
+
+
 class CategoryBlockMasks:
-    """Block masks of one prompt for every per-head category assignment, from one build.
+    """Block masks of one prompt for every per-head category assignment, built from the segment table.
 
-    ``create_block_mask`` runs once over four heads, head ``c`` applying category ``c``
-    (:func:`~bsight.kernels.sparsity.masks.head_mask`); :meth:`for_heads` gives a layer's block mask by taking
-    each head's rows from its category's head. Why: building each layer's per-head mask from scratch cost 26 s
-    per 36K prompt on the H100 (28 layers x 28 heads of mask evaluation, 91% of flex's prefill); selecting rows
-    costs one gather. One ``mask_mod`` object reads the per-head categories from a buffer, so the compiled
-    ``flex_attention`` is reused by every layer (the buffer's values are read when the kernel runs, in stream
-    order)."""
+    The four categories' block tables come from exact kept-pair counts per tile
+    (:func:`~bsight.kernels.sparsity.flops.block_pair_counts`: O(S x key blocks) from prefix sums, no mask
+    evaluation), held as a four-head block mask (head ``c`` applies category ``c``); :meth:`for_heads` gives a
+    layer's block mask by taking each head's rows from its category's head. Why: ``create_block_mask`` evaluates
+    the mask over all S x S pairs (2.5 s per prompt at 147K on the H100, 14% of flex's prefill); before that,
+    building each layer's per-head mask from scratch cost 26 s per 36K prompt. One ``mask_mod`` object reads the
+    per-head categories from a buffer, so the compiled ``flex_attention`` is reused by every layer (the buffer's
+    values are read when the kernel runs, in stream order), and it is evaluated on partial tiles only."""
 
-    def __init__(
-        self,
-        meta: LayoutMeta,
-        num_heads: int,
-        build: Callable,
-        window: int | None = None,
-        block_size: int = 128,
-        max_bytes: int = 8 << 30,
-    ) -> None:
+    def __init__(self, meta: LayoutMeta, num_heads: int, window: int | None = None, block_size: int = 128) -> None:
         dev = meta.device
+        kept = block_pair_counts(meta, block_size, window)[None]  # [1, 4, q_blocks, kv_blocks]
+        full = kept == block_size * block_size
+        kv_num, kv_idx = ordered_blocks((kept > 0) & ~full)
+        full_num, full_idx = ordered_blocks(full)
         four = head_mask(meta, torch.arange(len(Category), dtype=torch.int32, device=dev), window)
-        self.by_category = chunked_block_mask(four, len(Category), meta.length, dev, build, block_size, max_bytes)
-        self.chunks = meta.length // chunk_rows(meta.length, len(Category), max_bytes, block_size)
+        self.by_category = _from_kv_blocks(kv_num, kv_idx, full_num, full_idx, block_size, four, meta.length)
         self.cats = torch.zeros(num_heads, dtype=torch.int32, device=dev)
         self.mask_mod = head_mask(meta, self.cats, window)
         self.length = meta.length
 
     def for_heads(self, cats: torch.Tensor | list[int]):
         """The block mask of a layer whose head ``h`` applies category ``cats[h]`` (a ``BlockMask``)."""
-        from torch.nn.attention.flex_attention import BlockMask
-
         idx = torch.as_tensor(cats, dtype=torch.long).to(self.cats.device)
         if idx.numel() != self.cats.numel():
             raise ValueError(f"{idx.numel()} head categories for a block mask of {self.cats.numel()} heads")
         self.cats.copy_(idx)
         b = self.by_category
-        parts = dict(
-            kv_num_blocks=b.kv_num_blocks[:, idx].contiguous(),
-            kv_indices=b.kv_indices[:, idx].contiguous(),
-            BLOCK_SIZE=b.BLOCK_SIZE,
-            mask_mod=self.mask_mod,
-        )
-        if b.full_kv_num_blocks is not None:
-            parts.update(
-                full_kv_num_blocks=b.full_kv_num_blocks[:, idx].contiguous(),
-                full_kv_indices=b.full_kv_indices[:, idx].contiguous(),
-            )
+        tables = (b.kv_num_blocks, b.kv_indices, b.full_kv_num_blocks, b.full_kv_indices)
+        rows = [t[:, idx].contiguous() for t in tables]
+        return _from_kv_blocks(*rows, b.BLOCK_SIZE, self.mask_mod, self.length)
+
+
+def _from_kv_blocks(kv_num, kv_idx, full_num, full_idx, block_size, mask_mod: MaskMod, length: int):
+    """``BlockMask.from_kv_blocks`` (full blocks optional) with the sequence lengths, and without the query-side
+    tables that only the backward pass reads (an argsort over every head's block table, per layer), where this
+    torch takes those arguments."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    parts = dict(
+        kv_num_blocks=kv_num,
+        kv_indices=kv_idx,
+        full_kv_num_blocks=full_num,
+        full_kv_indices=full_idx,
+        BLOCK_SIZE=block_size,
+        mask_mod=mask_mod,
+    )
+    for extra in ({"seq_lengths": (length, length), "compute_q_blocks": False}, {"seq_lengths": (length, length)}):
         try:
-            return BlockMask.from_kv_blocks(**parts, seq_lengths=(self.length, self.length))
-        except TypeError:  # torch without seq_lengths: the lengths follow from the block counts
-            return BlockMask.from_kv_blocks(**parts)
+            return BlockMask.from_kv_blocks(**parts, **extra)
+        except TypeError:  # an older torch: fewer keyword arguments
+            continue
+    return BlockMask.from_kv_blocks(**parts)
 
 
 def bucket_length(S: int, block: int = 128) -> int:
@@ -267,9 +272,7 @@ class FlexRunner:
         return self.cached(
             meta,
             ("categories", window, num_heads),
-            lambda m: CategoryBlockMasks(
-                m, num_heads, self.builder(meta.device), window, self.block_size, self.max_mask_bytes
-            ),
+            lambda m: CategoryBlockMasks(m, num_heads, window, self.block_size),
         )
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float) -> torch.Tensor:
