@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bsight.harness.benchmarks import inmodel
-from bsight.harness.jobs.inmodel import InModelRow, _rows, check_targets, rows_by_commit
+from bsight.harness.jobs.inmodel import InModelRow, _rows, check_targets, non_attention_spread, rows_by_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = ROOT / "reports" / "published" / "inmodel_h100.json"
@@ -71,6 +71,23 @@ def test_rows_of_a_resumed_run_name_their_code():
         "def": ["gemma-3-4b 36,864"],
         "not recorded": ["gemma-3-4b 73,728"],
     }
+
+
+def test_noise_check_flags_prompts_whose_non_attention_time_varies():
+    """TTFT minus attention is the same work under every method: a prompt where it differs by more than 5% between
+    methods is flagged (its TTFT ratios are noise), one where it agrees is not."""
+
+    def row(t, times):
+        methods = {n: {"ttft_ms": ttft, "attention_ms": attn} for n, (ttft, attn) in times.items()}
+        return InModelRow(
+            key=f"a/{t}/0", source="measured", arch="a", target_tokens=t, entry={"tokens": t, "methods": methods}
+        )
+
+    steady = row(36864, {"dense": (2377, 499), "blindsight": (2125, 244), "flex": (2620, 781)})
+    noisy = row(73728, {"dense": (10028, 1907), "blindsight": (11908, 797), "streaming": (9003, 452)})
+    (a, b) = non_attention_spread([steady, noisy])
+    assert not a["noisy"] and a["spread"] == pytest.approx(1881 / 1839 - 1)
+    assert b["noisy"] and b["low"] == "dense 8,121" and b["high"] == "blindsight 11,111"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA refusal")

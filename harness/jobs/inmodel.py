@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 META_KEYS = ("provenance", "labels", "dense_policy", "spec", "publication")
 TARGETS = {"per_prompt_overhead_max": 0.05, "decode_within": 1.2, "amdahl_min": 0.9, "from_tokens": 36_000}
+NOISE_MAX = 0.05  # spread of the non-attention time across methods above which a prompt's TTFT ratios are noise
 
 
 class InModelSpec(MeasuredSpec):
@@ -129,6 +130,27 @@ def check_targets(rows: list[InModelRow], doc_policy: dict[str, Any] | None = No
     return out
 
 
+def non_attention_spread(rows: list[InModelRow]) -> list[dict[str, Any]]:
+    """Per prompt, how much the time outside attention (TTFT minus the method's attention time) differs between
+    methods: identical work under every method, so its spread is the timing noise each TTFT ratio carries. Above
+    :data:`NOISE_MAX` a prompt's TTFT speedups and Amdahl ratios say more about that noise than about the method."""
+    out = []
+    for r in rows:
+        rest = {
+            n: m["ttft_ms"] - m["attention_ms"]
+            for n, m in (r.entry.get("methods") or {}).items()
+            if "ttft_ms" in m and "attention_ms" in m
+        }
+        if len(rest) < 2 or min(rest.values()) <= 0:
+            continue
+        lo, hi = min(rest, key=rest.get), max(rest, key=rest.get)
+        spread = rest[hi] / rest[lo] - 1
+        out.append({"arch": r.arch, "tokens": r.entry.get("tokens", r.target_tokens), "spread": spread,
+                    "low": f"{lo} {rest[lo]:,.0f}", "high": f"{hi} {rest[hi]:,.0f}",
+                    "noisy": spread > NOISE_MAX})  # fmt: skip
+    return out
+
+
 def rows_by_commit(rows: list[InModelRow]) -> dict[str, list[str]]:
     """The prompts each code version measured (``entry["commit"]``), where a resumed run's rows come from more than
     one; empty when one version measured them all."""
@@ -222,6 +244,7 @@ class InModelJob(MeasuredOrPublished):
                     "origin": self.origin(rec),
                     "table": table,
                     "commits": rows_by_commit(rows),
+                    "noise": non_attention_spread(rows),
                     "targets": check_targets(rows, (self.origin(rec)["meta"] or {}).get("dense_policy")),
                     "decode_backends": [
                         {"arch": r.arch, "tokens": r.entry.get("tokens"), "b": r.entry["decode_backends"]}
@@ -230,7 +253,7 @@ class InModelJob(MeasuredOrPublished):
                     ],
                 }  # fmt: skip
             )
-        return SectionData(context={"jobs": parts})
+        return SectionData(context={"jobs": parts, "noise_max": NOISE_MAX})
 
     def metrics(self, run: RunFolder, records: list[UnitRecord]) -> list[Metric]:
         out = []
