@@ -89,6 +89,7 @@ if TYPE_CHECKING:
 
 ACCURACY_TABLE = "accuracy"  # table of stored answers' accuracy that job types offer others (``JobType.tables``)
 FLOPS_TABLE = "flops"  # table of attention FLOPs reductions per model x method x task (``JobType.tables``)
+CALIBRATION_TABLE = "calibration"  # table of each characterization's wall time (``JobType.tables``)
 HEADMAP_DIR = "headmaps"  # run-folder folder of the head maps jobs write (``headmaps/<job>/<model>.json``)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # names end up in file names and unit ids
 

@@ -1,6 +1,7 @@
 """Full-size VLM architectures with RANDOM weights, from the published config.json of each checkpoint.
 
     bsight random-model qwen2-vl-7b --out random-models/qwen2-vl-7b      # writes config.json + preprocessor config
+    bsight random-model qwen2-vl-7b --tiny --out runs/models/tiny-qwen2-vl   # a tiny loadable checkpoint (CPU runs)
 
 No trained weights can be downloaded on the machines this harness runs on, yet timing needs the real shapes
 (hidden sizes, heads, layers, vision towers). So each architecture here is the upstream ``config.json``
@@ -10,6 +11,12 @@ the device; the checkpoint directory the command writes has no weights and its c
 ``bsight_random_weights: true``, so nothing built here can pass for a trained model. Timings do not depend on
 weight values; accuracy measured on these models is not accuracy (agreement with dense is a fidelity check of the
 computation only).
+
+``--tiny`` writes instead what the tests load: a tiny checkpoint of the architecture's family in the exact hub
+on-disk schema (transformers' own class, 2 layers, seeded RANDOM weights, a byte-level tokenizer and a chat
+template; :mod:`bsight.harness.adapter_kit.tiny_vlms`), which a config's model adapter loads like any local
+checkpoint. It makes the VLM pipeline (characterization, head maps, tau sweeps) runnable end to end on a CPU; its
+numbers exercise the pipeline and are never evidence about a trained model.
 """
 
 from __future__ import annotations
@@ -273,6 +280,22 @@ def write_checkpoint(arch: str, out: Path) -> Path:
     return out
 
 
+def write_tiny_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:
+    """A tiny loadable checkpoint of ``arch``'s family (the tests' builder of its adapter, RANDOM weights seeded by
+    ``seed``), with a README saying so."""
+    from bsight.harness.adapter_kit.tiny_vlms import BUILDERS
+
+    s = spec(arch)
+    BUILDERS[s["adapter"]](out, seed=seed)
+    (out / "README.md").write_text(
+        f"# tiny {s['adapter']} checkpoint: RANDOM weights (seed {seed}); NOT a trained model\n\n"
+        f"transformers' own class of the {s['hub_id']} family at a tiny size (bsight.harness.adapter_kit.tiny_vlms), "
+        "written by `bsight random-model --tiny` for CPU runs of the pipeline. Its outputs exercise the pipeline; "
+        "they are never accuracy or evidence about a trained model.\n"
+    )
+    return out
+
+
 def add_parser(sub) -> None:
     """Register ``bsight random-model`` (called from :mod:`bsight.harness.cli`)."""
     p = sub.add_parser(
@@ -281,6 +304,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("arch", choices=sorted(ARCHITECTURES) + ["all"])
     p.add_argument("--out", required=True, help="directory (with 'all': one subdirectory per architecture)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="instead a tiny loadable checkpoint of the architecture's family (2 layers, RANDOM weights, byte-level "
+        "tokenizer, chat template: the tests' checkpoints) for CPU runs of the pipeline, e.g. transfer_vlm.yaml",
+    )
+    p.add_argument("--seed", type=int, default=0, help="with --tiny: the seed of its random weights (default 0)")
     p.set_defaults(func=cmd_random_model)
 
 
@@ -288,6 +318,10 @@ def cmd_random_model(args: argparse.Namespace) -> int:
     archs = sorted(ARCHITECTURES) if args.arch == "all" else [args.arch]
     for arch in archs:
         out = Path(args.out) / arch if args.arch == "all" else Path(args.out)
-        write_checkpoint(arch, out)
-        print(f"{arch}: {out} ({WEIGHTS_LABEL})")
+        if args.tiny:
+            write_tiny_checkpoint(arch, out, args.seed)
+            print(f"{arch}: {out} (tiny {spec(arch)['adapter']} checkpoint, RANDOM weights, seed {args.seed})")
+        else:
+            write_checkpoint(arch, out)
+            print(f"{arch}: {out} ({WEIGHTS_LABEL})")
     return 0

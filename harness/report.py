@@ -40,15 +40,18 @@ class RenderedSection:
     has_data: bool
 
 
-def fmt_num(value: Any, digits: int = 3) -> str:
-    """A number for a table cell; missing values (None, NaN) show as an en dash."""
+def fmt_num(value: Any, digits: int = 3, signed: bool = False) -> str:
+    """A number for a table cell (``signed``: a change, "+" before a positive one); missing values (None, NaN)
+    show as an en dash."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, int) or value == 0:
-        return str(value)
-    if abs(value) >= 1e4:  # large timings in full ("50,600", never "5e+04")
-        return f"{value:,.0f}"
-    return f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
+        text = str(value)
+    elif abs(value) >= 1e4:  # large timings in full ("50,600", never "5e+04")
+        text = f"{value:,.0f}"
+    else:
+        text = f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
+    return f"+{text}" if signed and value > 0 else text
 
 
 def fmt_pct(value: Any, digits: int = 1, signed: bool = False) -> str:
@@ -57,6 +60,18 @@ def fmt_pct(value: Any, digits: int = 1, signed: bool = False) -> str:
         return "–"
     text = f"{100 * value:+.{digits}f}" if signed else f"{100 * value:.{digits}f}"
     return text + (" pp" if signed else "%")
+
+
+def fmt_seconds(value: Any) -> str:
+    """A wall time: seconds from 1 s up ("96.3 s", "1,234 s"), milliseconds below ("19.1 ms", "0.42 ms"), so a
+    short calibration never shows as "0.0 s"; missing values (None, NaN) show as an en dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if value >= 1e3:
+        return f"{value:,.0f} s"
+    if value >= 1:
+        return f"{value:.1f} s"
+    return f"{1e3 * value:.3g} ms"
 
 
 def portable_path(path: str | Path) -> str:
@@ -109,6 +124,7 @@ def environment(kind: Literal["html", "md"]) -> jinja2.Environment:
     env.filters.update(
         num=fmt_num,
         pct=fmt_pct,
+        secs=fmt_seconds,
         mdcell=lambda s: str(s).replace("|", "\\|").replace("\n", " "),
         portable=portable_path,
         command=portable_command,

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from bsight.harness.adapter_kit import tiny_vlms  # noqa: E402
 from bsight.harness.characterize import characterize_model
 from bsight.harness.config import ConfigError, parse_config
 from bsight.harness.jobs.characterize import SETUP_KEY, CharacterizeJob, CharacterizeRow
+from bsight.harness.report import fmt_seconds
 from bsight.harness.runner import execute
 from bsight.harness.sinks import top_offsets
 from bsight.harness.store import RunFolder
@@ -120,7 +122,9 @@ def test_head_map_is_the_library_head_map_of_the_same_prompts(registry, checkpoi
     assert "sink-votes" not in section  # the adapter's sinks: no votes to plot
     walls = [r.wall_s for r in rows[1:]]  # calibration cost: each prompt timed, the section sums them
     assert all(w is not None and w > 0 for w in walls)
-    assert f"{round(sum(walls), 1)} s for 4 prompts" in section
+    total, median = fmt_seconds(sum(walls)), fmt_seconds(statistics.median(walls))
+    mean = fmt_seconds(sum(walls) / 4)
+    assert f"{total} in total for 4 prompts; per prompt {mean} mean, {median} median" in section
     metrics = {m.name: m.value for m in CharacterizeJob().metrics(folder, [rec])}
     assert metrics["characterize/qwen/flops_reduction_mean"] == pytest.approx(
         sweep(result, [0.05])[0].flops_reduction_mean

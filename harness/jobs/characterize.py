@@ -25,7 +25,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -36,6 +36,7 @@ from bsight.harness.figures import category_heatmap, layer_shares, pareto_figure
 from bsight.harness.hookspecs import hookimpl
 from bsight.harness.interfaces import ModelInfo
 from bsight.harness.jobtypes import (
+    CALIBRATION_TABLE,
     HEADMAP_DIR,
     Artifact,
     ConfigIssue,
@@ -239,6 +240,16 @@ def _sink_text(policy: SinkPolicy) -> str:
     return "offsets " + ", ".join(map(str, policy.offsets)) + " inside each image"
 
 
+def _calibration_cost(run: RunFolder, rec: UnitRecord) -> dict[str, Any] | None:
+    """The wall time of a unit's timed prompts (prompt preparation and the probed prefill): ``n``, ``total_s``,
+    ``mean_s``, ``median_s``; None when no row was timed (rows written before bsight timed calibration)."""
+    walls = [r.wall_s for r in run.rows(rec.unit, CharacterizeRow) if r.wall_s is not None]
+    if not walls:
+        return None
+    total = sum(walls)
+    return {"n": len(walls), "total_s": total, "mean_s": total / len(walls), "median_s": statistics.median(walls)}
+
+
 class CharacterizeJob(JobType):
     type = "characterize"
     report_order = 30
@@ -246,6 +257,7 @@ class CharacterizeJob(JobType):
     Row = CharacterizeRow
     section = "characterization"
     title = "Characterization"
+    tables = (CALIBRATION_TABLE,)
 
     @staticmethod
     def task_of(spec: CharacterizeSpec, config: BenchmarkConfig) -> str | None:
@@ -497,7 +509,6 @@ class CharacterizeJob(JobType):
                 unit_plots.append(pareto)
             plots += unit_plots
             front = pareto_front(done.sweep) if done.sweep else []
-            walls = [r.wall_s for r in run.rows(rec.unit, CharacterizeRow) if r.wall_s is not None]
             top_votes = sorted(range(len(setup.votes)), key=lambda o: -setup.votes[o])[:8]
             units.append(
                 {
@@ -534,14 +545,26 @@ class CharacterizeJob(JobType):
                     "choice": choice,
                     "sink_votes": votes,
                     "pareto": pareto,
-                    "cost": {"n": len(walls), "total_s": sum(walls), "median_s": statistics.median(walls)}
-                    if walls
-                    else None,
+                    "cost": _calibration_cost(run, rec),
                 }
             )
         if not units:
             return None
         return SectionData(context={"units": units, "categories": [c.label for c in Category]}, plots=plots)
+
+    def table(self, run: RunFolder, records: list[UnitRecord], name: str) -> list[dict[str, Any]]:
+        """``calibration``: per characterize unit (``unit``, ``job``, ``model``, ``task``) the wall time of the
+        prompts it timed: ``n``, ``total_s``, ``mean_s``, ``median_s`` (units without timed rows are left out)."""
+        if name != CALIBRATION_TABLE:
+            return []
+        out = []
+        for rec in records:
+            cost = _calibration_cost(run, rec)
+            if cost is not None:
+                out.append(
+                    {"unit": rec.unit.id, "job": rec.unit.job, "model": rec.unit.model, "task": rec.unit.task, **cost}
+                )
+        return out
 
     def metrics(self, run: RunFolder, records: list[UnitRecord]) -> list[Metric]:
         out = []

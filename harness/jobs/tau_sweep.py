@@ -52,6 +52,7 @@ from bsight.harness.jobs.answering import (
 from bsight.harness.jobs.ttft_estimate import TTFTEstimate, published_ttft_estimate
 from bsight.harness.jobtypes import (
     ACCURACY_TABLE,
+    CALIBRATION_TABLE,
     HEADMAP_DIR,
     Artifact,
     ConfigIssue,
@@ -65,6 +66,8 @@ from bsight.harness.jobtypes import (
     job_index,
 )
 from bsight.harness.plots import make_plot, new_figure
+from bsight.harness.report import shared_table
+from bsight.harness.store import StoreError
 from bsight.kernels.sparsity.aggregate import build_head_map
 from bsight.kernels.sparsity.categories import SPARSE_CATEGORIES, Category
 from bsight.kernels.sparsity.characterization import CharacterizationResult
@@ -243,6 +246,73 @@ def choose_tau(points: list[dict[str, Any]], rule: DefaultRule) -> float | None:
     if not ok:
         return None
     return min(ok, key=lambda p: (-p["flops_heldout"], p["tau"]))["tau"]
+
+
+TRANSFER_CHANGES = ("sparse_share", "flops_heldout", "agreement", "exact_generation", "kl_mean", "top1_match")
+
+
+def transfer_comparisons(
+    units: list[dict[str, Any]], revisions: dict[str, str], costs: dict[str, dict[str, float]] | None = None
+) -> list[dict[str, Any]]:
+    """Calibration transfer: the sweeps of one model on one held-out task whose head maps were characterized on
+    different tasks, side by side at every tau they share. The in-domain sweep is the one characterized on the
+    held-out task's own dataset (the same dataset revision in ``revisions``, task name -> revision: e.g. another
+    split or other subtasks of it); when exactly one sweep is, each other sweep's ``change`` at a tau is its value
+    minus the in-domain one's (the fidelity cost of calibrating on another task). ``costs``: characterize unit id ->
+    its calibration wall time (``n``, ``total_s``, ``mean_s``), shown beside each sweep."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for u in units:
+        groups.setdefault((u["model"], u["task"]), []).append(u)
+    out = []
+    for (model, task), members in groups.items():
+        if len({m["setup"].dataset.name for m in members}) < 2:
+            continue
+        held_out = revisions.get(task)
+        in_domain = [m for m in members if held_out is not None and m["setup"].dataset.revision == held_out]
+        reference = in_domain[0] if len(in_domain) == 1 else None
+        ordered = ([reference] if reference else []) + [m for m in members if m is not reference]
+        taus = sorted(set.intersection(*({p["tau"] for p in m["points"]} for m in members)))
+        rows = []
+        for tau in taus:
+            at = {m["job"]: next(p for p in m["points"] if p["tau"] == tau) for m in ordered}
+            ref = at[reference["job"]] if reference else None
+            for m in ordered:
+                p = at[m["job"]]
+                rows.append(
+                    {
+                        "tau": tau,
+                        "job": m["job"],
+                        "characterized_on": m["setup"].dataset.name,
+                        "in_domain": m is reference,
+                        "point": p,
+                        "change": None
+                        if ref is None or m is reference
+                        else {k: p[k] - ref[k] for k in TRANSFER_CHANGES},
+                    }
+                )
+        calibrations = [
+            {
+                "job": m["job"],
+                "characterized_on": m["setup"].dataset.name,
+                "revision": m["setup"].dataset.revision,
+                "prompts": m["setup"].dataset.size,
+                "in_domain": m is reference,
+                "cost": (costs or {}).get(m["setup"].characterize_unit),
+            }
+            for m in ordered
+        ]
+        out.append(
+            {
+                "model": model,
+                "task": task,
+                "random_weights": any(m["weights"] == "random" for m in members),
+                "reference": reference["setup"].dataset.name if reference else None,
+                "in_domain_count": len(in_domain),
+                "calibrations": calibrations,
+                "rows": rows,
+            }
+        )
+    return out
 
 
 def ttft_estimate() -> tuple[TTFTEstimate | None, str | None]:
@@ -706,6 +776,8 @@ class TauSweepJob(JobType):
             "points": points,
             "chosen": chosen,
             "chosen_point": next((p for p in points if p["chosen"]), None),
+            # no tau has a measured agreement: every answer pair has an unparsed side (e.g. random weights)
+            "agreement_undefined": bool(points) and all(p["n"] and np.isnan(p["agreement"]) for p in points),
             "rule": spec.rule,
             "rule_text": spec.rule.text(),
             "confidence": spec.confidence,
@@ -744,6 +816,7 @@ class TauSweepJob(JobType):
             return None
         context = {
             "units": units,
+            "transfers": transfer_comparisons(units, _dataset_revisions(run), _calibration_costs(run)),
             "categories": [c.label for c in Category],
             "ttft": estimate,
             "ttft_caption": estimate.caption() if estimate else None,
@@ -849,6 +922,20 @@ class TauSweepJob(JobType):
                     )
                 )
         return out
+
+
+def _dataset_revisions(run: RunFolder) -> dict[str, str]:
+    """Task name -> dataset revision, as the run's provenance recorded them (empty when it has none)."""
+    try:
+        return dict(run.provenance().datasets)
+    except StoreError:
+        return {}
+
+
+def _calibration_costs(run: RunFolder) -> dict[str, dict[str, Any]]:
+    """Characterize unit id -> its calibration wall time (``n``, ``total_s``, ``mean_s``, ``median_s``), from the
+    ``calibration`` table the job types that characterize offer."""
+    return {row["unit"]: row for row in shared_table(run, CALIBRATION_TABLE)}
 
 
 def pareto_plot(points: list[dict[str, Any]], rule: DefaultRule, model: str):
