@@ -3,8 +3,9 @@
 Under the model's own mask every query sees one contiguous key interval ``[lo(q), hi(q)]``: ``lo`` is the
 sliding-window edge (or 0), ``hi`` is the query itself, or the end of its bidirectional region. Each category
 keeps, inside that interval, a union of key classes (text, own image, sinks) that prefix sums over the
-sequence count in O(1) per query, so counting is O(S) and vectorized: never an S x S mask. One kept
-query-key pair costs ``4 * head_dim`` FLOPs (2 for QK^T, 2 for PV), per query head.
+sequence count in O(1) per query, so counting is O(S) and vectorized: never an S x S mask. Clipping the interval
+to one key block counts a tile's kept pairs the same way (:func:`block_pair_counts`), which is what FlexAttention's
+block masks need. One kept query-key pair costs ``4 * head_dim`` FLOPs (2 for QK^T, 2 for PV), per query head.
 
 Hybrid models: only softmax-attention layers count (``kinds``, see :mod:`bsight.kernels.sparsity.layerkinds`);
 a linear-attention / Mamba layer's row of kept pairs is zero, so it adds nothing to dense or sparse FLOPs.
