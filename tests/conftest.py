@@ -29,7 +29,7 @@ from bsight.harness import provenance as prov
 from bsight.harness.config import BenchmarkConfig, PluginRef, RunBlock, parse_config
 from bsight.harness.jobs.accuracy import AccuracyRow, AccuracySpec
 from bsight.harness.jobtypes import Unit
-from bsight.harness.plugins import Registry, load_registry
+from bsight.harness.plugins import Registry, default_registry, load_registry
 from bsight.harness.runner import execute
 from bsight.harness.store import Manifest, RunFolder, RunStore, UnitRecord
 
@@ -97,6 +97,7 @@ def ext_registry(ext_paths: list[str]) -> Registry:
         if p not in sys.path:
             sys.path.insert(0, p)
     importlib.invalidate_caches()
+    default_registry.cache_clear()  # installed plugins changed mid-process: reports must see the example plugin
     registry = load_registry()
     assert "tiny-llama" in registry.names("model"), registry.failures
     return registry
