@@ -90,6 +90,17 @@ def test_noise_check_flags_prompts_whose_non_attention_time_varies():
     assert b["noisy"] and b["low"] == "dense 8,121" and b["high"] == "blindsight 11,111"
 
 
+def test_published_amdahl_verdicts_name_their_timing_noise():
+    """In the published run, each Amdahl verdict of a prompt flagged noisy says so; the steady prompts' do not."""
+    doc = json.loads(PUBLISHED.read_text())
+    rows = _rows(doc, "published")
+    noisy = {(n["arch"], n["tokens"]) for n in non_attention_spread(rows) if n["noisy"]}
+    amdahl = [t for t in check_targets(rows, doc["dense_policy"]) if "Amdahl" in t["target"]]
+    assert noisy and amdahl
+    for t in amdahl:
+        assert ("not reliable" in t["value"]) is ((t["arch"], t["tokens"]) in noisy), t
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA refusal")
 def test_gpu_config_without_cuda_exits_2(capsys, monkeypatch):
     from bsight.harness.cli import main
