@@ -62,8 +62,7 @@ def kept_in_keys(
     if meta.num_images == 0:
         return dense.expand(len(Category), *dense.shape)
     img = seg >= 0
-    text_cum = _prefix(meta.seg_id < 0)
-    sink_cum = _prefix(meta.is_sink)
+    text_cum, sink_cum = meta.key_prefix_counts
 
     def count(cum: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """How many marked positions lie in ``[a, b]`` (0 when the interval is empty)."""
@@ -96,22 +95,17 @@ def block_pair_counts(
     full (edge tiles past ``S`` are never full, as in FlexAttention's ``create_block_mask``). Query rows go in
     chunks of at most ``max_elements`` (row, key block) cells."""
     S = meta.length
-    nq, nk = -(-S // block), -(-S // block)
+    nk = -(-S // block)  # key blocks, and query blocks: the same tiling on both sides
     k_lo = torch.arange(nk, device=meta.device, dtype=torch.int64) * block
     k_hi = (k_lo + block - 1).clamp_max(S - 1)
-    out = torch.empty(len(Category), nq, nk, dtype=torch.int32, device=meta.device)
+    out = torch.empty(len(Category), nk, nk, dtype=torch.int32, device=meta.device)
     step = max(1, max_elements // (nk * block))  # query blocks per chunk
-    for qb in range(0, nq, step):
+    for qb in range(0, nk, step):
         rows = torch.arange(qb * block, min((qb + step) * block, S), device=meta.device, dtype=torch.int64)
         kept = kept_in_keys(meta, rows[:, None], k_lo[None], k_hi[None], window)  # [4, rows, nk]
         kept = torch.nn.functional.pad(kept, (0, 0, 0, -rows.numel() % block))  # the edge block's missing rows
         out[:, qb : qb + step] = kept.view(len(Category), -1, block, nk).sum(dim=2, dtype=torch.int32)
     return out
-
-
-def _prefix(mark: torch.Tensor) -> torch.Tensor:
-    """``cum[x]`` = number of marked positions in ``[0, x)``; length S + 1."""
-    return torch.nn.functional.pad(torch.cumsum(mark.long(), 0), (1, 0))
 
 
 def attention_flops(pairs: int | np.ndarray, head_dim: int) -> int | np.ndarray:

@@ -59,6 +59,13 @@ class LayoutMeta:
         return BlockCache()
 
     @cached_property
+    def key_prefix_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(text, sinks)``, int64 ``[S + 1]``: ``text[x]`` text tokens and ``sinks[x]`` sinks in ``[0, x)``, so any
+        interval's count is one subtraction (the FLOPs and block-mask counts read them for every query chunk)."""
+        pad = torch.nn.functional.pad
+        return pad(torch.cumsum((self.seg_id < 0).long(), 0), (1, 0)), pad(torch.cumsum(self.is_sink.long(), 0), (1, 0))
+
+    @cached_property
     def host_tables(self) -> tuple[list[int], list[int], list[int]]:
         """``img_start``, ``img_end`` and ``glob_before`` as Python lists, for host loops over images."""
         return self.img_start.tolist(), self.img_end.tolist(), self.glob_before.tolist()
